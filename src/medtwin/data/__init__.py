@@ -1,0 +1,1 @@
+"""Data layer: codes and units, validation, the store and its quarantine."""

@@ -1,0 +1,601 @@
+"""The :class:`Store` protocol, its records, and the SQL implementation both backends share."""
+
+from __future__ import annotations
+
+import enum
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from medtwin.core.errors import NotFoundError, StoreError
+from medtwin.core.records import Observation, Patient
+from medtwin.data.store import schema
+
+
+class AppendStatus(enum.StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """Input refused with its reason and the location of the fault, kept raw."""
+
+    channel: str  # api, cli, mqtt, mllp, fhir...
+    location: str  # JSON path, HL7 segment-field, file:line
+    reason: str
+    payload: str  # the raw input as received (text)
+    source: str | None = None
+    received_us: int = 0
+    row_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedValue:
+    """A value a twin derived (e.g. NEWS2), with its JSON payload."""
+
+    patient: str
+    name: str
+    computed_us: int
+    value_num: float | None
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObservation:
+    row_id: int
+    received_us: int
+    observation: Observation
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: list[StoredObservation]
+    next_cursor: str | None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistent storage of patients, observations, derived values and quarantine.
+
+    Every write is one transaction; ``append`` is idempotent on (source, id, version).
+    """
+
+    url: str
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest version (idempotent)."""
+        ...
+
+    def schema_version(self) -> str | None: ...
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def append(
+        self,
+        observations: Sequence[Observation],
+        *,
+        received_us: int,
+        new_patients: Sequence[Patient] = (),
+        rejected: Sequence[QuarantineEntry] = (),
+        channel: str = "api",
+    ) -> list[AppendStatus]:
+        """Store a batch in one transaction; one status per observation.
+
+        Conflicts (same key, other content) are quarantined in the same transaction.
+        """
+        ...
+
+    def quarantine(self, entries: Sequence[QuarantineEntry]) -> None: ...
+
+    def quarantined(self, *, limit: int = 100, offset: int = 0) -> list[QuarantineEntry]: ...
+
+    def add_patients(self, patients: Sequence[Patient]) -> None:
+        """Insert patients not yet known (existing ids are left as they are)."""
+        ...
+
+    def patient(self, patient_id: str) -> Patient | None: ...
+
+    def patients(self) -> list[Patient]: ...
+
+    def set_spo2_scale(self, patient_id: str, scale: int) -> Patient: ...
+
+    def history(
+        self,
+        patient_id: str,
+        *,
+        codes: Sequence[str] = (),
+        start_us: int | None = None,
+        end_us: int | None = None,
+        limit: int = 500,
+        cursor: str | None = None,
+    ) -> HistoryPage:
+        """Observations of one patient ordered by time, paged by an opaque cursor."""
+        ...
+
+    def latest(self, *, codes: Sequence[str], since_us: int) -> list[Observation]:
+        """The newest observation per (patient, code) at or after ``since_us``."""
+        ...
+
+    def append_derived(self, values: Sequence[DerivedValue]) -> None: ...
+
+    def derived_history(
+        self,
+        patient_id: str,
+        name: str,
+        *,
+        start_us: int | None = None,
+        end_us: int | None = None,
+        limit: int = 2000,
+    ) -> list[DerivedValue]: ...
+
+    def count(self, table: str) -> int: ...
+
+    def backup(self, path: Path) -> None:
+        """Write a consistent copy of the whole store to ``path`` (a SQLite file)."""
+        ...
+
+    def restore(self, path: Path) -> None:
+        """Replace the store's content with the backup at ``path``."""
+        ...
+
+
+_TABLES = ("patients", "observations", "interventions", "derived", "quarantine")
+
+
+class SqlStore:
+    """SQL implementation shared by the SQLite and PostgreSQL stores.
+
+    Subclasses provide the engine and the bulk insert of observations.
+    """
+
+    url: str
+    engine: Engine
+
+    def __init__(self, url: str, engine: Engine) -> None:
+        self.url = url
+        self.engine = engine
+        # Serializes writers inside one process; the database serializes the rest.
+        self._write_lock = threading.Lock()
+
+    # -- schema ---------------------------------------------------------------
+
+    def migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        location = resources.files("medtwin.data.store") / "migrations"
+        config.set_main_option("script_location", str(location))
+        try:
+            with self.engine.begin() as conn:
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"migration failed: {exc}") from exc
+
+    def schema_version(self) -> str | None:
+        try:
+            with self.engine.connect() as conn:
+                row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+        except SQLAlchemyError:
+            return None
+        return None if row is None else str(row[0])
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except SQLAlchemyError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._write_lock:
+            try:
+                with self.engine.connect() as conn:
+                    conn.execution_options(write=True)
+                    with conn.begin():
+                        yield conn
+            except SQLAlchemyError as exc:
+                raise StoreError(f"write failed: {type(exc).__name__}: {exc}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"read failed: {type(exc).__name__}: {exc}") from exc
+
+    # -- observations ---------------------------------------------------------
+
+    def append(
+        self,
+        observations: Sequence[Observation],
+        *,
+        received_us: int,
+        new_patients: Sequence[Patient] = (),
+        rejected: Sequence[QuarantineEntry] = (),
+        channel: str = "api",
+    ) -> list[AppendStatus]:
+        statuses, unique = _dedupe(observations)
+        with self._write() as conn:
+            if new_patients:
+                self._insert_patients(conn, new_patients)
+            fresh = self._insert_observations(conn, unique, received_us)
+            if len(fresh) != len(unique):
+                self._classify_existing(conn, unique, fresh, statuses)
+            conflicts = [
+                _conflict_entry(obs, channel, received_us)
+                for obs, status in zip(observations, statuses, strict=True)
+                if status is AppendStatus.CONFLICT
+            ]
+            entries = [_stamped(e, received_us) for e in rejected] + conflicts
+            if entries:
+                self._insert_quarantine(conn, entries)
+        return [AppendStatus.STORED if s is None else s for s in statuses]
+
+    def _insert_observations(
+        self, conn: Connection, rows: Sequence[tuple[int, Observation]], received_us: int
+    ) -> set[int]:
+        """Insert, skipping keys already stored; return the positions (into ``rows``) inserted."""
+        raise NotImplementedError
+
+    def _classify_existing(
+        self,
+        conn: Connection,
+        rows: Sequence[tuple[int, Observation]],
+        fresh: set[int],
+        statuses: list[AppendStatus | None],
+    ) -> None:
+        """Mark rows that were not inserted as duplicate or conflict against what is stored."""
+        table = schema.observations
+        query = sa.select(
+            table.c.patient_id,
+            table.c.system,
+            table.c.code,
+            table.c.value_num,
+            table.c.value_text,
+            table.c.unit,
+            table.c.effective_us,
+            table.c.status,
+            table.c.received_us,
+        ).where(
+            table.c.source == sa.bindparam("s"),
+            table.c.source_id == sa.bindparam("i"),
+            table.c.version == sa.bindparam("v"),
+        )
+        for position, (index, obs) in enumerate(rows):
+            if position in fresh:
+                continue
+            row = conn.execute(query, {"s": obs.source, "i": obs.source_id, "v": obs.version}).one()
+            stored = Observation(
+                obs.source, obs.source_id, row.patient_id, row.system, row.code, row.value_num,
+                row.value_text, row.unit, row.effective_us, row.status, obs.version,
+            )
+            statuses[index] = (
+                AppendStatus.DUPLICATE if obs.same_content(stored) else AppendStatus.CONFLICT
+            )
+
+    def history(
+        self,
+        patient_id: str,
+        *,
+        codes: Sequence[str] = (),
+        start_us: int | None = None,
+        end_us: int | None = None,
+        limit: int = 500,
+        cursor: str | None = None,
+    ) -> HistoryPage:
+        table = schema.observations
+        query = sa.select(table).where(table.c.patient_id == patient_id)
+        if codes:
+            query = query.where(table.c.code.in_(list(codes)))
+        if start_us is not None:
+            query = query.where(table.c.effective_us >= start_us)
+        if end_us is not None:
+            query = query.where(table.c.effective_us <= end_us)
+        if cursor:
+            after_time, after_row = _parse_cursor(cursor)
+            query = query.where(
+                sa.tuple_(table.c.effective_us, table.c.row_id) > sa.tuple_(after_time, after_row)
+            )
+        query = query.order_by(table.c.effective_us, table.c.row_id).limit(limit + 1)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        items = [_stored(r) for r in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = f"{last.observation.effective_us}.{last.row_id}"
+        return HistoryPage(items, next_cursor)
+
+    def latest(self, *, codes: Sequence[str], since_us: int) -> list[Observation]:
+        table = schema.observations
+        newest = (
+            sa.select(
+                table.c.patient_id,
+                table.c.code,
+                sa.func.max(table.c.effective_us).label("t"),
+            )
+            .where(table.c.code.in_(list(codes)), table.c.effective_us >= since_us)
+            .group_by(table.c.patient_id, table.c.code)
+            .subquery()
+        )
+        query = (
+            sa.select(table)
+            .join(
+                newest,
+                sa.and_(
+                    table.c.patient_id == newest.c.patient_id,
+                    table.c.code == newest.c.code,
+                    table.c.effective_us == newest.c.t,
+                ),
+            )
+            .order_by(table.c.patient_id, table.c.code, table.c.effective_us, table.c.row_id)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [_stored(r).observation for r in rows]
+
+    # -- patients -------------------------------------------------------------
+
+    def _insert_patients(self, conn: Connection, patients: Sequence[Patient]) -> None:
+        raise NotImplementedError
+
+    def add_patients(self, patients: Sequence[Patient]) -> None:
+        with self._write() as conn:
+            self._insert_patients(conn, patients)
+
+    def patient(self, patient_id: str) -> Patient | None:
+        table = schema.patients
+        with self._read() as conn:
+            row = conn.execute(sa.select(table).where(table.c.id == patient_id)).first()
+        return None if row is None else Patient(row.id, row.pseudonym, row.spo2_scale, row.created_us)
+
+    def patients(self) -> list[Patient]:
+        table = schema.patients
+        with self._read() as conn:
+            rows = conn.execute(sa.select(table).order_by(table.c.id)).all()
+        return [Patient(r.id, r.pseudonym, r.spo2_scale, r.created_us) for r in rows]
+
+    def set_spo2_scale(self, patient_id: str, scale: int) -> Patient:
+        if scale not in (1, 2):
+            raise ValueError(f"SpO2 scale must be 1 or 2, got {scale}")
+        table = schema.patients
+        with self._write() as conn:
+            result = conn.execute(
+                sa.update(table).where(table.c.id == patient_id).values(spo2_scale=scale)
+            )
+            if result.rowcount == 0:
+                raise NotFoundError(f"no patient {patient_id!r}")
+        found = self.patient(patient_id)
+        assert found is not None
+        return found
+
+    # -- quarantine -----------------------------------------------------------
+
+    def _insert_quarantine(self, conn: Connection, entries: Sequence[QuarantineEntry]) -> None:
+        conn.execute(
+            sa.insert(schema.quarantine),
+            [
+                {
+                    "received_us": e.received_us,
+                    "channel": e.channel,
+                    "source": e.source,
+                    "location": e.location,
+                    "reason": e.reason,
+                    "payload": e.payload,
+                }
+                for e in entries
+            ],
+        )
+
+    def quarantine(self, entries: Sequence[QuarantineEntry]) -> None:
+        if entries:
+            with self._write() as conn:
+                self._insert_quarantine(conn, entries)
+
+    def quarantined(self, *, limit: int = 100, offset: int = 0) -> list[QuarantineEntry]:
+        table = schema.quarantine
+        query = sa.select(table).order_by(table.c.row_id.desc()).limit(limit).offset(offset)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            QuarantineEntry(
+                channel=r.channel,
+                location=r.location,
+                reason=r.reason,
+                payload=r.payload,
+                source=r.source,
+                received_us=r.received_us,
+                row_id=r.row_id,
+            )
+            for r in rows
+        ]
+
+    # -- derived values -------------------------------------------------------
+
+    def append_derived(self, values: Sequence[DerivedValue]) -> None:
+        if not values:
+            return
+        rows = [
+            (v.patient, v.name, v.computed_us, v.value_num, json.dumps(v.payload, separators=(",", ":")))
+            for v in values
+        ]
+        sql = (
+            "INSERT INTO derived (patient_id, name, computed_us, value_num, payload) "
+            f"VALUES ({self._params(5)})"
+        )
+        with self._write() as conn:
+            conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
+
+    def derived_history(
+        self,
+        patient_id: str,
+        name: str,
+        *,
+        start_us: int | None = None,
+        end_us: int | None = None,
+        limit: int = 2000,
+    ) -> list[DerivedValue]:
+        table = schema.derived
+        query = sa.select(table).where(table.c.patient_id == patient_id, table.c.name == name)
+        if start_us is not None:
+            query = query.where(table.c.computed_us >= start_us)
+        if end_us is not None:
+            query = query.where(table.c.computed_us <= end_us)
+        # The newest ``limit`` values, returned oldest first.
+        query = query.order_by(table.c.computed_us.desc(), table.c.row_id.desc()).limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            DerivedValue(r.patient_id, r.name, r.computed_us, r.value_num, json.loads(r.payload))
+            for r in reversed(rows)
+        ]
+
+    # -- whole store ----------------------------------------------------------
+
+    def count(self, table: str) -> int:
+        if table not in _TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        with self._read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(schema.metadata.tables[table])).scalar_one())
+
+    def _params(self, n: int) -> str:
+        """Driver placeholders for ``n`` values."""
+        raise NotImplementedError
+
+    def backup(self, path: Path) -> None:
+        from medtwin.data.store.sqlite import SQLiteStore
+
+        target = SQLiteStore(path)
+        try:
+            target.migrate()
+            with self._snapshot() as source, target.engine.begin() as dest:
+                _copy_tables(source, dest)
+        finally:
+            target.close()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """A connection that reads one consistent state of every table."""
+        with self._read() as conn, conn.begin():
+            yield conn
+
+    def restore(self, path: Path) -> None:
+        from medtwin.data.store.sqlite import SQLiteStore
+
+        if not Path(path).is_file():
+            raise StoreError(f"no backup at {path}")
+        source_store = SQLiteStore(path)
+        try:
+            if source_store.schema_version() != self.schema_version():
+                raise StoreError(
+                    f"backup schema {source_store.schema_version()} differs from "
+                    f"store schema {self.schema_version()}"
+                )
+            with source_store.engine.connect() as source, self._write() as dest:
+                for name in reversed(_TABLES):
+                    dest.execute(sa.delete(schema.metadata.tables[name]))
+                _copy_tables(source, dest)
+                self._after_restore(dest)
+        finally:
+            source_store.close()
+
+    def _after_restore(self, conn: Connection) -> None:
+        """Backend fix-ups after rows were copied in with their ids (sequences)."""
+
+
+def _copy_tables(source: Connection, dest: Connection, chunk: int = 20_000) -> None:
+    for name in _TABLES:
+        table = schema.metadata.tables[name]
+        result = source.execute(sa.select(table)).mappings()
+        while rows := result.fetchmany(chunk):
+            dest.execute(sa.insert(table), [dict(r) for r in rows])
+
+
+def _dedupe(
+    observations: Sequence[Observation],
+) -> tuple[list[AppendStatus | None], list[tuple[int, Observation]]]:
+    """Statuses for repeats inside the batch, and the first occurrence of each key."""
+    statuses: list[AppendStatus | None] = [None] * len(observations)
+    first: dict[tuple[str, str, int], Observation] = {}
+    unique: list[tuple[int, Observation]] = []
+    for index, obs in enumerate(observations):
+        key = (obs.source, obs.source_id, obs.version)
+        seen = first.get(key)
+        if seen is None:
+            first[key] = obs
+            unique.append((index, obs))
+        else:
+            statuses[index] = (
+                AppendStatus.DUPLICATE if obs.same_content(seen) else AppendStatus.CONFLICT
+            )
+    return statuses, unique
+
+
+def _conflict_entry(obs: Observation, channel: str, received_us: int) -> QuarantineEntry:
+    payload = json.dumps(obs._asdict(), separators=(",", ":"))
+    return QuarantineEntry(
+        channel=channel,
+        location=f"source={obs.source} id={obs.source_id}",
+        reason="conflict: this (source, id) was already stored with different content",
+        payload=payload,
+        source=obs.source,
+        received_us=received_us,
+    )
+
+
+def _stamped(entry: QuarantineEntry, received_us: int) -> QuarantineEntry:
+    if entry.received_us:
+        return entry
+    return QuarantineEntry(
+        entry.channel, entry.location, entry.reason, entry.payload, entry.source, received_us
+    )
+
+
+def _stored(row: Any) -> StoredObservation:
+    return StoredObservation(
+        row.row_id,
+        row.received_us,
+        Observation(
+            row.source,
+            row.source_id,
+            row.patient_id,
+            row.system,
+            row.code,
+            row.value_num,
+            row.value_text,
+            row.unit,
+            row.effective_us,
+            row.status,
+            row.version,
+            row.flags,
+        ),
+    )
+
+
+def _parse_cursor(cursor: str) -> tuple[int, int]:
+    try:
+        time_part, row_part = cursor.split(".")
+        return int(time_part), int(row_part)
+    except ValueError as exc:
+        raise ValueError(f"invalid cursor {cursor!r}") from exc

@@ -1,0 +1,94 @@
+"""PostgreSQL store: production storage, bulk loads through COPY."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from medtwin.core.errors import StoreError
+from medtwin.core.records import Observation, Patient
+from medtwin.data.store.base import SqlStore
+from medtwin.data.store.schema import OBSERVATION_COLUMNS
+
+_COLUMNS = ", ".join(OBSERVATION_COLUMNS)
+_STAGE = (
+    "CREATE TEMP TABLE IF NOT EXISTS observations_stage "
+    "(position integer, LIKE observations INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+_MOVE = (
+    f"INSERT INTO observations ({_COLUMNS}) "
+    f"SELECT {_COLUMNS} FROM observations_stage ORDER BY position "
+    "ON CONFLICT (source, source_id, version) DO NOTHING "
+    "RETURNING source, source_id, version"
+)
+
+
+def normalize_url(url: str) -> str:
+    """SQLAlchemy URL for psycopg 3 from a ``postgresql://`` or ``postgres://`` URL."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise StoreError(f"not a PostgreSQL URL: {url.split('@')[-1]!r}")
+
+
+class PostgresStore(SqlStore):
+    """Store in a PostgreSQL database given by URL (``postgresql://user@host:port/db``)."""
+
+    def __init__(self, url: str) -> None:
+        engine = sa.create_engine(normalize_url(url), pool_pre_ping=True, pool_size=5)
+        super().__init__(url, engine)
+
+    def _params(self, n: int) -> str:
+        return ", ".join(["%s"] * n)
+
+    def _insert_observations(
+        self, conn: Connection, rows: Sequence[tuple[int, Observation]], received_us: int
+    ) -> set[int]:
+        if not rows:
+            return set()
+        raw = _raw(conn)
+        with raw.cursor() as cursor:
+            cursor.execute(_STAGE)
+            with cursor.copy(f"COPY observations_stage (position, {_COLUMNS}) FROM STDIN") as copy:
+                for position, (_, obs) in enumerate(rows):
+                    copy.write_row((position, *obs, received_us))
+            cursor.execute(_MOVE)
+            inserted = set(cursor.fetchall())
+        if len(inserted) == len(rows):
+            return set(range(len(rows)))
+        return {
+            position
+            for position, (_, obs) in enumerate(rows)
+            if (obs.source, obs.source_id, obs.version) in inserted
+        }
+
+    def _insert_patients(self, conn: Connection, patients: Sequence[Patient]) -> None:
+        conn.exec_driver_sql(
+            "INSERT INTO patients (id, pseudonym, spo2_scale, created_us) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (id) DO NOTHING",
+            [(p.id, p.pseudonym, p.spo2_scale, p.created_us) for p in patients],  # type: ignore[arg-type]
+        )
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        with self._read() as conn:
+            conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
+
+    def _after_restore(self, conn: Connection) -> None:
+        for table in ("observations", "interventions", "derived", "quarantine"):
+            conn.exec_driver_sql(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'row_id'), "
+                f"coalesce((SELECT max(row_id) FROM {table}), 0) + 1, false)"
+            )
+
+
+def _raw(conn: Connection) -> psycopg.Connection[tuple[object, ...]]:
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    return driver

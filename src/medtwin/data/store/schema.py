@@ -1,0 +1,116 @@
+"""Tables of the store, as SQLAlchemy Core metadata shared by every backend.
+
+Times are BIGINT microseconds since the Unix epoch (UTC): one representation
+in SQLite and PostgreSQL, cheap to index and compare.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("pseudonym", Text, nullable=False, unique=True),
+    Column("spo2_scale", SmallInteger, nullable=False, server_default="1"),
+    Column("created_us", BigInteger, nullable=False),
+)
+
+observations = Table(
+    "observations",
+    metadata,
+    Column("row_id", RowId, primary_key=True, autoincrement=True),
+    Column("source", Text, nullable=False),
+    Column("source_id", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("system", Text, nullable=False),
+    Column("code", Text, nullable=False),
+    Column("value_num", Float),
+    Column("value_text", Text),
+    Column("unit", Text, nullable=False),
+    Column("effective_us", BigInteger, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("flags", Integer, nullable=False),
+    Column("received_us", BigInteger, nullable=False),
+    UniqueConstraint("source", "source_id", "version", name="uq_observations_source_id"),
+    Index("ix_observations_patient_code_time", "patient_id", "code", "effective_us"),
+)
+
+interventions = Table(
+    "interventions",
+    metadata,
+    Column("row_id", RowId, primary_key=True, autoincrement=True),
+    Column("source", Text, nullable=False),
+    Column("source_id", Text, nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("amount", Float, nullable=False),
+    Column("unit", Text, nullable=False),
+    Column("start_us", BigInteger, nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("drug", Text),
+    Column("route", Text),
+    Column("received_us", BigInteger, nullable=False),
+    UniqueConstraint("source", "source_id", name="uq_interventions_source_id"),
+    Index("ix_interventions_patient_time", "patient_id", "start_us"),
+)
+
+derived = Table(
+    "derived",
+    metadata,
+    Column("row_id", RowId, primary_key=True, autoincrement=True),
+    Column("patient_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("computed_us", BigInteger, nullable=False),
+    Column("value_num", Float),
+    Column("payload", Text, nullable=False),
+    Index("ix_derived_patient_name_time", "patient_id", "name", "computed_us"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("row_id", RowId, primary_key=True, autoincrement=True),
+    Column("received_us", BigInteger, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("source", Text),
+    Column("location", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Index("ix_quarantine_received", "received_us"),
+)
+
+# Columns of observations in the order of Observation's fields, then received_us.
+OBSERVATION_COLUMNS = (
+    "source",
+    "source_id",
+    "patient_id",
+    "system",
+    "code",
+    "value_num",
+    "value_text",
+    "unit",
+    "effective_us",
+    "status",
+    "version",
+    "flags",
+    "received_us",
+)

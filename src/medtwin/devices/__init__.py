@@ -1,0 +1,1 @@
+"""Device layer: adapters from the physical side and signal conditioning."""

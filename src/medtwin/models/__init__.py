@@ -1,0 +1,1 @@
+"""Modeling layer: physiology, scores, learning. No I/O."""
