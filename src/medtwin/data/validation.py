@@ -13,8 +13,8 @@ Written as one plain loop on purpose: it runs for every observation ingested.
 
 from __future__ import annotations
 
-import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +30,12 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 MAX_TEXT = 256
 # Items may not be stamped further ahead of the clock than this (µs): 5 minutes.
 DEFAULT_MAX_FUTURE_US = 300 * 1_000_000
+# Characters no store can keep: NUL (PostgreSQL text) and unpaired surrogates (not UTF-8),
+# both reachable from JSON through "\u0000" and "\ud800" escapes.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+# Largest finite float; comparing against it also rejects NaN, infinities and ints too big
+# for a float (on which math.isfinite and float() raise OverflowError).
+_FLOAT_MAX = sys.float_info.max
 
 _UNMAPPED = int(QualityFlag.UNMAPPED)
 _OUT_OF_RANGE = int(QualityFlag.OUT_OF_RANGE)
@@ -68,7 +74,7 @@ def parse_time_us(text: str) -> int:
 def _text_field(item: dict[str, Any], name: str) -> str | None:
     """The field as a non-empty string of bounded length, or None."""
     value = item.get(name)
-    if type(value) is not str or not value or len(value) > MAX_TEXT:
+    if type(value) is not str or not value or len(value) > MAX_TEXT or _UNSTORABLE.search(value):
         return None
     return value
 
@@ -121,12 +127,17 @@ def _check(item: Any, index: int, latest_allowed: int, get_spec: Any) -> Observa
     if code is None:
         return Rejection(index, "code", _text_reason(item["code"]), item)
     system = item.get("system", LOINC)
-    if type(system) is not str or not system or len(system) > MAX_TEXT:
+    if (
+        type(system) is not str
+        or not system
+        or len(system) > MAX_TEXT
+        or _UNSTORABLE.search(system)
+    ):
         return Rejection(index, "system", _text_reason(system), item)
     unit = item.get("unit", "")
     if unit is None:
         unit = ""
-    if type(unit) is not str or len(unit) > MAX_TEXT:
+    if type(unit) is not str or len(unit) > MAX_TEXT or _UNSTORABLE.search(unit):
         return Rejection(index, "unit", "unit must be a UCUM string", item)
 
     time_text = item["time"]
@@ -146,12 +157,14 @@ def _check(item: Any, index: int, latest_allowed: int, get_spec: Any) -> Observa
         if value_type is str:
             if len(value) > MAX_TEXT:
                 return Rejection(index, "value", "text value longer than 256 characters", item)
+            if _UNSTORABLE.search(value):
+                return Rejection(index, "value", f"text value {_UNSTORABLE_REASON}", item)
             return Observation(source, source_id, patient, system, code, None, value, unit,
                                effective_us, flags=_UNMAPPED)
         if value_type is not int and value_type is not float:
             return Rejection(index, "value", f"value must be a number or a string, got {_kind(value)}", item)
-        if not math.isfinite(value):
-            return Rejection(index, "value", f"value must be finite, got {value}", item)
+        if not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+            return Rejection(index, "value", _not_finite(value), item)
         return Observation(source, source_id, patient, system, code, float(value), None, unit,
                            effective_us, flags=_UNMAPPED)
 
@@ -165,8 +178,8 @@ def _check(item: Any, index: int, latest_allowed: int, get_spec: Any) -> Observa
 
     if value_type is not int and value_type is not float:
         return Rejection(index, "value", f"value of {code} must be a number, got {_kind(value)}", item)
-    if not math.isfinite(value):
-        return Rejection(index, "value", f"value must be finite, got {value}", item)
+    if not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        return Rejection(index, "value", _not_finite(value), item)
     canonical = spec.to_canonical(value, unit)
     if canonical is None:
         accepted = ", ".join(repr(u) for u in spec.units)
@@ -199,7 +212,18 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
+_UNSTORABLE_REASON = "must not contain NUL characters or unpaired surrogates"
+
+
+def _not_finite(value: float) -> str:
+    if type(value) is int:  # beyond the range of a float, and possibly too long to print
+        return "value must be finite, got an integer beyond the range of a number"
+    return f"value must be finite, got {value}"
+
+
 def _text_reason(value: object) -> str:
+    if isinstance(value, str) and _UNSTORABLE.search(value):
+        return _UNSTORABLE_REASON
     if isinstance(value, str):
         return "must be a non-empty string of at most 256 characters"
     return f"must be a string, got {_kind(value)}"

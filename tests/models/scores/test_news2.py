@@ -39,7 +39,7 @@ def score_rows(rows: list[dict[str, float]], scale: Any = 1) -> News2Batch:
     return news2(**arrays, spo2_scale=scale)
 
 
-def score_one(scale: int = 1, **overrides: float) -> dict[str, object]:
+def score_one(scale: int = 1, /, **overrides: float) -> dict[str, object]:
     """Score a single otherwise-normal patient and return its JSON result."""
     return score_rows([{**NORMAL, **overrides}], scale).result(0)
 

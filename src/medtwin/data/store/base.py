@@ -304,6 +304,8 @@ class SqlStore:
         limit: int = 500,
         cursor: str | None = None,
     ) -> HistoryPage:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
         table = schema.observations
         query = sa.select(table).where(table.c.patient_id == patient_id)
         if codes:
@@ -315,7 +317,10 @@ class SqlStore:
         if cursor:
             after_time, after_row = _parse_cursor(cursor)
             query = query.where(
-                sa.tuple_(table.c.effective_us, table.c.row_id) > sa.tuple_(after_time, after_row)
+                sa.or_(
+                    table.c.effective_us > after_time,
+                    sa.and_(table.c.effective_us == after_time, table.c.row_id > after_row),
+                )
             )
         query = query.order_by(table.c.effective_us, table.c.row_id).limit(limit + 1)
         with self._read() as conn:
@@ -329,27 +334,29 @@ class SqlStore:
 
     def latest(self, *, codes: Sequence[str], since_us: int) -> list[Observation]:
         table = schema.observations
-        newest = (
-            sa.select(
-                table.c.patient_id,
-                table.c.code,
-                sa.func.max(table.c.effective_us).label("t"),
+        # Exactly one row per (patient, code): of several at the newest time (an amended
+        # version, two sources) the highest version, then the one stored last.
+        rank = (
+            sa.func.row_number()
+            .over(
+                partition_by=(table.c.patient_id, table.c.code),
+                order_by=(
+                    table.c.effective_us.desc(),
+                    table.c.version.desc(),
+                    table.c.row_id.desc(),
+                ),
             )
+            .label("newest_rank")
+        )
+        ranked = (
+            sa.select(table, rank)
             .where(table.c.code.in_(list(codes)), table.c.effective_us >= since_us)
-            .group_by(table.c.patient_id, table.c.code)
             .subquery()
         )
         query = (
-            sa.select(table)
-            .join(
-                newest,
-                sa.and_(
-                    table.c.patient_id == newest.c.patient_id,
-                    table.c.code == newest.c.code,
-                    table.c.effective_us == newest.c.t,
-                ),
-            )
-            .order_by(table.c.patient_id, table.c.code, table.c.effective_us, table.c.row_id)
+            sa.select(*(ranked.c[column.name] for column in table.columns))
+            .where(ranked.c.newest_rank == 1)
+            .order_by(ranked.c.patient_id, ranked.c.code)
         )
         with self._read() as conn:
             rows = conn.execute(query).all()
@@ -445,7 +452,7 @@ class SqlStore:
             f"VALUES ({self._params(5)})"
         )
         with self._write() as conn:
-            conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
+            conn.exec_driver_sql(sql, rows)
 
     def derived_history(
         self,

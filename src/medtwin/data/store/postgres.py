@@ -70,7 +70,7 @@ class PostgresStore(SqlStore):
         conn.exec_driver_sql(
             "INSERT INTO patients (id, pseudonym, spo2_scale, created_us) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (id) DO NOTHING",
-            [(p.id, p.pseudonym, p.spo2_scale, p.created_us) for p in patients],  # type: ignore[arg-type]
+            [(p.id, p.pseudonym, p.spo2_scale, p.created_us) for p in patients],
         )
 
     @contextmanager

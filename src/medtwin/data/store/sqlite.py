@@ -84,7 +84,7 @@ class SQLiteStore(SqlStore):
         conn.exec_driver_sql(
             "INSERT INTO patients (id, pseudonym, spo2_scale, created_us) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (id) DO NOTHING",
-            [(p.id, p.pseudonym, p.spo2_scale, p.created_us) for p in patients],  # type: ignore[arg-type]
+            [(p.id, p.pseudonym, p.spo2_scale, p.created_us) for p in patients],
         )
 
     def backup(self, path: Path) -> None:

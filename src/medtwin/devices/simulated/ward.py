@@ -233,7 +233,6 @@ class VirtualWard:
         order = init.permutation(n)
         kind[order[:n_det]] = 1
         kind[order[n_det : n_det + n_rec]] = 2
-        self._kind: Final[IntArray] = kind
         names: tuple[Trend, Trend, Trend] = ("stable", "deteriorating", "recovering")
         self.trends: Final[dict[str, Trend]] = {
             p: names[k] for p, k in zip(self.patient_ids, kind.tolist(), strict=True)
@@ -386,7 +385,8 @@ class VirtualWard:
             [16.0 * s, -14.0 * s15, -40.0 * s15, -22.0 * s15, 45.0 * s, 2.2 * s]
         )
         v = self._baseline + self._gain * effect + self._wander
-        v[:, _SPO2] = np.minimum(v[:, _SPO2] + _OXYGEN_GAIN * (self._fio2() - ROOM_AIR_FIO2), 100.0)
+        boost = _OXYGEN_GAIN * (self._fio2() - ROOM_AIR_FIO2)
+        v[:, _SPO2] = np.minimum(self._spo2_on_air() + boost, 100.0)
         return v
 
     def _spo2_on_air(self) -> FloatArray:

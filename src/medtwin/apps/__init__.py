@@ -1,0 +1,1 @@
+"""Application layer: the FastAPI service, the dashboard and the CLI."""

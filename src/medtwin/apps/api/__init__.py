@@ -1,0 +1,77 @@
+"""The FastAPI service: REST under /api/v1, WebSocket events, health, dashboard."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from medtwin import __version__
+from medtwin.apps.api import errors
+from medtwin.apps.api.context import ServiceContext
+from medtwin.apps.api.routes import events, health, observations, patients, twins
+from medtwin.core.clock import Clock
+from medtwin.core.settings import Settings
+from medtwin.data.store import SqlStore
+
+__all__ = ["ServiceContext", "create_app"]
+
+log = logging.getLogger(__name__)
+
+BackgroundTask = Callable[[ServiceContext], Awaitable[None]]
+
+
+async def refresh_twins(context: ServiceContext) -> None:
+    """Rescore twins as values age out of their windows, every refresh interval."""
+    while True:
+        await asyncio.sleep(context.settings.refresh_interval_s)
+        try:
+            await run_in_threadpool(context.ingestor.refresh)
+        except Exception:  # keep refreshing: one failed pass must not stop the ward
+            log.exception("twin refresh failed")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    store: SqlStore | None = None,
+    background: tuple[BackgroundTask, ...] = (refresh_twins,),
+) -> FastAPI:
+    """The service. ``background`` tasks run for the life of the app (the demo adds the ward)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        context = ServiceContext.build(settings, clock=clock, store=store)
+        app.state.context = context
+        tasks = [asyncio.create_task(task(context)) for task in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if store is None:
+                context.store.close()
+
+    app = FastAPI(
+        title="medtwin",
+        version=__version__,
+        description="Live, personal digital twins of patients.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (observations, patients, twins, health, events):
+        app.include_router(module.router)
+    from medtwin.apps import dashboard
+
+    dashboard.install(app)
+    return app

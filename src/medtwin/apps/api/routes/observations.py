@@ -1,0 +1,112 @@
+"""POST /api/v1/observations: batches of observations from devices and systems."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from medtwin.apps.api.deps import Context
+from medtwin.apps.api.errors import error_response
+from medtwin.apps.api.schemas import ErrorAnswer, IngestAnswer, ObservationBatch
+from medtwin.data.store import QuarantineEntry
+
+router = APIRouter(prefix="/api/v1/observations", tags=["observations"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorAnswer, "description": "Body is not JSON"},
+    413: {"model": ErrorAnswer, "description": "Body or batch too large"},
+    422: {"model": ErrorAnswer, "description": "Body is not an observation batch"},
+}
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "",
+    response_model=IngestAnswer,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ObservationBatch.model_json_schema()}},
+        }
+    },
+)
+async def post_observations(request: Request, context: Context) -> JSONResponse:
+    """Validate, store and score a batch; one result per item, answered once durable."""
+    settings = context.settings
+    source = request.headers.get("x-source")
+
+    async def refuse(status: int, code: str, message: str, location: str, payload: str) -> JSONResponse:
+        entry = QuarantineEntry(
+            channel="api",
+            location=location,
+            reason=message,
+            payload=payload,
+            source=source,
+            received_us=context.clock.now_us(),
+        )
+        await run_in_threadpool(context.store.quarantine, [entry])
+        return error_response(status, code, message, location)
+
+    try:
+        body = await _read_body(request, settings.max_body_bytes)
+    except _TooLarge:
+        return await refuse(
+            413,
+            "too_large",
+            f"body exceeds {settings.max_body_bytes} bytes",
+            "body",
+            f"<body over {settings.max_body_bytes} bytes, content-length "
+            f"{request.headers.get('content-length')}>",
+        )
+    text = body.decode("utf-8", errors="replace")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return await refuse(
+            400, "invalid_json", f"body is not JSON: {exc.msg}", f"body:{exc.lineno}:{exc.colno}", text
+        )
+    if not isinstance(document, dict):
+        return await refuse(422, "invalid_request", "body must be a JSON object", "body", text)
+    unknown = sorted(set(document) - {"observations"})
+    if unknown:
+        return await refuse(422, "invalid_request", f"unknown field {unknown[0]!r}", unknown[0], text)
+    items = document.get("observations")
+    if not isinstance(items, list):
+        return await refuse(
+            422, "invalid_request", "'observations' must be an array of observations", "observations", text
+        )
+    if len(items) > settings.max_batch_items:
+        return await refuse(
+            413,
+            "too_large",
+            f"batch of {len(items)} items exceeds {settings.max_batch_items}",
+            "observations",
+            text,
+        )
+    results = await run_in_threadpool(context.ingestor.ingest, items, channel="api")
+    summary = {"stored": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
+    for result in results:
+        summary[result.status] += 1
+    return JSONResponse({"results": [r.as_json() for r in results], "summary": summary})

@@ -1,0 +1,162 @@
+"""Shapes of the API's requests, answers and events (published under docs/schemas/)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Band = Literal["low", "low-medium", "medium", "high"]
+Status = Literal["stored", "duplicate", "conflict", "rejected"]
+
+
+class ObservationItem(BaseModel):
+    """One observation as a device or system sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The sender's id of this item; with source, the idempotency key")
+    source: str = Field(description="The sending device or system")
+    patient: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+    code: str = Field(description="LOINC code (or a code of `system`)")
+    value: float | str
+    unit: str = Field("", description="UCUM unit")
+    time: str = Field(description="ISO 8601 time with zone, e.g. 2026-01-01T10:00:00Z")
+    system: str = Field("http://loinc.org", description="Code system URI")
+
+
+class ObservationBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    observations: list[ObservationItem]
+
+
+class ItemResult(BaseModel):
+    index: int
+    id: str | None
+    status: Status
+    flags: list[str] = Field(default_factory=list)
+    reason: str | None = None
+    field: str | None = Field(None, description="Field at fault (rejected items)")
+    location: str | None = Field(None, description="JSON path of the fault")
+
+
+class IngestAnswer(BaseModel):
+    results: list[ItemResult]
+    summary: dict[Status, int]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    location: str | None = None
+
+
+class ErrorAnswer(BaseModel):
+    error: ErrorBody
+
+
+class VitalValue(BaseModel):
+    value: float | str
+    unit: str
+    time: str
+    flags: list[str]
+
+
+class OtherValue(VitalValue):
+    system: str
+    code: str
+
+
+class News2(BaseModel):
+    score: int | None = Field(ge=0, le=20)
+    partial_score: int = Field(ge=0, le=20)
+    band: Band | None
+    subscores: dict[
+        Literal[
+            "respiration_rate",
+            "spo2",
+            "air_or_oxygen",
+            "systolic_bp",
+            "pulse",
+            "consciousness",
+            "temperature",
+        ],
+        int | None,
+    ]
+    missing: list[str]
+
+
+class Twin(BaseModel):
+    patient: str
+    time: str = Field(description="When the twin was evaluated (clock time)")
+    spo2_scale: Literal[1, 2]
+    vitals: dict[str, VitalValue] = Field(description="Newest value per LOINC code")
+    other: list[OtherValue] = Field(description="Newest value of each unmapped code")
+    news2: News2
+
+
+class TwinEvent(Twin):
+    type: Literal["twin.updated"]
+
+
+class PatientOut(BaseModel):
+    id: str
+    pseudonym: str
+    spo2_scale: Literal[1, 2]
+    created: str
+
+
+class PatientUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spo2_scale: Literal[1, 2] = Field(description="NEWS2 SpO2 scale; 2 for hypercapnic respiratory failure")
+
+
+class HistoryItem(BaseModel):
+    id: str
+    source: str
+    system: str
+    code: str
+    value: float | str | None
+    unit: str
+    time: str
+    status: str
+    version: int
+    flags: list[str]
+    received: str
+
+
+class HistoryAnswer(BaseModel):
+    items: list[HistoryItem]
+    next_cursor: str | None
+
+
+class News2Point(BaseModel):
+    time: str
+    score: int | None
+    partial_score: int
+    band: Band | None
+
+
+PUBLISHED: dict[str, type[BaseModel]] = {
+    "observation-batch": ObservationBatch,
+    "ingest-answer": IngestAnswer,
+    "error": ErrorAnswer,
+    "twin": Twin,
+    "twin-event": TwinEvent,
+    "patient": PatientOut,
+    "history": HistoryAnswer,
+}
+"""Schemas written to docs/schemas/<name>.schema.json."""
+
+
+def json_schemas() -> dict[str, dict[str, object]]:
+    """The published JSON Schemas, by file stem."""
+    out: dict[str, dict[str, object]] = {}
+    for name, model in PUBLISHED.items():
+        schema = model.model_json_schema()
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"https://medtwin.example/schemas/{name}.schema.json"
+        out[name] = schema
+    return out

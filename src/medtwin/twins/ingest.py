@@ -1,0 +1,191 @@
+"""The ingestion path every adapter shares: validate, store, update twins, publish.
+
+One call handles one batch: bad items are quarantined with their reason and
+location in the same transaction that stores the good ones, and the answer
+is given only once that transaction has committed.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from medtwin.core.clock import Clock
+from medtwin.core.records import Observation, Patient, QualityFlag
+from medtwin.data.codes import DEFAULT_REGISTRY, CodeRegistry
+from medtwin.data.store import AppendStatus, QuarantineEntry, Store
+from medtwin.data.validation import validate_items
+from medtwin.twins.events import EventBus
+from medtwin.twins.runtime import TwinRuntime, TwinUpdate
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """The answer for one item: stored (with flags), duplicate, conflict or rejected."""
+
+    index: int
+    id: str | None
+    status: str
+    flags: tuple[str, ...] = ()
+    reason: str | None = None
+    field: str | None = None
+    location: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "id": self.id, "status": self.status}
+        if self.flags:
+            out["flags"] = list(self.flags)
+        if self.reason is not None:
+            out["reason"] = self.reason
+            out["field"] = self.field
+            out["location"] = self.location
+        return out
+
+
+@dataclass
+class IngestMetrics:
+    """Prometheus metrics of one ingestion path."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.items = Counter(
+            "medtwin_ingest_items",
+            "Items received, by channel and outcome",
+            ["channel", "status"],
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "medtwin_ingest_batch_seconds",
+            "Time to validate, store and score one batch (s)",
+            ["channel"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.twins = Gauge("medtwin_twins", "Live twins", registry=self.registry)
+
+
+class Ingestor:
+    """Validate -> quarantine or store -> update twins -> publish events."""
+
+    def __init__(
+        self,
+        store: Store,
+        runtime: TwinRuntime,
+        bus: EventBus,
+        clock: Clock,
+        *,
+        registry: CodeRegistry = DEFAULT_REGISTRY,
+        max_future_s: float = 300.0,
+        metrics: IngestMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.bus = bus
+        self.clock = clock
+        self.registry = registry
+        self.max_future_us = round(max_future_s * 1_000_000)
+        self.metrics = metrics or IngestMetrics()
+        # One batch at a time: the twins see observations in the order the store took them.
+        self._lock = threading.Lock()
+
+    def ingest(self, items: Sequence[Any], *, channel: str = "api") -> list[IngestResult]:
+        """Ingest a batch of observation items (API/JSON-lines shape); one result per item."""
+        started = time.perf_counter()
+        with self._lock:
+            now = self.clock.now_us()
+            validated = validate_items(
+                items, now_us=now, registry=self.registry, max_future_us=self.max_future_us
+            )
+            rejected = [
+                QuarantineEntry(
+                    channel=channel,
+                    location=r.location(),
+                    reason=r.reason,
+                    payload=_raw_text(r.item),
+                    source=r.item.get("source") if isinstance(r.item, dict) else None,
+                    received_us=now,
+                )
+                for r in validated.rejected
+            ]
+            observations = [obs for _, obs in validated.accepted]
+            new_patients = self._new_patients(observations, now)
+            statuses = self.store.append(
+                observations,
+                received_us=now,
+                new_patients=new_patients,
+                rejected=rejected,
+                channel=channel,
+            )
+            stored = [
+                obs for obs, status in zip(observations, statuses, strict=True)
+                if status is AppendStatus.STORED
+            ]
+            update = self.runtime.observe(stored)
+            self._publish(update)
+        results = self._results(items, validated.accepted, statuses, validated.rejected)
+        self._count(channel, results, time.perf_counter() - started)
+        return results
+
+    def _new_patients(self, observations: Sequence[Observation], now: int) -> list[Patient]:
+        runtime = self.runtime
+        fresh = {obs.patient for obs in observations if obs.patient not in runtime}
+        return [Patient(p, "pt-" + secrets.token_hex(8), created_us=now) for p in sorted(fresh)]
+
+    def _publish(self, update: TwinUpdate) -> None:
+        if len(update.rows) and self.bus.has_subscribers:
+            self.bus.publish(self.runtime.events(update))
+
+    def refresh(self) -> int:
+        """Rescore every twin at the clock's now; publish the twins whose NEWS2 changed."""
+        update = self.runtime.refresh()
+        if self.bus.has_subscribers and update.changed.any():
+            self.bus.publish(self.runtime.events(update, only_changed=True))
+        return int(update.changed.sum())
+
+    @staticmethod
+    def _results(
+        items: Sequence[Any],
+        accepted: Sequence[tuple[int, Observation]],
+        statuses: Sequence[AppendStatus],
+        rejections: Sequence[Any],
+    ) -> list[IngestResult]:
+        results: list[IngestResult | None] = [None] * len(items)
+        for (index, obs), status in zip(accepted, statuses, strict=True):
+            flags = tuple(QualityFlag.names_of(obs.flags)) if obs.flags else ()
+            results[index] = IngestResult(index, obs.source_id, status.value, flags)
+        for rejection in rejections:
+            item = rejection.item
+            item_id = item.get("id") if isinstance(item, dict) else None
+            results[rejection.index] = IngestResult(
+                rejection.index,
+                item_id if isinstance(item_id, str) else None,
+                "rejected",
+                reason=rejection.reason,
+                field=rejection.field or None,
+                location=rejection.location(),
+            )
+        return [r for r in results if r is not None]
+
+    def _count(self, channel: str, results: Sequence[IngestResult], seconds: float) -> None:
+        tally: dict[str, int] = {}
+        for result in results:
+            tally[result.status] = tally.get(result.status, 0) + 1
+        for status, n in tally.items():
+            self.metrics.items.labels(channel, status).inc(n)
+        self.metrics.seconds.labels(channel).observe(seconds)
+        self.metrics.twins.set(len(self.runtime))
+
+
+def _raw_text(item: Any) -> str:
+    try:
+        return json.dumps(item, allow_nan=True, default=repr)[:65_536]
+    except (TypeError, ValueError):
+        return repr(item)[:65_536]

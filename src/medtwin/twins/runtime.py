@@ -1,0 +1,276 @@
+"""The twin runtime: the live state of every patient's twin, updated in batches.
+
+Each twin keeps the newest value of every registered code (one row of a
+patients x codes array, so a batch of observations updates a whole ward with
+a few array operations) and the NEWS2 derived from them. ``observe`` returns
+the twins whose state changed; ``events`` turns those into JSON events.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from medtwin.core.clock import Clock, from_us
+from medtwin.core.records import Observation, ObservationStatus, QualityFlag
+from medtwin.data.codes import DEFAULT_REGISTRY, CodeRegistry
+from medtwin.models.scores import ACVPU, INPUT_CODES, PARAMETERS, News2Batch, news2
+
+_NEVER = np.iinfo(np.int64).min
+_ACVPU_INDEX = {letter: float(i) for i, letter in enumerate(ACVPU)}
+_NEWS2_ARGUMENT = {"air_or_oxygen": "fio2"}  # parameter -> keyword of news2() where they differ
+_HIDDEN = int(QualityFlag.ARTIFACT_SUSPECTED)
+
+
+@dataclass(frozen=True)
+class TwinUpdate:
+    """Twins touched by one batch: their row indices and their NEWS2 now."""
+
+    rows: NDArray[np.intp]
+    news2: News2Batch
+    changed: NDArray[np.bool_]  # NEWS2 (score, partial, band or a sub-score) differs from before
+    at_us: int
+
+
+class TwinRuntime:
+    """Live state of every twin. Thread-safe; one writer at a time."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        news2_window_s: float = 3600.0,
+        registry: CodeRegistry = DEFAULT_REGISTRY,
+    ) -> None:
+        self.clock = clock
+        self.window_us = round(news2_window_s * 1_000_000)
+        self.codes: tuple[str, ...] = tuple(spec.code for spec in registry)
+        self._units = {spec.code: spec.unit for spec in registry}
+        self._column = {code: i for i, code in enumerate(self.codes)}
+        self._news2_columns = np.array([self._column[c] for c in INPUT_CODES], dtype=np.intp)
+        self._news2_keywords = [
+            _NEWS2_ARGUMENT.get(INPUT_CODES[c], INPUT_CODES[c]) for c in INPUT_CODES
+        ]
+        self._row: dict[str, int] = {}
+        self.patient_ids: list[str] = []
+        capacity = 64
+        self._values = np.full((capacity, len(self.codes)), np.nan)
+        self._times = np.full((capacity, len(self.codes)), _NEVER, dtype=np.int64)
+        self._flags = np.zeros((capacity, len(self.codes)), dtype=np.int32)
+        self._scale = np.ones(capacity, dtype=np.int8)
+        self._news2_state = np.full((capacity, len(PARAMETERS) + 3), -2, dtype=np.int16)
+        self._unmapped: dict[str, dict[str, Observation]] = {}
+        self._lock = threading.RLock()
+
+    # -- patients -------------------------------------------------------------
+
+    def __contains__(self, patient: object) -> bool:
+        return patient in self._row
+
+    def __len__(self) -> int:
+        return len(self.patient_ids)
+
+    def add(self, patient: str, *, spo2_scale: int = 1) -> int:
+        """Row of ``patient``, creating the twin on first sight."""
+        with self._lock:
+            row = self._row.get(patient)
+            if row is None:
+                row = len(self.patient_ids)
+                if row == len(self._scale):
+                    self._grow()
+                self._row[patient] = row
+                self.patient_ids.append(patient)
+            self._scale[row] = spo2_scale
+            return row
+
+    def set_spo2_scale(self, patient: str, scale: int) -> TwinUpdate:
+        with self._lock:
+            row = self._row[patient]
+            self._scale[row] = scale
+            return self._score(np.array([row], dtype=np.intp))
+
+    def _grow(self) -> None:
+        grow = len(self._scale)
+        self._values = np.vstack([self._values, np.full_like(self._values[:grow], np.nan)])
+        self._times = np.vstack([self._times, np.full_like(self._times[:grow], _NEVER)])
+        self._flags = np.vstack([self._flags, np.zeros_like(self._flags[:grow])])
+        self._scale = np.concatenate([self._scale, np.ones(grow, dtype=np.int8)])
+        self._news2_state = np.vstack([self._news2_state, np.full_like(self._news2_state[:grow], -2)])
+
+    # -- updates --------------------------------------------------------------
+
+    def observe(self, observations: Sequence[Observation]) -> TwinUpdate:
+        """Fold stored observations into the twins and rescore the twins they touch."""
+        with self._lock:
+            rows: list[int] = []
+            columns: list[int] = []
+            times: list[int] = []
+            values: list[float] = []
+            flags: list[int] = []
+            touched: set[int] = set()
+            column_of = self._column.get
+            row_of = self._row.get
+            for obs in observations:
+                row = row_of(obs.patient)
+                if row is None:
+                    row = self.add(obs.patient)
+                touched.add(row)
+                column = column_of(obs.code) if not obs.flags & QualityFlag.UNMAPPED else None
+                if column is None:
+                    self._remember_unmapped(obs)
+                    continue
+                if obs.status == ObservationStatus.ENTERED_IN_ERROR:
+                    continue
+                value = obs.value_num
+                if value is None:
+                    value = _ACVPU_INDEX.get(obs.value_text or "", np.nan)
+                rows.append(row)
+                columns.append(column)
+                times.append(obs.effective_us)
+                values.append(value)
+                flags.append(obs.flags)
+            if rows:
+                self._fold(
+                    np.array(rows, dtype=np.intp),
+                    np.array(columns, dtype=np.intp),
+                    np.array(times, dtype=np.int64),
+                    np.array(values, dtype=np.float64),
+                    np.array(flags, dtype=np.int32),
+                )
+            return self._score(np.array(sorted(touched), dtype=np.intp))
+
+    def _fold(
+        self,
+        rows: NDArray[np.intp],
+        columns: NDArray[np.intp],
+        times: NDArray[np.int64],
+        values: NDArray[np.float64],
+        flags: NDArray[np.int32],
+    ) -> None:
+        # Newest reading per (row, column) within the batch: sort, keep each group's last.
+        order = np.lexsort((times, columns, rows))
+        rows, columns, times, values, flags = (
+            rows[order], columns[order], times[order], values[order], flags[order]
+        )
+        last = np.ones(len(rows), dtype=bool)
+        last[:-1] = (rows[1:] != rows[:-1]) | (columns[1:] != columns[:-1])
+        rows, columns, times, values, flags = (
+            rows[last], columns[last], times[last], values[last], flags[last]
+        )
+        newer = times >= self._times[rows, columns]
+        rows, columns = rows[newer], columns[newer]
+        self._times[rows, columns] = times[newer]
+        self._values[rows, columns] = values[newer]
+        self._flags[rows, columns] = flags[newer]
+
+    def _remember_unmapped(self, obs: Observation) -> None:
+        latest = self._unmapped.setdefault(obs.patient, {})
+        key = f"{obs.system}|{obs.code}"
+        held = latest.get(key)
+        if held is None or held.effective_us <= obs.effective_us:
+            latest[key] = obs
+
+    def refresh(self) -> TwinUpdate:
+        """Rescore every twin at the clock's now (values age out of the NEWS2 window)."""
+        with self._lock:
+            return self._score(np.arange(len(self.patient_ids), dtype=np.intp))
+
+    def _score(self, rows: NDArray[np.intp], *, commit: bool = True) -> TwinUpdate:
+        """NEWS2 of ``rows`` now; ``commit`` records it as the state later changes compare to."""
+        now = self.clock.now_us()
+        columns = self._news2_columns
+        values = self._values[np.ix_(rows, columns)]
+        age = now - self._times[np.ix_(rows, columns)]
+        usable = (age <= self.window_us) & ~(self._flags[np.ix_(rows, columns)] & _HIDDEN).astype(bool)
+        values = np.where(usable, values, np.nan)
+        arguments = {kw: values[:, i] for i, kw in enumerate(self._news2_keywords)}
+        result = news2(**arguments, spo2_scale=self._scale[rows])
+        state = np.column_stack(
+            [result.subscores, result.score, result.partial_score, result.band]
+        ).astype(np.int16)
+        changed = np.any(state != self._news2_state[rows], axis=1)
+        if commit:
+            self._news2_state[rows] = state
+        return TwinUpdate(rows, result, changed, now)
+
+    # -- views ----------------------------------------------------------------
+
+    def rows_of(self, patients: Iterable[str]) -> NDArray[np.intp]:
+        return np.array([self._row[p] for p in patients if p in self._row], dtype=np.intp)
+
+    def vitals(self, row: int) -> dict[str, dict[str, Any]]:
+        """Newest value of each registered code of one twin, with its time and flags."""
+        out: dict[str, dict[str, Any]] = {}
+        for column, code in enumerate(self.codes):
+            time_us = int(self._times[row, column])
+            if time_us == _NEVER:
+                continue
+            value: float | str = float(self._values[row, column])
+            if code == "80288-4":
+                value = ACVPU[int(value)]
+            out[code] = {
+                "value": value,
+                "unit": self._units[code],
+                "time": _iso(time_us),
+                "flags": QualityFlag.names_of(int(self._flags[row, column])),
+            }
+        return out
+
+    def other(self, patient: str) -> list[dict[str, Any]]:
+        """Newest value of each unmapped code of one twin."""
+        return [
+            {
+                "system": obs.system,
+                "code": obs.code,
+                "value": obs.value_num if obs.value_num is not None else obs.value_text,
+                "unit": obs.unit,
+                "time": _iso(obs.effective_us),
+                "flags": QualityFlag.names_of(obs.flags),
+            }
+            for obs in self._unmapped.get(patient, {}).values()
+        ]
+
+    def view(self, patient: str) -> dict[str, Any]:
+        """The twin as JSON: newest vitals and NEWS2 at the clock's now."""
+        with self._lock:
+            row = self._row[patient]
+            update = self._score(np.array([row], dtype=np.intp), commit=False)
+            return self._view(row, update.news2.result(0), update.at_us)
+
+    def _view(self, row: int, news2_result: dict[str, object], at_us: int) -> dict[str, Any]:
+        patient = self.patient_ids[row]
+        return {
+            "patient": patient,
+            "time": _iso(at_us),
+            "spo2_scale": int(self._scale[row]),
+            "vitals": self.vitals(row),
+            "other": self.other(patient),
+            "news2": news2_result,
+        }
+
+    def events(self, update: TwinUpdate, *, only_changed: bool = False) -> list[dict[str, Any]]:
+        """``twin.updated`` events for the twins of ``update``."""
+        with self._lock:
+            return [
+                {"type": "twin.updated", **self._view(int(row), update.news2.result(i), update.at_us)}
+                for i, row in enumerate(update.rows)
+                if not only_changed or update.changed[i]
+            ]
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every twin's view, for the ward list."""
+        with self._lock:
+            update = self._score(np.arange(len(self.patient_ids), dtype=np.intp), commit=False)
+            return [
+                self._view(int(row), update.news2.result(i), update.at_us)
+                for i, row in enumerate(update.rows)
+            ]
+
+
+def _iso(time_us: int) -> str:
+    return from_us(time_us).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,139 @@
+"""The code registry: lookups, unit conversions and limits of every registered code."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from medtwin.core.records import LOINC
+from medtwin.data.codes import DEFAULT_REGISTRY, VITAL_SIGNS, CodeRegistry, CodeSpec
+
+EXPECTED_CODES = {
+    "9279-1": "/min",  # respiratory rate
+    "59408-5": "%",  # SpO2
+    "8480-6": "mm[Hg]",  # systolic BP
+    "8462-4": "mm[Hg]",  # diastolic BP
+    "8867-4": "/min",  # heart rate
+    "8310-5": "Cel",  # body temperature
+    "80288-4": "",  # ACVPU
+    "3150-0": "%",  # FiO2
+    "2339-0": "mg/dL",  # glucose
+}
+
+# (code, unit, value, canonical value): every accepted unit of every code.
+CONVERSIONS = [
+    ("9279-1", "/min", 18, 18.0),
+    ("9279-1", "{breaths}/min", 18, 18.0),
+    ("59408-5", "%", 96, 96.0),
+    ("8480-6", "mm[Hg]", 120, 120.0),
+    ("8480-6", "kPa", 16, 120.009869232),
+    ("8462-4", "mm[Hg]", 80, 80.0),
+    ("8462-4", "kPa", 10, 75.00616827),
+    ("8867-4", "/min", 72, 72.0),
+    ("8867-4", "{beats}/min", 72, 72.0),
+    ("8310-5", "Cel", 37, 37.0),
+    ("8310-5", "[degF]", 98.6, 37.0),
+    ("8310-5", "[degF]", 32, 0.0),
+    ("8310-5", "[degF]", 212, 100.0),
+    ("8310-5", "[degF]", -40, -40.0),
+    ("8310-5", "K", 310.15, 37.0),
+    ("8310-5", "K", 273.15, 0.0),
+    ("80288-4", "", 1, 1.0),
+    ("80288-4", "1", 1, 1.0),
+    ("80288-4", "{score}", 1, 1.0),
+    ("3150-0", "%", 21, 21.0),
+    ("2339-0", "mg/dL", 99, 99.0),
+    ("2339-0", "mmol/L", 5.5, 99.088),
+    ("2339-0", "mmol/L", 10, 180.16),
+]
+
+
+def test_default_registry_holds_the_vital_signs() -> None:
+    assert len(DEFAULT_REGISTRY) == len(VITAL_SIGNS) == len(EXPECTED_CODES)
+    assert {spec.code: spec.unit for spec in DEFAULT_REGISTRY} == EXPECTED_CODES
+    assert list(DEFAULT_REGISTRY) == list(VITAL_SIGNS)
+
+
+@pytest.mark.parametrize("code", sorted(EXPECTED_CODES))
+def test_lookup_by_code(code: str) -> None:
+    spec = DEFAULT_REGISTRY.get(code)
+    assert spec is not None
+    assert spec.code == code
+    assert spec.system == LOINC
+    assert spec.display
+    assert DEFAULT_REGISTRY.get(code, LOINC) is spec
+    assert code in DEFAULT_REGISTRY
+
+
+def test_lookup_of_unknown_code_or_other_system() -> None:
+    assert DEFAULT_REGISTRY.get("0000-0") is None
+    assert DEFAULT_REGISTRY.get("") is None
+    assert "0000-0" not in DEFAULT_REGISTRY
+    # A registered code in another code system is not the registered code.
+    assert DEFAULT_REGISTRY.get("9279-1", "http://snomed.info/sct") is None
+
+
+def test_custom_registry_with_another_system() -> None:
+    snomed = "http://snomed.info/sct"
+    spec = CodeSpec("86290005", "Respiration rate", "/min", {"/min": (1.0, 0.0)}, system=snomed)
+    registry = CodeRegistry((spec,))
+    assert len(registry) == 1
+    assert registry.get("86290005", snomed) is spec
+    assert registry.get("86290005") is None  # default system is LOINC
+    assert registry.get("9279-1") is None
+
+
+def test_coded_and_numeric_specs() -> None:
+    acvpu = DEFAULT_REGISTRY.get("80288-4")
+    assert acvpu is not None
+    assert not acvpu.numeric
+    assert acvpu.values == ("A", "C", "V", "P", "U")
+    for spec in DEFAULT_REGISTRY:
+        if spec.code != "80288-4":
+            assert spec.numeric, spec.code
+            assert spec.values == ()
+
+
+@pytest.mark.parametrize(("code", "unit", "value", "expected"), CONVERSIONS)
+def test_each_accepted_unit_converts(code: str, unit: str, value: float, expected: float) -> None:
+    spec = DEFAULT_REGISTRY.get(code)
+    assert spec is not None
+    assert spec.to_canonical(value, unit) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_conversion_table_covers_every_accepted_unit() -> None:
+    covered = {(code, unit) for code, unit, _, _ in CONVERSIONS}
+    every = {(spec.code, unit) for spec in DEFAULT_REGISTRY for unit in spec.units}
+    assert covered == every
+
+
+@pytest.mark.parametrize("spec", VITAL_SIGNS, ids=lambda s: s.code)
+def test_canonical_unit_is_accepted_as_identity(spec: CodeSpec) -> None:
+    assert spec.units[spec.unit] == (1.0, 0.0)
+    assert spec.to_canonical(12.5, spec.unit) == 12.5
+
+
+@pytest.mark.parametrize("spec", VITAL_SIGNS, ids=lambda s: s.code)
+def test_unaccepted_unit_converts_to_none(spec: CodeSpec) -> None:
+    assert spec.to_canonical(1.0, "furlong/fortnight") is None
+    assert spec.to_canonical(1.0, spec.unit + " ") is None
+
+
+@pytest.mark.parametrize("spec", VITAL_SIGNS, ids=lambda s: s.code)
+def test_soft_limits_lie_within_hard_limits(spec: CodeSpec) -> None:
+    hard_low, hard_high = spec.hard
+    soft_low, soft_high = spec.soft
+    assert hard_low <= soft_low < soft_high <= hard_high
+    if spec.numeric:
+        assert math.isfinite(hard_low)
+        assert math.isfinite(hard_high)
+        assert math.isfinite(soft_low)
+        assert math.isfinite(soft_high)
+
+
+def test_registry_cannot_be_changed_through_lookup() -> None:
+    spec = DEFAULT_REGISTRY.get("8867-4")
+    assert spec is not None
+    with pytest.raises(AttributeError):
+        spec.unit = "Hz"  # type: ignore[misc]
