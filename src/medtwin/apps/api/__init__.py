@@ -19,7 +19,7 @@ from medtwin.core.clock import Clock
 from medtwin.core.settings import Settings
 from medtwin.data.store import SqlStore
 
-__all__ = ["ServiceContext", "create_app"]
+__all__ = ["BackgroundTask", "ServiceContext", "create_app", "refresh_twins"]
 
 log = logging.getLogger(__name__)
 

@@ -129,6 +129,10 @@ class Store(Protocol):
         """The newest observation per (patient, code) at or after ``since_us``."""
         ...
 
+    def newest_time(self) -> int | None:
+        """Effective time (µs) of the newest observation, None when there is none."""
+        ...
+
     def append_derived(self, values: Sequence[DerivedValue]) -> None: ...
 
     def derived_history(
@@ -361,6 +365,11 @@ class SqlStore:
         with self._read() as conn:
             rows = conn.execute(query).all()
         return [_stored(r).observation for r in rows]
+
+    def newest_time(self) -> int | None:
+        with self._read() as conn:
+            value = conn.execute(sa.select(sa.func.max(schema.observations.c.effective_us))).scalar()
+        return None if value is None else int(value)
 
     # -- patients -------------------------------------------------------------
 

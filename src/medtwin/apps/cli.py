@@ -1,0 +1,229 @@
+"""The ``medtwin`` command line. Every command is a thin wrapper over a function call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import runpy
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from medtwin import __version__
+from medtwin.core.errors import ConfigurationError, MedtwinError
+from medtwin.core.settings import Settings
+
+app = typer.Typer(help="medtwin: live, personal digital twins of patients.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except (ConfigurationError, ValueError) as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _serve(application: Any, settings: Settings) -> None:
+    import uvicorn
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # No access log: request paths carry patient ids, which stay out of logs.
+    uvicorn.run(
+        application, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port")] = None,
+) -> None:
+    """Run the service (REST, WebSocket, dashboard) on the configured store."""
+    from medtwin.apps.api import create_app
+
+    settings = _settings(host=host, port=port)
+    console.print(f"medtwin {__version__} on http://{settings.host}:{settings.port} "
+                  f"(store {settings.redacted_store_url()})")
+    _serve(create_app(settings), settings)
+
+
+@app.command()
+def demo(
+    patients: Annotated[int | None, typer.Option(help="Patients in the virtual ward")] = None,
+    acceleration: Annotated[float | None, typer.Option(help="Simulated seconds per real second")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port")] = None,
+) -> None:
+    """Run a live virtual ward on the embedded SQLite store at http://127.0.0.1:8000."""
+    from medtwin.apps.demo import create_demo_app
+
+    settings = _settings(demo_patients=patients, demo_acceleration=acceleration, port=port)
+    console.print(
+        f"[bold]medtwin demo[/bold]: {settings.demo_patients} patients, time x{settings.demo_acceleration:g}, "
+        f"store {settings.redacted_store_url()}\n"
+        f"Open [link]http://{settings.host}:{settings.port}/[/link]  (Ctrl+C to stop)"
+    )
+    _serve(create_demo_app(settings), settings)
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, str, Any]]:
+    """(line number, raw line, parsed JSON or the JSONDecodeError) for each non-blank line."""
+    with path.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                yield number, text, json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield number, text, exc
+
+
+def ingest_files(paths: list[Path], settings: Settings, *, batch: int = 1000, progress: bool = True) -> dict[str, int]:
+    """Ingest JSON-lines files of observation items; returns counts by outcome."""
+    from medtwin.apps.api.context import ServiceContext
+    from medtwin.data.store import QuarantineEntry
+
+    context = ServiceContext.build(settings)
+    totals = {"stored": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} lines"),
+            TimeRemainingColumn(), console=console, disable=not progress,
+        ) as bar:
+            for path in paths:
+                task = bar.add_task(path.name, total=sum(1 for _ in path.open(encoding="utf-8-sig")))
+                items: list[Any] = []
+                lines: list[int] = []
+
+                def flush() -> None:
+                    results = context.ingestor.ingest(items, channel=f"cli:{path.name}")
+                    for result in results:
+                        totals[result.status] += 1
+                        if result.status == "rejected":
+                            console.print(f"{path}:{lines[result.index]}: {result.field}: {result.reason}")
+                    bar.advance(task, len(items))
+                    items.clear()
+                    lines.clear()
+
+                for number, text, parsed in _read_jsonl(path):
+                    if isinstance(parsed, json.JSONDecodeError):
+                        location = f"{path.name}:{number}:{parsed.colno}"
+                        context.store.quarantine([QuarantineEntry(
+                            channel=f"cli:{path.name}", location=location,
+                            reason=f"line is not JSON: {parsed.msg}", payload=text,
+                            received_us=context.clock.now_us(),
+                        )])
+                        console.print(f"{path}:{number}: line is not JSON: {parsed.msg}")
+                        totals["rejected"] += 1
+                        continue
+                    items.append(parsed)
+                    lines.append(number)
+                    if len(items) >= batch:
+                        flush()
+                if items:
+                    flush()
+    finally:
+        context.store.close()
+    return totals
+
+
+@app.command()
+def ingest(
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Files to ingest")],
+    format: Annotated[str, typer.Option("--format", help="Input format")] = "jsonl",
+    batch: Annotated[int, typer.Option(min=1, help="Items per transaction")] = 1000,
+) -> None:
+    """Ingest observation files (JSON lines, one API item per line) into the store."""
+    if format != "jsonl":
+        console.print(f"[red]unknown format {format!r}[/red] (supported: jsonl)")
+        raise typer.Exit(2)
+    totals = ingest_files(files, _settings(), batch=batch)
+    typer.echo(" ".join(f"{k}={v}" for k, v in totals.items()))
+    if totals["rejected"] or totals["conflict"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def backup(path: Annotated[Path, typer.Argument(help="Backup file to write (SQLite format)")]) -> None:
+    """Write a consistent copy of the store, safe while the server runs."""
+    from medtwin.data.store import open_store
+
+    if path.exists():
+        console.print(f"[red]{path} exists[/red]; refusing to overwrite a backup")
+        raise typer.Exit(2)
+    settings = _settings()
+    store = open_store(settings.store_url, sqlite_synchronous=settings.sqlite_synchronous)
+    try:
+        store.backup(path)
+    except MedtwinError as exc:
+        console.print(f"[red]backup failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    typer.echo(f"backup written to {path}")
+
+
+@app.command()
+def restore(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Backup file")]) -> None:
+    """Replace the store's content with a backup made by ``medtwin backup``."""
+    from medtwin.data.store import open_store
+
+    settings = _settings()
+    store = open_store(settings.store_url, sqlite_synchronous=settings.sqlite_synchronous)
+    try:
+        store.restore(path)
+    except MedtwinError as exc:
+        console.print(f"[red]restore failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+    typer.echo(f"store restored from {path}")
+
+
+@app.command()
+def schemas(out: Annotated[Path, typer.Option(help="Folder for the JSON Schema files")] = Path("docs/schemas")) -> None:
+    """Write the published JSON Schemas of the API's requests, answers and events."""
+    from medtwin.apps.api.schemas import json_schemas
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+    typer.echo(f"wrote {len(json_schemas())} schemas to {out}")
+
+
+@app.command()
+def bench(
+    name: Annotated[str, typer.Argument(help="Benchmark in bench/ (file stem), or 'all'")] = "all",
+    quick: Annotated[bool, typer.Option(help="Smaller workload, for a smoke run")] = False,
+) -> None:
+    """Run the benchmarks in the checkout's bench/ folder."""
+    folder = Path.cwd() / "bench"
+    if not folder.is_dir():
+        console.print("[red]no bench/ folder here[/red]: run from a medtwin checkout")
+        raise typer.Exit(2)
+    scripts = sorted(folder.glob("*.py")) if name == "all" else [folder / f"{name}.py"]
+    for script in scripts:
+        if not script.is_file():
+            console.print(f"[red]no benchmark {script.name}[/red]")
+            raise typer.Exit(2)
+        if script.name.startswith("_"):
+            continue
+        sys.argv = [str(script), *(["--quick"] if quick else [])]
+        runpy.run_path(str(script), run_name="__main__")
+
+
+if __name__ == "__main__":
+    app()

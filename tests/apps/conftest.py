@@ -1,0 +1,62 @@
+"""A real medtwin server on a free port, for end-to-end and browser tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from medtwin.apps.api import ServiceContext, create_app
+from medtwin.core.settings import Settings
+
+
+@dataclass
+class LiveServer:
+    url: str
+    ws_url: str
+    app_state: object
+
+    @property
+    def context(self) -> ServiceContext:
+        context: ServiceContext = self.app_state.context  # type: ignore[attr-defined]
+        return context
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    port = _free_port()
+    settings = Settings(store_url=f"sqlite:///{tmp_path / 'live.db'}", port=port, refresh_interval_s=0.5)
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    else:
+        pytest.fail("medtwin server did not become ready in 20 s")
+    try:
+        yield LiveServer(url, f"ws://127.0.0.1:{port}", app.state)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
