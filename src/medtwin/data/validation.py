@@ -91,8 +91,10 @@ def validate_items(
     rejected: list[Rejection] = []
     latest_allowed = now_us + max_future_us
     get_spec = registry.get
+    # A batch from one ward repeats the same few timestamps; parse each once.
+    times: dict[str, int] = {}
     for index, item in enumerate(items):
-        fault = _check(item, index, latest_allowed, get_spec)
+        fault = _check(item, index, latest_allowed, get_spec, times)
         if isinstance(fault, Rejection):
             rejected.append(fault)
         else:
@@ -100,7 +102,9 @@ def validate_items(
     return Validated(accepted, rejected)
 
 
-def _check(item: Any, index: int, latest_allowed: int, get_spec: Any) -> Observation | Rejection:
+def _check(
+    item: Any, index: int, latest_allowed: int, get_spec: Any, times: dict[str, int]
+) -> Observation | Rejection:
     if type(item) is not dict:
         return Rejection(index, "", f"item must be a JSON object, got {_kind(item)}", item)
     if not FIELDS.issuperset(item):
@@ -143,10 +147,12 @@ def _check(item: Any, index: int, latest_allowed: int, get_spec: Any) -> Observa
     time_text = item["time"]
     if type(time_text) is not str:
         return Rejection(index, "time", f"time must be an ISO 8601 string, got {_kind(time_text)}", item)
-    try:
-        effective_us = parse_time_us(time_text)
-    except (ValueError, OverflowError) as exc:
-        return Rejection(index, "time", f"unparseable time {time_text[:64]!r}: {exc}", item)
+    effective_us = times.get(time_text)
+    if effective_us is None:
+        try:
+            effective_us = times[time_text] = parse_time_us(time_text)
+        except (ValueError, OverflowError) as exc:
+            return Rejection(index, "time", f"unparseable time {time_text[:64]!r}: {exc}", item)
     if effective_us > latest_allowed:
         return Rejection(index, "time", "time is more than 5 minutes ahead of the clock", item)
 

@@ -124,9 +124,10 @@ class Ingestor:
                 rejected=rejected,
                 channel=channel,
             )
+            stored_status = AppendStatus.STORED
             stored = [
                 obs for obs, status in zip(observations, statuses, strict=True)
-                if status is AppendStatus.STORED
+                if status is stored_status
             ]
             update = self.runtime.observe(stored)
             self._publish(update)
@@ -160,7 +161,7 @@ class Ingestor:
         results: list[IngestResult | None] = [None] * len(items)
         for (index, obs), status in zip(accepted, statuses, strict=True):
             flags = tuple(QualityFlag.names_of(obs.flags)) if obs.flags else ()
-            results[index] = IngestResult(index, obs.source_id, status.value, flags)
+            results[index] = IngestResult(index, obs.source_id, str(status), flags)
         for rejection in rejections:
             item = rejection.item
             item_id = item.get("id") if isinstance(item, dict) else None

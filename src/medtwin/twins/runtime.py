@@ -25,6 +25,8 @@ _NEVER = np.iinfo(np.int64).min
 _ACVPU_INDEX = {letter: float(i) for i, letter in enumerate(ACVPU)}
 _NEWS2_ARGUMENT = {"air_or_oxygen": "fio2"}  # parameter -> keyword of news2() where they differ
 _HIDDEN = int(QualityFlag.ARTIFACT_SUSPECTED)
+_UNMAPPED = int(QualityFlag.UNMAPPED)
+_ENTERED_IN_ERROR = ObservationStatus.ENTERED_IN_ERROR.value
 
 
 @dataclass(frozen=True)
@@ -120,11 +122,11 @@ class TwinRuntime:
                 if row is None:
                     row = self.add(obs.patient)
                 touched.add(row)
-                column = column_of(obs.code) if not obs.flags & QualityFlag.UNMAPPED else None
+                column = column_of(obs.code) if not obs.flags & _UNMAPPED else None
                 if column is None:
                     self._remember_unmapped(obs)
                     continue
-                if obs.status == ObservationStatus.ENTERED_IN_ERROR:
+                if obs.status == _ENTERED_IN_ERROR:
                     continue
                 value = obs.value_num
                 if value is None:

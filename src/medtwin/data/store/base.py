@@ -377,6 +377,8 @@ class SqlStore:
         raise NotImplementedError
 
     def add_patients(self, patients: Sequence[Patient]) -> None:
+        if not patients:  # an empty executemany is an error for both drivers
+            return
         with self._write() as conn:
             self._insert_patients(conn, patients)
 

@@ -1,0 +1,366 @@
+"""The dashboard's pages: the ward list and one page per patient.
+
+Pages are rendered on the server from the twins' current state; ``dashboard.js``
+then keeps them live from the ``/ws/events`` WebSocket. What the ward table and
+the charts show (columns, codes, units, rounding) is declared here once and sent
+to the page as JSON, so the server's rendering and the live updates agree.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from medtwin import __version__
+from medtwin.apps.api.context import ServiceContext
+from medtwin.data.codes import DEFAULT_REGISTRY
+from medtwin.models.scores import INPUT_CODES, PARAMETERS
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATES_DIR = PACKAGE_DIR / "templates"
+STATIC_DIR = PACKAGE_DIR / "static"
+
+router = APIRouter(include_in_schema=False)
+
+templates = Jinja2Templates(
+    env=jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+)
+
+# Everything is served from this origin: no inline script, no CDN, no framing.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+RR, SPO2, FIO2, SYSTOLIC, DIASTOLIC, PULSE, TEMPERATURE, ACVPU_CODE, GLUCOSE = (
+    "9279-1",
+    "59408-5",
+    "3150-0",
+    "8480-6",
+    "8462-4",
+    "8867-4",
+    "8310-5",
+    "80288-4",
+    "2339-0",
+)
+AIR_FIO2 = 21  # FiO2 (rounded, %) above which the patient is on supplemental oxygen
+
+# Ward columns. kind: "number" (rounded half away from zero, as NEWS2 rounds),
+# "o2" (Air, or O2 with its FiO2), "bp" (systolic/diastolic), "text".
+WARD_FIELDS: list[dict[str, Any]] = [
+    {"field": "rr", "label": "RR", "unit": "/min", "kind": "number", "codes": [RR], "decimals": 0},
+    {"field": "spo2", "label": "SpO₂", "unit": "%", "kind": "number", "codes": [SPO2], "decimals": 0},
+    {"field": "o2", "label": "O₂", "unit": "", "kind": "o2", "codes": [FIO2], "decimals": 0},
+    {"field": "bp", "label": "BP", "unit": "mmHg", "kind": "bp", "codes": [SYSTOLIC, DIASTOLIC], "decimals": 0},
+    {"field": "hr", "label": "HR", "unit": "/min", "kind": "number", "codes": [PULSE], "decimals": 0},
+    {"field": "temp", "label": "Temp", "unit": "°C", "kind": "number", "codes": [TEMPERATURE], "decimals": 1},
+    {"field": "acvpu", "label": "ACVPU", "unit": "", "kind": "text", "codes": [ACVPU_CODE], "decimals": 0},
+]
+
+PARAMETER_LABELS: dict[str, str] = {
+    "respiration_rate": "Respiration rate",
+    "spo2": "SpO₂",
+    "air_or_oxygen": "Air or oxygen",
+    "systolic_bp": "Systolic BP",
+    "pulse": "Pulse",
+    "consciousness": "Consciousness",
+    "temperature": "Temperature",
+}
+PARAMETER_CODES: dict[str, str] = {parameter: code for code, parameter in INPUT_CODES.items()}
+
+# Units as people read them (the API speaks UCUM).
+UNIT_LABELS: dict[str, str] = {"mm[Hg]": "mmHg", "Cel": "°C", "[degF]": "°F", "/min": "/min"}
+
+CHARTS: list[dict[str, Any]] = [
+    {"id": "rr", "title": "Respiration rate", "unit": "breaths/min", "series": [[RR, "RR"]]},
+    {"id": "spo2", "title": "SpO₂", "unit": "%", "series": [[SPO2, "SpO₂"]]},
+    {"id": "o2", "title": "Inspired oxygen (FiO₂)", "unit": "%", "series": [[FIO2, "FiO₂"]]},
+    {
+        "id": "bp",
+        "title": "Blood pressure",
+        "unit": "mmHg",
+        "series": [[SYSTOLIC, "Systolic"], [DIASTOLIC, "Diastolic"]],
+    },
+    {"id": "hr", "title": "Heart rate", "unit": "beats/min", "series": [[PULSE, "HR"]]},
+    {"id": "temp", "title": "Temperature", "unit": "°C", "series": [[TEMPERATURE, "Temp"]]},
+    {
+        "id": "acvpu",
+        "title": "Consciousness",
+        "unit": "ACVPU",
+        "series": [[ACVPU_CODE, "ACVPU"]],
+        "coded": True,
+    },
+    {"id": "glucose", "title": "Blood glucose", "unit": "mg/dL", "series": [[GLUCOSE, "Glucose"]]},
+]
+
+RANGES: list[tuple[int, str]] = [(3600, "1 h"), (6 * 3600, "6 h"), (86_400, "24 h"), (3 * 86_400, "3 d")]
+DEFAULT_RANGE_S = 86_400
+
+
+# -- formatting (mirrored by dashboard.js) -------------------------------------
+
+
+def round_half_away(value: float, decimals: int) -> str:
+    """``value`` rounded half away from zero, as NEWS2 rounds before scoring."""
+    scaled = round(value * 10**decimals, 9)
+    whole = math.copysign(math.floor(abs(scaled) + 0.5), scaled)
+    return f"{whole / 10**decimals:.{decimals}f}"
+
+
+def _is_stale(vital: dict[str, Any] | None, twin_time: str, window_s: float) -> bool:
+    if vital is None:
+        return False
+    from datetime import datetime
+
+    age = datetime.fromisoformat(twin_time) - datetime.fromisoformat(vital["time"])
+    return age.total_seconds() > window_s
+
+
+def _number(vital: dict[str, Any] | None, decimals: int) -> str:
+    if vital is None:
+        return "–"
+    value = vital["value"]
+    if isinstance(value, int | float):
+        return round_half_away(float(value), decimals)
+    return str(value)
+
+
+def _cell(field: dict[str, Any], twin: dict[str, Any], window_s: float) -> dict[str, Any]:
+    vitals: dict[str, dict[str, Any]] = twin["vitals"]
+    first = vitals.get(field["codes"][0])
+    kind = field["kind"]
+    if kind == "bp":
+        second = vitals.get(field["codes"][1])
+        text = "–" if first is None and second is None else f"{_number(first, 0)}/{_number(second, 0)}"
+    elif kind == "o2":
+        if first is None or not isinstance(first["value"], int | float):
+            text = "–"
+        else:
+            fio2 = round_half_away(float(first["value"]), 0)
+            text = f"O2 {fio2}%" if float(fio2) > AIR_FIO2 else "Air"
+    elif kind == "text":
+        text = "–" if first is None else str(first["value"])
+    else:
+        text = _number(first, field["decimals"])
+    measured = [vitals[c] for c in field["codes"] if c in vitals]
+    title_parts = [f"measured {v['time']}" for v in measured[:1]]
+    flags = sorted({f for v in measured for f in v["flags"]})
+    if flags:
+        title_parts.append("flags: " + ", ".join(flags))
+    stale = _is_stale(first, twin["time"], window_s)
+    if stale:
+        title_parts.append("older than the NEWS2 window")
+    return {
+        "field": field["field"],
+        "text": text,
+        "title": "; ".join(title_parts),
+        "stale": stale,
+        "flagged": bool(flags),
+    }
+
+
+def news2_cell(news2: dict[str, Any]) -> dict[str, Any]:
+    """Text, band and tooltip of a NEWS2 value (``partial N`` when the score is null)."""
+    band = news2["band"] or "none"
+    if news2["score"] is None:
+        text = f"partial {news2['partial_score']}"
+        missing = [PARAMETER_LABELS.get(p, p) for p in news2["missing"]]
+        title = "Missing: " + ", ".join(missing) if missing else "Not determinable"
+    else:
+        text = str(news2["score"])
+        title = f"NEWS2 {news2['score']}, {band} risk"
+    return {"text": text, "band": band, "title": title}
+
+
+def ward_row(twin: dict[str, Any], window_s: float) -> dict[str, Any]:
+    """Everything one ward row shows, from a twin view (or a ``twin.updated`` event)."""
+    return {
+        "patient": twin["patient"],
+        "href": "/patients/" + quote(twin["patient"], safe=""),
+        "cells": [_cell(field, twin, window_s) for field in WARD_FIELDS],
+        "news2": news2_cell(twin["news2"]),
+    }
+
+
+def subscore_rows(twin: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per NEWS2 parameter: value used, sub-score, missing or undeterminable."""
+    news2 = twin["news2"]
+    vitals: dict[str, dict[str, Any]] = twin["vitals"]
+    rows = []
+    for parameter in PARAMETERS:
+        vital = vitals.get(PARAMETER_CODES[parameter])
+        subscore = news2["subscores"].get(parameter)
+        if vital is None:
+            value = "–"
+        elif parameter == "air_or_oxygen" and isinstance(vital["value"], int | float):
+            fio2 = round_half_away(float(vital["value"]), 0)
+            value = f"Oxygen (FiO₂ {fio2} %)" if float(fio2) > AIR_FIO2 else f"Air (FiO₂ {fio2} %)"
+        else:
+            decimals = 1 if parameter == "temperature" else 0
+            unit = UNIT_LABELS.get(vital["unit"], vital["unit"])
+            value = f"{_number(vital, decimals)} {unit}".strip()
+        if subscore is not None:
+            status = "scored"
+        elif parameter in news2["missing"]:
+            status = "missing"
+        else:
+            status = "undeterminable"
+        rows.append(
+            {
+                "parameter": parameter,
+                "label": PARAMETER_LABELS[parameter],
+                "value": value,
+                "subscore": subscore,
+                "status": status,
+            }
+        )
+    return rows
+
+
+def vital_rows(twin: dict[str, Any], window_s: float) -> list[dict[str, Any]]:
+    """Every registered code with its newest value (or none yet)."""
+    rows = []
+    for spec in DEFAULT_REGISTRY:
+        vital = twin["vitals"].get(spec.code)
+        decimals = 1 if spec.code == TEMPERATURE else 0
+        rows.append(
+            {
+                "code": spec.code,
+                "display": spec.display,
+                "value": None if vital is None else _number(vital, decimals),
+                "unit": UNIT_LABELS.get(spec.unit, spec.unit),
+                "time": None if vital is None else vital["time"],
+                "flags": [] if vital is None else vital["flags"],
+                "stale": _is_stale(vital, twin["time"], window_s),
+            }
+        )
+    return rows
+
+
+# -- pages ----------------------------------------------------------------------
+
+
+def _context(request: Request) -> ServiceContext:
+    context: ServiceContext = request.app.state.context
+    return context
+
+
+def _root(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _page(request: Request, name: str, data: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    root = _root(request)
+    data = {"root": root, "version": __version__, **data}
+    return templates.TemplateResponse(
+        request,
+        name,
+        {"root": root, "version": __version__, "data": data, **data},
+        status_code=status_code,
+        headers=PAGE_HEADERS,
+    )
+
+
+def _window_s(context: ServiceContext) -> float:
+    return context.runtime.window_us / 1_000_000
+
+
+@router.get("/", response_class=HTMLResponse)
+async def ward(request: Request) -> HTMLResponse:
+    """Every patient's newest vitals and NEWS2, live."""
+    context = _context(request)
+    window_s = _window_s(context)
+    twins = sorted(context.runtime.summaries(), key=lambda twin: twin["patient"])
+    return _page(
+        request,
+        "ward.html",
+        {
+            "page": "ward",
+            "title": "Ward",
+            "fields": WARD_FIELDS,
+            "parameter_labels": PARAMETER_LABELS,
+            "window_s": window_s,
+            "rows": [ward_row(twin, window_s) for twin in twins],
+        },
+    )
+
+
+def _patient_state(context: ServiceContext, patient: str) -> dict[str, Any]:
+    twin = context.runtime.view(patient)
+    window_s = _window_s(context)
+    return {
+        "twin": twin,
+        "news2": news2_cell(twin["news2"]),
+        "subscores": subscore_rows(twin),
+        "vitals": vital_rows(twin, window_s),
+        "other": twin["other"],
+    }
+
+
+def _not_found(request: Request, patient: str) -> HTMLResponse:
+    return _page(
+        request,
+        "not_found.html",
+        {"page": "not-found", "title": "Patient not found", "patient": patient},
+        status_code=404,
+    )
+
+
+@router.get("/patients/{patient}", response_class=HTMLResponse)
+async def patient_page(request: Request, patient: str) -> HTMLResponse:
+    """One patient: NEWS2 with its sub-scores, newest vitals, charts over time."""
+    context = _context(request)
+    if patient not in context.runtime:
+        return _not_found(request, patient)
+    root = _root(request)
+    quoted = quote(patient, safe="")
+    state = _patient_state(context, patient)
+    return _page(
+        request,
+        "patient.html",
+        {
+            "page": "patient",
+            "title": f"Patient {patient}",
+            "patient": patient,
+            "now": state["twin"]["time"],
+            "window_s": _window_s(context),
+            "charts": CHARTS,
+            "ranges": RANGES,
+            "default_range_s": DEFAULT_RANGE_S,
+            "current_url": f"{root}/patients/{quoted}/current",
+            "observations_url": f"{root}/api/v1/patients/{quoted}/observations",
+            "news2_url": f"{root}/api/v1/twins/{quoted}/news2",
+            **state,
+        },
+    )
+
+
+@router.get("/patients/{patient}/current", response_class=HTMLResponse)
+async def patient_current(request: Request, patient: str) -> HTMLResponse:
+    """The patient page's live panel (NEWS2, sub-scores, vitals, unmapped codes), for htmx."""
+    context = _context(request)
+    if patient not in context.runtime:
+        return _not_found(request, patient)
+    return templates.TemplateResponse(
+        request,
+        "_current.html",
+        {"patient": patient, **_patient_state(context, patient)},
+        headers=PAGE_HEADERS,
+    )
