@@ -87,10 +87,19 @@ def run_baseline(items: list[dict[str, Any]], batch: int, folder: Path) -> float
     received = to_us(START)
     rows = [
         (
-            i["source"], i["id"], i["patient"], "http://loinc.org", i["code"],
+            i["source"],
+            i["id"],
+            i["patient"],
+            "http://loinc.org",
+            i["code"],
             None if isinstance(i["value"], str) else float(i["value"]),
             i["value"] if isinstance(i["value"], str) else None,
-            i["unit"], parse_time_us(i["time"]), "final", 1, 0, received,
+            i["unit"],
+            parse_time_us(i["time"]),
+            "final",
+            1,
+            0,
+            received,
         )
         for i in items
     ]
@@ -136,8 +145,8 @@ def main() -> None:
     plain_rate = statistics.median(plain_rates)
     print(
         f"ingest: {n:,} observations, {patients:,} patients, batches of {batch:,}, {runs} runs\n"
-        f"  medtwin whole path (validate, store, twins, NEWS2): {medtwin_rate:,.0f} obs/s (median)\n"
-        f"  plain sqlite3.executemany, same schema:             {plain_rate:,.0f} obs/s (median)\n"
+        f"  medtwin (validate, store, twins, NEWS2): {medtwin_rate:,.0f} obs/s (median)\n"
+        f"  plain sqlite3.executemany, same schema:  {plain_rate:,.0f} obs/s (median)\n"
         f"  ratio: {medtwin_rate / plain_rate:.1%} of the plain insert rate"
     )
 

@@ -39,7 +39,9 @@ def _free_port() -> int:
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     port = _free_port()
-    settings = Settings(store_url=f"sqlite:///{tmp_path / 'live.db'}", port=port, refresh_interval_s=0.5)
+    settings = Settings(
+        store_url=f"sqlite:///{tmp_path / 'live.db'}", port=port, refresh_interval_s=0.5
+    )
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

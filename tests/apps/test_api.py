@@ -32,7 +32,9 @@ def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def vitals(patient: str, *, rr: float = 16, when: datetime | None = None, tag: str = "") -> list[dict[str, Any]]:
+def vitals(
+    patient: str, *, rr: float = 16, when: datetime | None = None, tag: str = ""
+) -> list[dict[str, Any]]:
     """A complete NEWS2 vital set: RR 16, SpO2 97, air, SBP 120, HR 70, A, 37.0 -> NEWS2 0."""
     moment = iso(when or datetime.now(UTC) - timedelta(minutes=1))
     rows = [
@@ -46,8 +48,15 @@ def vitals(patient: str, *, rr: float = 16, when: datetime | None = None, tag: s
         ("8310-5", 37.0, "Cel"),
     ]
     return [
-        {"id": f"{patient}-{code}{tag}", "source": "monitor-1", "patient": patient, "code": code,
-         "value": value, "unit": unit, "time": moment}
+        {
+            "id": f"{patient}-{code}{tag}",
+            "source": "monitor-1",
+            "patient": patient,
+            "code": code,
+            "value": value,
+            "unit": unit,
+            "time": moment,
+        }
         for code, value, unit in rows
     ]
 
@@ -62,7 +71,9 @@ def quarantined(server: LiveServer) -> list[Any]:
 
 def test_published_schemas_match_the_models() -> None:
     for name, generated in json_schemas().items():
-        assert schema(name) == json.loads(json.dumps(generated)), f"docs/schemas/{name} is stale: run make schemas"
+        assert schema(name) == json.loads(json.dumps(generated)), (
+            f"docs/schemas/{name} is stale: run make schemas"
+        )
 
 
 def test_post_then_read_twin_and_history(live_server: LiveServer) -> None:
@@ -99,8 +110,15 @@ def test_post_then_read_twin_and_history(live_server: LiveServer) -> None:
 def test_history_pages_cover_everything_once(live_server: LiveServer) -> None:
     start = datetime.now(UTC) - timedelta(minutes=50)
     items = [
-        {"id": f"hr-{i}", "source": "m", "patient": "p2", "code": "8867-4", "value": 60 + i % 30,
-         "unit": "/min", "time": iso(start + timedelta(seconds=20 * i))}
+        {
+            "id": f"hr-{i}",
+            "source": "m",
+            "patient": "p2",
+            "code": "8867-4",
+            "value": 60 + i % 30,
+            "unit": "/min",
+            "time": iso(start + timedelta(seconds=20 * i)),
+        }
         for i in range(120)
     ]
     assert post(live_server, items).status_code == 200
@@ -118,7 +136,10 @@ def test_history_pages_cover_everything_once(live_server: LiveServer) -> None:
     assert seen == [f"hr-{i}" for i in range(120)]
     window = httpx.get(
         f"{live_server.url}/api/v1/patients/p2/observations",
-        params={"from": iso(start + timedelta(seconds=200)), "to": iso(start + timedelta(seconds=400))},
+        params={
+            "from": iso(start + timedelta(seconds=200)),
+            "to": iso(start + timedelta(seconds=400)),
+        },
     ).json()
     assert [i["id"] for i in window["items"]] == [f"hr-{i}" for i in range(10, 21)]
 
@@ -176,8 +197,15 @@ def test_duplicates_and_conflicts(live_server: LiveServer) -> None:
 
 
 def test_unmapped_code_is_stored_and_flagged(live_server: LiveServer) -> None:
-    item = {"id": "x1", "source": "lab", "patient": "p6", "code": "99999-9", "value": 4.2,
-            "unit": "mmol/L", "time": iso(datetime.now(UTC))}
+    item = {
+        "id": "x1",
+        "source": "lab",
+        "patient": "p6",
+        "code": "99999-9",
+        "value": 4.2,
+        "unit": "mmol/L",
+        "time": iso(datetime.now(UTC)),
+    }
     result = post(live_server, [item]).json()["results"][0]
     assert result == {"index": 0, "id": "x1", "status": "stored", "flags": ["unmapped"]}
     twin = httpx.get(f"{live_server.url}/api/v1/twins/p6").json()
@@ -185,7 +213,14 @@ def test_unmapped_code_is_stored_and_flagged(live_server: LiveServer) -> None:
     assert twin["other"][0]["flags"] == ["unmapped"]
 
 
-NOW_ITEM = {"id": "b1", "source": "m", "patient": "p7", "code": "8867-4", "value": 70, "unit": "/min"}
+NOW_ITEM = {
+    "id": "b1",
+    "source": "m",
+    "patient": "p7",
+    "code": "8867-4",
+    "value": 70,
+    "unit": "/min",
+}
 
 
 @pytest.mark.parametrize(
@@ -226,12 +261,23 @@ def test_future_time_and_non_finite_values_are_rejected(live_server: LiveServer)
     future = {**NOW_ITEM, "time": iso(datetime.now(UTC) + timedelta(minutes=6))}
     near = {**NOW_ITEM, "id": "b2", "time": iso(datetime.now(UTC) + timedelta(minutes=4))}
     raw = (
-        '{"observations": [' + json.dumps(future) + "," + json.dumps(near) + ","
-        + json.dumps({**NOW_ITEM, "id": "b3", "time": iso(datetime.now(UTC))}).replace("70", "NaN") + ","
-        + json.dumps({**NOW_ITEM, "id": "b4", "time": iso(datetime.now(UTC))}).replace("70", "Infinity") + "]}"
+        '{"observations": ['
+        + json.dumps(future)
+        + ","
+        + json.dumps(near)
+        + ","
+        + json.dumps({**NOW_ITEM, "id": "b3", "time": iso(datetime.now(UTC))}).replace("70", "NaN")
+        + ","
+        + json.dumps({**NOW_ITEM, "id": "b4", "time": iso(datetime.now(UTC))}).replace(
+            "70", "Infinity"
+        )
+        + "]}"
     )
-    answer = httpx.post(f"{live_server.url}/api/v1/observations", content=raw,
-                        headers={"content-type": "application/json"})
+    answer = httpx.post(
+        f"{live_server.url}/api/v1/observations",
+        content=raw,
+        headers={"content-type": "application/json"},
+    )
     results = answer.json()["results"]
     assert [r["status"] for r in results] == ["rejected", "stored", "rejected", "rejected"]
     assert "ahead of the clock" in results[0]["reason"]
@@ -253,8 +299,11 @@ def test_future_time_and_non_finite_values_are_rejected(live_server: LiveServer)
 def test_bad_bodies_get_4xx_and_quarantine(
     live_server: LiveServer, body: bytes, status: int, code: str, location: str
 ) -> None:
-    answer = httpx.post(f"{live_server.url}/api/v1/observations", content=body,
-                        headers={"content-type": "application/json"})
+    answer = httpx.post(
+        f"{live_server.url}/api/v1/observations",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
     assert answer.status_code == status
     validate(answer.json(), "error")
     assert answer.json()["error"]["code"] == code
@@ -275,8 +324,12 @@ def test_oversized_body_and_batch(live_server: LiveServer) -> None:
 
 
 def test_unknown_patient_is_404(live_server: LiveServer) -> None:
-    for path in ("/api/v1/twins/ghost", "/api/v1/patients/ghost", "/api/v1/patients/ghost/observations",
-                 "/api/v1/twins/ghost/news2"):
+    for path in (
+        "/api/v1/twins/ghost",
+        "/api/v1/patients/ghost",
+        "/api/v1/patients/ghost/observations",
+        "/api/v1/twins/ghost/news2",
+    ):
         answer = httpx.get(f"{live_server.url}{path}")
         assert answer.status_code == 404, path
         validate(answer.json(), "error")
@@ -308,10 +361,18 @@ def test_health_ready_metrics_openapi(live_server: LiveServer) -> None:
     assert 'medtwin_ingest_items_total{channel="api",status="rejected"} 1.0' in metrics
     assert "medtwin_ingest_batch_seconds_count" in metrics
     spec = httpx.get(f"{live_server.url}/openapi.json").json()
-    for path in ("/api/v1/observations", "/api/v1/twins/{patient}", "/api/v1/patients/{patient}",
-                 "/api/v1/patients/{patient}/observations", "/healthz", "/readyz"):
+    for path in (
+        "/api/v1/observations",
+        "/api/v1/twins/{patient}",
+        "/api/v1/patients/{patient}",
+        "/api/v1/patients/{patient}/observations",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in spec["paths"], path
-    body = spec["paths"]["/api/v1/observations"]["post"]["requestBody"]["content"]["application/json"]
+    body = spec["paths"]["/api/v1/observations"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]
     assert "observations" in body["schema"]["properties"]
 
 

@@ -6,7 +6,6 @@ import json
 import logging
 import runpy
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,10 +32,16 @@ def _settings(**overrides: Any) -> Settings:
 def _serve(application: Any, settings: Settings) -> None:
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # No access log: request paths carry patient ids, which stay out of logs.
     uvicorn.run(
-        application, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
     )
 
 
@@ -55,15 +60,19 @@ def serve(
     from medtwin.apps.api import create_app
 
     settings = _settings(host=host, port=port)
-    console.print(f"medtwin {__version__} on http://{settings.host}:{settings.port} "
-                  f"(store {settings.redacted_store_url()})")
+    console.print(
+        f"medtwin {__version__} on http://{settings.host}:{settings.port} "
+        f"(store {settings.redacted_store_url()})"
+    )
     _serve(create_app(settings), settings)
 
 
 @app.command()
 def demo(
     patients: Annotated[int | None, typer.Option(help="Patients in the virtual ward")] = None,
-    acceleration: Annotated[float | None, typer.Option(help="Simulated seconds per real second")] = None,
+    acceleration: Annotated[
+        float | None, typer.Option(help="Simulated seconds per real second")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="TCP port")] = None,
 ) -> None:
     """Run a live virtual ward on the embedded SQLite store at http://127.0.0.1:8000."""
@@ -71,78 +80,46 @@ def demo(
 
     settings = _settings(demo_patients=patients, demo_acceleration=acceleration, port=port)
     console.print(
-        f"[bold]medtwin demo[/bold]: {settings.demo_patients} patients, time x{settings.demo_acceleration:g}, "
+        f"[bold]medtwin demo[/bold]: {settings.demo_patients} patients, "
+        f"time x{settings.demo_acceleration:g}, "
         f"store {settings.redacted_store_url()}\n"
         f"Open [link]http://{settings.host}:{settings.port}/[/link]  (Ctrl+C to stop)"
     )
     _serve(create_demo_app(settings), settings)
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, str, Any]]:
-    """(line number, raw line, parsed JSON or the JSONDecodeError) for each non-blank line."""
-    with path.open(encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            try:
-                yield number, text, json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield number, text, exc
-
-
-def ingest_files(paths: list[Path], settings: Settings, *, batch: int = 1000, progress: bool = True) -> dict[str, int]:
-    """Ingest JSON-lines files of observation items; returns counts by outcome."""
+def _ingest(paths: list[Path], settings: Settings, batch: int) -> dict[str, int]:
     from medtwin.apps.api.context import ServiceContext
-    from medtwin.data.store import QuarantineEntry
+    from medtwin.apps.ingest_files import ingest_files
 
     context = ServiceContext.build(settings)
-    totals = {"stored": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,} lines"),
+    )
     try:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,} lines"),
-            TimeRemainingColumn(), console=console, disable=not progress,
-        ) as bar:
-            for path in paths:
-                task = bar.add_task(path.name, total=sum(1 for _ in path.open(encoding="utf-8-sig")))
-                items: list[Any] = []
-                lines: list[int] = []
-
-                def flush() -> None:
-                    results = context.ingestor.ingest(items, channel=f"cli:{path.name}")
-                    for result in results:
-                        totals[result.status] += 1
-                        if result.status == "rejected":
-                            console.print(f"{path}:{lines[result.index]}: {result.field}: {result.reason}")
-                    bar.advance(task, len(items))
-                    items.clear()
-                    lines.clear()
-
-                for number, text, parsed in _read_jsonl(path):
-                    if isinstance(parsed, json.JSONDecodeError):
-                        location = f"{path.name}:{number}:{parsed.colno}"
-                        context.store.quarantine([QuarantineEntry(
-                            channel=f"cli:{path.name}", location=location,
-                            reason=f"line is not JSON: {parsed.msg}", payload=text,
-                            received_us=context.clock.now_us(),
-                        )])
-                        console.print(f"{path}:{number}: line is not JSON: {parsed.msg}")
-                        totals["rejected"] += 1
-                        continue
-                    items.append(parsed)
-                    lines.append(number)
-                    if len(items) >= batch:
-                        flush()
-                if items:
-                    flush()
+        with Progress(*columns, TimeRemainingColumn(), console=console) as bar:
+            tasks = {
+                path: bar.add_task(path.name, total=sum(1 for _ in path.open("rb")))
+                for path in paths
+            }
+            return ingest_files(
+                context.ingestor,
+                paths,
+                batch=batch,
+                report=console.print,
+                progress=lambda path, n: bar.advance(tasks[path], n),
+            )
     finally:
         context.store.close()
-    return totals
 
 
 @app.command()
 def ingest(
-    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Files to ingest")],
+    files: Annotated[
+        list[Path], typer.Argument(exists=True, dir_okay=False, help="Files to ingest")
+    ],
     format: Annotated[str, typer.Option("--format", help="Input format")] = "jsonl",
     batch: Annotated[int, typer.Option(min=1, help="Items per transaction")] = 1000,
 ) -> None:
@@ -150,14 +127,16 @@ def ingest(
     if format != "jsonl":
         console.print(f"[red]unknown format {format!r}[/red] (supported: jsonl)")
         raise typer.Exit(2)
-    totals = ingest_files(files, _settings(), batch=batch)
+    totals = _ingest(files, _settings(), batch)
     typer.echo(" ".join(f"{k}={v}" for k, v in totals.items()))
     if totals["rejected"] or totals["conflict"]:
         raise typer.Exit(1)
 
 
 @app.command()
-def backup(path: Annotated[Path, typer.Argument(help="Backup file to write (SQLite format)")]) -> None:
+def backup(
+    path: Annotated[Path, typer.Argument(help="Backup file to write (SQLite format)")],
+) -> None:
     """Write a consistent copy of the store, safe while the server runs."""
     from medtwin.data.store import open_store
 
@@ -177,7 +156,9 @@ def backup(path: Annotated[Path, typer.Argument(help="Backup file to write (SQLi
 
 
 @app.command()
-def restore(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Backup file")]) -> None:
+def restore(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Backup file")],
+) -> None:
     """Replace the store's content with a backup made by ``medtwin backup``."""
     from medtwin.data.store import open_store
 
@@ -194,13 +175,19 @@ def restore(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, he
 
 
 @app.command()
-def schemas(out: Annotated[Path, typer.Option(help="Folder for the JSON Schema files")] = Path("docs/schemas")) -> None:
+def schemas(
+    out: Annotated[Path, typer.Option(help="Folder for the JSON Schema files")] = Path(
+        "docs/schemas"
+    ),
+) -> None:
     """Write the published JSON Schemas of the API's requests, answers and events."""
     from medtwin.apps.api.schemas import json_schemas
 
     out.mkdir(parents=True, exist_ok=True)
     for name, schema in json_schemas().items():
-        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        (out / f"{name}.schema.json").write_text(
+            json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        )
     typer.echo(f"wrote {len(json_schemas())} schemas to {out}")
 
 

@@ -10,9 +10,9 @@ flagged. Codes outside the registry are stored and shown, flagged
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from collections.abc import Iterator, Mapping
 
 from medtwin.core.records import LOINC
 

@@ -146,7 +146,9 @@ def _check(
 
     time_text = item["time"]
     if type(time_text) is not str:
-        return Rejection(index, "time", f"time must be an ISO 8601 string, got {_kind(time_text)}", item)
+        return Rejection(
+            index, "time", f"time must be an ISO 8601 string, got {_kind(time_text)}", item
+        )
     effective_us = times.get(time_text)
     if effective_us is None:
         try:
@@ -165,41 +167,83 @@ def _check(
                 return Rejection(index, "value", "text value longer than 256 characters", item)
             if _UNSTORABLE.search(value):
                 return Rejection(index, "value", f"text value {_UNSTORABLE_REASON}", item)
-            return Observation(source, source_id, patient, system, code, None, value, unit,
-                               effective_us, flags=_UNMAPPED)
+            return Observation(
+                source,
+                source_id,
+                patient,
+                system,
+                code,
+                None,
+                value,
+                unit,
+                effective_us,
+                flags=_UNMAPPED,
+            )
         if value_type is not int and value_type is not float:
-            return Rejection(index, "value", f"value must be a number or a string, got {_kind(value)}", item)
+            return Rejection(
+                index, "value", f"value must be a number or a string, got {_kind(value)}", item
+            )
         if not -_FLOAT_MAX <= value <= _FLOAT_MAX:
             return Rejection(index, "value", _not_finite(value), item)
-        return Observation(source, source_id, patient, system, code, float(value), None, unit,
-                           effective_us, flags=_UNMAPPED)
+        return Observation(
+            source,
+            source_id,
+            patient,
+            system,
+            code,
+            float(value),
+            None,
+            unit,
+            effective_us,
+            flags=_UNMAPPED,
+        )
 
     if not spec.numeric:
         if value_type is not str or value not in spec.values:
             allowed = ", ".join(spec.values)
             return Rejection(index, "value", f"value of {code} must be one of {allowed}", item)
         if unit not in spec.units:
-            return Rejection(index, "unit", f"unit {unit!r} does not fit code {code} (coded value)", item)
-        return Observation(source, source_id, patient, system, code, None, value, spec.unit, effective_us)
+            return Rejection(
+                index, "unit", f"unit {unit!r} does not fit code {code} (coded value)", item
+            )
+        return Observation(
+            source, source_id, patient, system, code, None, value, spec.unit, effective_us
+        )
 
     if value_type is not int and value_type is not float:
-        return Rejection(index, "value", f"value of {code} must be a number, got {_kind(value)}", item)
+        return Rejection(
+            index, "value", f"value of {code} must be a number, got {_kind(value)}", item
+        )
     if not -_FLOAT_MAX <= value <= _FLOAT_MAX:
         return Rejection(index, "value", _not_finite(value), item)
     canonical = spec.to_canonical(value, unit)
     if canonical is None:
         accepted = ", ".join(repr(u) for u in spec.units)
-        return Rejection(index, "unit", f"unit {unit!r} does not fit code {code} (accepted: {accepted})", item)
+        return Rejection(
+            index, "unit", f"unit {unit!r} does not fit code {code} (accepted: {accepted})", item
+        )
     low, high = spec.hard
     if not low <= canonical <= high:
         return Rejection(
-            index, "value",
-            f"{canonical:g} {spec.unit} is impossible for {code} (limits {low:g}-{high:g})", item,
+            index,
+            "value",
+            f"{canonical:g} {spec.unit} is impossible for {code} (limits {low:g}-{high:g})",
+            item,
         )
     soft_low, soft_high = spec.soft
     flags = 0 if soft_low <= canonical <= soft_high else _OUT_OF_RANGE
-    return Observation(source, source_id, patient, system, code, canonical, None, spec.unit,
-                       effective_us, flags=flags)
+    return Observation(
+        source,
+        source_id,
+        patient,
+        system,
+        code,
+        canonical,
+        None,
+        spec.unit,
+        effective_us,
+        flags=flags,
+    )
 
 
 def _kind(value: object) -> str:

@@ -126,7 +126,8 @@ class Ingestor:
             )
             stored_status = AppendStatus.STORED
             stored = [
-                obs for obs, status in zip(observations, statuses, strict=True)
+                obs
+                for obs, status in zip(observations, statuses, strict=True)
                 if status is stored_status
             ]
             update = self.runtime.observe(stored)

@@ -102,7 +102,9 @@ class TwinRuntime:
         self._times = np.vstack([self._times, np.full_like(self._times[:grow], _NEVER)])
         self._flags = np.vstack([self._flags, np.zeros_like(self._flags[:grow])])
         self._scale = np.concatenate([self._scale, np.ones(grow, dtype=np.int8)])
-        self._news2_state = np.vstack([self._news2_state, np.full_like(self._news2_state[:grow], -2)])
+        self._news2_state = np.vstack(
+            [self._news2_state, np.full_like(self._news2_state[:grow], -2)]
+        )
 
     # -- updates --------------------------------------------------------------
 
@@ -157,12 +159,20 @@ class TwinRuntime:
         # Newest reading per (row, column) within the batch: sort, keep each group's last.
         order = np.lexsort((times, columns, rows))
         rows, columns, times, values, flags = (
-            rows[order], columns[order], times[order], values[order], flags[order]
+            rows[order],
+            columns[order],
+            times[order],
+            values[order],
+            flags[order],
         )
         last = np.ones(len(rows), dtype=bool)
         last[:-1] = (rows[1:] != rows[:-1]) | (columns[1:] != columns[:-1])
         rows, columns, times, values, flags = (
-            rows[last], columns[last], times[last], values[last], flags[last]
+            rows[last],
+            columns[last],
+            times[last],
+            values[last],
+            flags[last],
         )
         newer = times >= self._times[rows, columns]
         rows, columns = rows[newer], columns[newer]
@@ -188,7 +198,9 @@ class TwinRuntime:
         columns = self._news2_columns
         values = self._values[np.ix_(rows, columns)]
         age = now - self._times[np.ix_(rows, columns)]
-        usable = (age <= self.window_us) & ~(self._flags[np.ix_(rows, columns)] & _HIDDEN).astype(bool)
+        usable = (age <= self.window_us) & ~(self._flags[np.ix_(rows, columns)] & _HIDDEN).astype(
+            bool
+        )
         values = np.where(usable, values, np.nan)
         arguments = {kw: values[:, i] for i, kw in enumerate(self._news2_keywords)}
         result = news2(**arguments, spo2_scale=self._scale[rows])
@@ -259,7 +271,10 @@ class TwinRuntime:
         """``twin.updated`` events for the twins of ``update``."""
         with self._lock:
             return [
-                {"type": "twin.updated", **self._view(int(row), update.news2.result(i), update.at_us)}
+                {
+                    "type": "twin.updated",
+                    **self._view(int(row), update.news2.result(i), update.at_us),
+                }
                 for i, row in enumerate(update.rows)
                 if not only_changed or update.changed[i]
             ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +24,7 @@ __all__ = ["BackgroundTask", "ServiceContext", "create_app", "refresh_twins"]
 
 log = logging.getLogger(__name__)
 
-BackgroundTask = Callable[[ServiceContext], Awaitable[None]]
+BackgroundTask = Callable[[ServiceContext], Coroutine[Any, Any, None]]
 
 
 async def refresh_twins(context: ServiceContext) -> None:

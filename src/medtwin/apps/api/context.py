@@ -33,7 +33,9 @@ class ServiceContext:
         store: SqlStore | None = None,
     ) -> ServiceContext:
         clock = clock or SystemClock()
-        store = store or open_store(settings.store_url, sqlite_synchronous=settings.sqlite_synchronous)
+        store = store or open_store(
+            settings.store_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
         runtime = TwinRuntime(clock, news2_window_s=settings.news2_window_s)
         bus = EventBus()
         ingestor = Ingestor(store, runtime, bus, clock, max_future_s=settings.max_future_s)

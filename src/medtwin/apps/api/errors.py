@@ -14,7 +14,9 @@ from medtwin.core.errors import InputError, MedtwinError, NotFoundError, StoreEr
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, code: str, message: str, location: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, location: str | None = None
+) -> JSONResponse:
     return JSONResponse(
         status_code=status,
         content={"error": {"code": code, "message": message, "location": location}},
@@ -33,7 +35,9 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         location = ".".join(str(part) for part in first.get("loc", ()))
-        return error_response(422, "invalid_request", str(first.get("msg", "invalid request")), location)
+        return error_response(
+            422, "invalid_request", str(first.get("msg", "invalid request")), location
+        )
 
     @app.exception_handler(InputError)
     async def _input(_: Request, exc: InputError) -> JSONResponse:

@@ -110,7 +110,9 @@ class PatientOut(BaseModel):
 class PatientUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    spo2_scale: Literal[1, 2] = Field(description="NEWS2 SpO2 scale; 2 for hypercapnic respiratory failure")
+    spo2_scale: Literal[1, 2] = Field(
+        description="NEWS2 SpO2 scale; 2 for hypercapnic respiratory failure"
+    )
 
 
 class HistoryItem(BaseModel):

@@ -9,6 +9,7 @@ to the page as JSON, so the server's rendering and the live updates agree.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from medtwin import __version__
 from medtwin.apps.api.context import ServiceContext
 from medtwin.data.codes import DEFAULT_REGISTRY
-from medtwin.models.scores import INPUT_CODES, PARAMETERS
+from medtwin.models.scores import ACVPU, INPUT_CODES, PARAMETERS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATES_DIR = PACKAGE_DIR / "templates"
@@ -127,8 +128,6 @@ def round_half_away(value: float, decimals: int) -> str:
 def _is_stale(vital: dict[str, Any] | None, twin_time: str, window_s: float) -> bool:
     if vital is None:
         return False
-    from datetime import datetime
-
     age = datetime.fromisoformat(twin_time) - datetime.fromisoformat(vital["time"])
     return age.total_seconds() > window_s
 
@@ -266,13 +265,19 @@ def _root(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-def _page(request: Request, name: str, data: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+def _page(
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    data: dict[str, Any],
+    status_code: int = 200,
+) -> HTMLResponse:
+    """Render ``name``; ``data`` goes to dashboard.js as JSON (never into inline script)."""
     root = _root(request)
-    data = {"root": root, "version": __version__, **data}
     return templates.TemplateResponse(
         request,
         name,
-        {"root": root, "version": __version__, "data": data, **data},
+        {"root": root, "version": __version__, "data": {"root": root, **data}, **context},
         status_code=status_code,
         headers=PAGE_HEADERS,
     )
@@ -295,9 +300,14 @@ async def ward(request: Request) -> HTMLResponse:
             "page": "ward",
             "title": "Ward",
             "fields": WARD_FIELDS,
+            "rows": [ward_row(twin, window_s) for twin in twins],
+        },
+        {
+            "page": "ward",
+            "fields": WARD_FIELDS,
             "parameter_labels": PARAMETER_LABELS,
             "window_s": window_s,
-            "rows": [ward_row(twin, window_s) for twin in twins],
+            "air_fio2": AIR_FIO2,
         },
     )
 
@@ -319,6 +329,7 @@ def _not_found(request: Request, patient: str) -> HTMLResponse:
         request,
         "not_found.html",
         {"page": "not-found", "title": "Patient not found", "patient": patient},
+        {"page": "not-found"},
         status_code=404,
     )
 
@@ -339,15 +350,22 @@ async def patient_page(request: Request, patient: str) -> HTMLResponse:
             "page": "patient",
             "title": f"Patient {patient}",
             "patient": patient,
-            "now": state["twin"]["time"],
-            "window_s": _window_s(context),
             "charts": CHARTS,
             "ranges": RANGES,
             "default_range_s": DEFAULT_RANGE_S,
             "current_url": f"{root}/patients/{quoted}/current",
+            **state,
+        },
+        {
+            "page": "patient",
+            "patient": patient,
+            "now": state["twin"]["time"],
+            "window_s": _window_s(context),
+            "charts": CHARTS,
+            "acvpu": list(ACVPU),
+            "default_range_s": DEFAULT_RANGE_S,
             "observations_url": f"{root}/api/v1/patients/{quoted}/observations",
             "news2_url": f"{root}/api/v1/twins/{quoted}/news2",
-            **state,
         },
     )
 

@@ -291,8 +291,17 @@ class SqlStore:
                 continue
             row = conn.execute(query, {"s": obs.source, "i": obs.source_id, "v": obs.version}).one()
             stored = Observation(
-                obs.source, obs.source_id, row.patient_id, row.system, row.code, row.value_num,
-                row.value_text, row.unit, row.effective_us, row.status, obs.version,
+                obs.source,
+                obs.source_id,
+                row.patient_id,
+                row.system,
+                row.code,
+                row.value_num,
+                row.value_text,
+                row.unit,
+                row.effective_us,
+                row.status,
+                obs.version,
             )
             statuses[index] = (
                 AppendStatus.DUPLICATE if obs.same_content(stored) else AppendStatus.CONFLICT
@@ -368,7 +377,9 @@ class SqlStore:
 
     def newest_time(self) -> int | None:
         with self._read() as conn:
-            value = conn.execute(sa.select(sa.func.max(schema.observations.c.effective_us))).scalar()
+            value = conn.execute(
+                sa.select(sa.func.max(schema.observations.c.effective_us))
+            ).scalar()
         return None if value is None else int(value)
 
     # -- patients -------------------------------------------------------------
@@ -386,7 +397,9 @@ class SqlStore:
         table = schema.patients
         with self._read() as conn:
             row = conn.execute(sa.select(table).where(table.c.id == patient_id)).first()
-        return None if row is None else Patient(row.id, row.pseudonym, row.spo2_scale, row.created_us)
+        return (
+            None if row is None else Patient(row.id, row.pseudonym, row.spo2_scale, row.created_us)
+        )
 
     def patients(self) -> list[Patient]:
         table = schema.patients
@@ -455,7 +468,13 @@ class SqlStore:
         if not values:
             return
         rows = [
-            (v.patient, v.name, v.computed_us, v.value_num, json.dumps(v.payload, separators=(",", ":")))
+            (
+                v.patient,
+                v.name,
+                v.computed_us,
+                v.value_num,
+                json.dumps(v.payload, separators=(",", ":")),
+            )
             for v in values
         ]
         sql = (
@@ -495,7 +514,11 @@ class SqlStore:
         if table not in _TABLES:
             raise ValueError(f"unknown table {table!r}")
         with self._read() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(schema.metadata.tables[table])).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(schema.metadata.tables[table])
+                ).scalar_one()
+            )
 
     def _params(self, n: int) -> str:
         """Driver placeholders for ``n`` values."""

@@ -50,7 +50,9 @@ class SQLiteStore(SqlStore):
         @sa.event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
             # Writers take the lock up front so a read-then-write never fails on a stale snapshot.
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+            conn.exec_driver_sql(
+                "BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN"
+            )
 
         super().__init__(f"sqlite:///{self.path}", engine)
 

@@ -29,4 +29,6 @@ async def readyz(context: Context) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(context: Context) -> Response:
     """Prometheus metrics: ingest counts by outcome, batch latencies, twins."""
-    return Response(generate_latest(context.ingestor.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(
+        generate_latest(context.ingestor.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

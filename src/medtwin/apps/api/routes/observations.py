@@ -23,20 +23,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class _TooLarge(Exception):
+class _TooLargeError(Exception):
     pass
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
+        raise _TooLargeError
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _TooLarge
+            raise _TooLargeError
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -57,7 +57,9 @@ async def post_observations(request: Request, context: Context) -> JSONResponse:
     settings = context.settings
     source = request.headers.get("x-source")
 
-    async def refuse(status: int, code: str, message: str, location: str, payload: str) -> JSONResponse:
+    async def refuse(
+        status: int, code: str, message: str, location: str, payload: str
+    ) -> JSONResponse:
         entry = QuarantineEntry(
             channel="api",
             location=location,
@@ -71,7 +73,7 @@ async def post_observations(request: Request, context: Context) -> JSONResponse:
 
     try:
         body = await _read_body(request, settings.max_body_bytes)
-    except _TooLarge:
+    except _TooLargeError:
         return await refuse(
             413,
             "too_large",
@@ -85,17 +87,27 @@ async def post_observations(request: Request, context: Context) -> JSONResponse:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         return await refuse(
-            400, "invalid_json", f"body is not JSON: {exc.msg}", f"body:{exc.lineno}:{exc.colno}", text
+            400,
+            "invalid_json",
+            f"body is not JSON: {exc.msg}",
+            f"body:{exc.lineno}:{exc.colno}",
+            text,
         )
     if not isinstance(document, dict):
         return await refuse(422, "invalid_request", "body must be a JSON object", "body", text)
     unknown = sorted(set(document) - {"observations"})
     if unknown:
-        return await refuse(422, "invalid_request", f"unknown field {unknown[0]!r}", unknown[0], text)
+        return await refuse(
+            422, "invalid_request", f"unknown field {unknown[0]!r}", unknown[0], text
+        )
     items = document.get("observations")
     if not isinstance(items, list):
         return await refuse(
-            422, "invalid_request", "'observations' must be an array of observations", "observations", text
+            422,
+            "invalid_request",
+            "'observations' must be an array of observations",
+            "observations",
+            text,
         )
     if len(items) > settings.max_batch_items:
         return await refuse(

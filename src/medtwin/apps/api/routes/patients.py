@@ -85,7 +85,12 @@ async def observation_history(
     try:
         page = await run_in_threadpool(
             lambda: context.store.history(
-                patient, codes=code or (), start_us=start_us, end_us=end_us, limit=limit, cursor=cursor
+                patient,
+                codes=code or (),
+                start_us=start_us,
+                end_us=end_us,
+                limit=limit,
+                cursor=cursor,
             )
         )
     except ValueError as exc:

@@ -35,7 +35,9 @@ async def get_twin(patient: str, context: Context) -> dict[str, Any]:
 async def news2_history(
     patient: str,
     context: Context,
-    start: Annotated[str | None, Query(alias="from", description="ISO 8601; default 24 h ago")] = None,
+    start: Annotated[
+        str | None, Query(alias="from", description="ISO 8601; default 24 h ago")
+    ] = None,
     end: Annotated[str | None, Query(alias="to", description="ISO 8601; default now")] = None,
 ) -> list[dict[str, Any]]:
     """NEWS2 at each time a NEWS2 input was measured."""
