@@ -155,9 +155,7 @@ def test_every_required_field_is_a_known_field() -> None:
 # -- field types ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "value", [True, False, [18], {"v": 18}, "18", "eighteen"], ids=repr
-)
+@pytest.mark.parametrize("value", [True, False, [18], {"v": 18}, "18", "eighteen"], ids=repr)
 def test_numeric_code_needs_a_number(value: Any) -> None:
     rejection = rejected(item(value=value), "value")
     assert "must be a number" in rejection.reason
@@ -194,7 +192,9 @@ def test_good_patient_ids(patient: str) -> None:
     assert accepted(item(patient=patient)).patient == patient
 
 
-@pytest.mark.parametrize("system", ["", 5, "x" * 257, ["http://loinc.org"], None, "a\x00"], ids=repr)
+@pytest.mark.parametrize(
+    "system", ["", 5, "x" * 257, ["http://loinc.org"], None, "a\x00"], ids=repr
+)
 def test_bad_system(system: Any) -> None:
     rejected(item(system=system), "system")
 
@@ -266,8 +266,11 @@ def test_soft_limits_flag_out_of_range(spec: Any) -> None:
     assert accepted(item(code=spec.code, unit=spec.unit, value=inside)).flags == 0
     for edge in (soft_low, soft_high):
         assert accepted(item(code=spec.code, unit=spec.unit, value=edge)).flags == 0
-    outside = [v for v in ((hard_low + soft_low) / 2, (soft_high + hard_high) / 2)
-               if not soft_low <= v <= soft_high]
+    outside = [
+        v
+        for v in ((hard_low + soft_low) / 2, (soft_high + hard_high) / 2)
+        if not soft_low <= v <= soft_high
+    ]
     assert outside or (hard_low, hard_high) == (soft_low, soft_high)
     for value in outside:
         obs = accepted(item(code=spec.code, unit=spec.unit, value=value))
@@ -505,8 +508,9 @@ _leaves = (
 )
 json_like = st.recursive(
     _leaves,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 

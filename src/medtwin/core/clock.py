@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -23,7 +23,8 @@ def to_us(moment: datetime) -> int:
 
 def from_us(us: int) -> datetime:
     """Aware UTC datetime of microseconds since the Unix epoch."""
-    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+    # Integer arithmetic: ``us / 1e6`` as a float loses microseconds far from 1970.
+    return _EPOCH + timedelta(microseconds=int(us))
 
 
 @runtime_checkable

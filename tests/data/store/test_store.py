@@ -11,7 +11,7 @@ import sqlite3
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
@@ -46,7 +46,7 @@ def obs(
     value: float | None = 70.0,
     t: int | None = None,
     source: str = "monitor-1",
-    **fields: object,
+    **fields: Any,
 ) -> Observation:
     """Observation ``n`` (id ``m-n``), by default one minute after the previous one."""
     item = Observation(
@@ -288,8 +288,9 @@ def test_mixed_batch_keeps_per_item_order(store: SqlStore) -> None:
 
 def test_rejected_entries_are_quarantined_with_the_batch(store: SqlStore) -> None:
     rejected = [
-        QuarantineEntry("api", "observations[1].value", "value must be finite", '{"value": NaN}',
-                        "monitor-1"),
+        QuarantineEntry(
+            "api", "observations[1].value", "value must be finite", '{"value": NaN}', "monitor-1"
+        ),
         QuarantineEntry("cli", "obs.jsonl:7", "not JSON", "{oops", None, received_us=42),
     ]
     statuses = store.append([obs(1)], received_us=RECEIVED, rejected=rejected)
@@ -327,9 +328,7 @@ def test_failed_batch_stores_nothing(store: SqlStore) -> None:
         )
     assert counts(store) == dict.fromkeys(TABLES, 0)
     # The store is still usable and the same batch goes through without the bad entry.
-    statuses = store.append(
-        [obs(1), obs(2)], received_us=RECEIVED, new_patients=[patient(1)]
-    )
+    statuses = store.append([obs(1), obs(2)], received_us=RECEIVED, new_patients=[patient(1)])
     assert statuses == [STORED, STORED]
     assert counts(store)["patients"] == 1
 
@@ -338,8 +337,9 @@ def test_failed_batch_stores_nothing(store: SqlStore) -> None:
 
 
 def test_patients_created_with_a_batch(store: SqlStore) -> None:
-    store.append([obs(1), obs(2, patient="p2")], received_us=RECEIVED,
-                 new_patients=[patient(2), patient(1)])
+    store.append(
+        [obs(1), obs(2, patient="p2")], received_us=RECEIVED, new_patients=[patient(2), patient(1)]
+    )
     assert store.patients() == [patient(1), patient(2)]
     assert store.patient("p2") == patient(2)
     assert store.patient("p3") is None
@@ -432,7 +432,8 @@ def test_paging_covers_every_item_exactly_once(store: SqlStore, page_size: int) 
     expected = everything(store)
     for codes, start in (((), None), ((HR,), None), ((), T0 + 3 * MINUTE)):
         want = [
-            s for s in expected
+            s
+            for s in expected
             if (not codes or s.observation.code in codes)
             and (start is None or s.observation.effective_us >= start)
         ]
@@ -548,18 +549,19 @@ def test_restart_keeps_data(stores: StoreFactory, backend: str) -> None:
 
 
 RESTORE_PAIRS = [
-    pytest.param(source, target, id=f"{source}-to-{target}", marks=(
-        [pytest.mark.postgres] if "postgres" in (source, target) else []
-    ))
+    pytest.param(
+        source,
+        target,
+        id=f"{source}-to-{target}",
+        marks=([pytest.mark.postgres] if "postgres" in (source, target) else []),
+    )
     for source in ("sqlite", "postgres")
     for target in ("sqlite", "postgres")
 ]
 
 
 @pytest.mark.parametrize(("source_backend", "target_backend"), RESTORE_PAIRS)
-def test_backup_and_restore(
-    stores: StoreFactory, source_backend: str, target_backend: str
-) -> None:
+def test_backup_and_restore(stores: StoreFactory, source_backend: str, target_backend: str) -> None:
     source = stores.new(source_backend)
     populate(source)
     path = stores.backup_path()
