@@ -108,7 +108,9 @@ def _ingest(paths: list[Path], settings: Settings, batch: int) -> dict[str, int]
                 context.ingestor,
                 paths,
                 batch=batch,
-                report=console.print,
+                report=lambda text: console.print(
+                    text, soft_wrap=True, markup=False, highlight=False
+                ),
                 progress=lambda path, n: bar.advance(tasks[path], n),
             )
     finally:

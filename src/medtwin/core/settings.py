@@ -5,6 +5,7 @@ Production mode refuses unsafe defaults instead of running with them.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -13,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from medtwin.core.errors import ConfigurationError
 
 DEFAULT_STORE_URL = "sqlite:///var/medtwin.db"
+# Query parameters of a store URL that carry secrets (libpq connection URIs).
+_SECRET_PARAMETER = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
 
 
 class Settings(BaseSettings):
@@ -52,4 +55,7 @@ class Settings(BaseSettings):
     def redacted_store_url(self) -> str:
         """The store URL without credentials, for logs."""
         scheme, _, rest = self.store_url.partition("://")
+        # libpq also takes the password as a query parameter; hide it before cutting
+        # the user info, so that an "@" inside it cannot move the cut.
+        rest = _SECRET_PARAMETER.sub(r"\1***", rest)
         return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
