@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,23 @@ import httpx
 import jsonschema
 import pytest
 import websockets
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from medtwin.apps.api import create_app
 from medtwin.apps.api.schemas import json_schemas
+from medtwin.core.settings import Settings
 from tests.apps.conftest import LiveServer
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    path = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
+    with TestClient(create_app(Settings(store_url=f"sqlite:///{path}"))) as client:
+        yield client
 
 
 def schema(name: str) -> dict[str, Any]:
@@ -360,6 +373,9 @@ def test_health_ready_metrics_openapi(live_server: LiveServer) -> None:
     assert 'medtwin_ingest_items_total{channel="api",status="stored"} 8.0' in metrics
     assert 'medtwin_ingest_items_total{channel="api",status="rejected"} 1.0' in metrics
     assert "medtwin_ingest_batch_seconds_count" in metrics
+    httpx.post(f"{live_server.url}/api/v1/observations", content=b"{")
+    metrics = httpx.get(f"{live_server.url}/metrics").text
+    assert 'medtwin_ingest_requests_refused_total{channel="api",code="invalid_json"} 1.0' in metrics
     spec = httpx.get(f"{live_server.url}/openapi.json").json()
     for path in (
         "/api/v1/observations",
@@ -382,3 +398,49 @@ def test_readyz_reports_unreachable_store(live_server: LiveServer) -> None:
     live_server.context.store.path.mkdir()  # type: ignore[attr-defined]
     answer = httpx.get(f"{live_server.url}/readyz")
     assert answer.status_code == 503
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+item_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": json_values | st.text(max_size=10),
+        "source": json_values | st.just("m"),
+        "patient": json_values | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,70}", fullmatch=True),
+        "code": json_values | st.sampled_from(["9279-1", "80288-4", "8310-5", "x"]),
+        "value": json_values,
+        "unit": json_values | st.sampled_from(["/min", "[degF]", "%", ""]),
+        "time": json_values | st.sampled_from(["2026-01-01T10:00:00Z", "2026-13-01T10:00:00Z"]),
+        "system": json_values,
+    },
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.one_of(
+        st.binary(max_size=200),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.lists(item_like, max_size=5).map(
+            lambda items: json.dumps({"observations": items}).encode()
+        ),
+    )
+)
+def test_bad_input_never_answers_500(fuzz_client: TestClient, body: bytes) -> None:
+    before = fuzz_client.app.state.context.store.count("quarantine")  # type: ignore[attr-defined]
+    answer = fuzz_client.post("/api/v1/observations", content=body)
+    assert answer.status_code < 500
+    store = fuzz_client.app.state.context.store  # type: ignore[attr-defined]
+    if answer.status_code >= 400:
+        assert store.count("quarantine") == before + 1
+    else:
+        rejected = answer.json()["summary"]["rejected"] + answer.json()["summary"]["conflict"]
+        assert store.count("quarantine") == before + rejected

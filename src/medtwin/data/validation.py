@@ -71,6 +71,11 @@ def parse_time_us(text: str) -> int:
     return to_us(moment)
 
 
+def storable(text: str) -> bool:
+    """Whether both stores can keep ``text`` (no NUL, no lone surrogate)."""
+    return _UNSTORABLE.search(text) is None
+
+
 def _text_field(item: dict[str, Any], name: str) -> str | None:
     """The field as a non-empty string of bounded length, or None."""
     value = item.get(name)
@@ -93,8 +98,9 @@ def validate_items(
     get_spec = registry.get
     # A batch from one ward repeats the same few timestamps; parse each once.
     times: dict[str, int] = {}
+    future_reason = f"time is more than {max_future_us / 1e6:g} s ahead of the clock"
     for index, item in enumerate(items):
-        fault = _check(item, index, latest_allowed, get_spec, times)
+        fault = _check(item, index, latest_allowed, get_spec, times, future_reason)
         if isinstance(fault, Rejection):
             rejected.append(fault)
         else:
@@ -103,7 +109,12 @@ def validate_items(
 
 
 def _check(
-    item: Any, index: int, latest_allowed: int, get_spec: Any, times: dict[str, int]
+    item: Any,
+    index: int,
+    latest_allowed: int,
+    get_spec: Any,
+    times: dict[str, int],
+    future_reason: str,
 ) -> Observation | Rejection:
     if type(item) is not dict:
         return Rejection(index, "", f"item must be a JSON object, got {_kind(item)}", item)
@@ -156,7 +167,7 @@ def _check(
         except (ValueError, OverflowError) as exc:
             return Rejection(index, "time", f"unparseable time {time_text[:64]!r}: {exc}", item)
     if effective_us > latest_allowed:
-        return Rejection(index, "time", "time is more than 5 minutes ahead of the clock", item)
+        return Rejection(index, "time", future_reason, item)
 
     value = item["value"]
     value_type = type(value)

@@ -21,7 +21,7 @@ from medtwin.core.clock import Clock
 from medtwin.core.records import Observation, Patient, QualityFlag
 from medtwin.data.codes import DEFAULT_REGISTRY, CodeRegistry
 from medtwin.data.store import AppendStatus, QuarantineEntry, Store
-from medtwin.data.validation import validate_items
+from medtwin.data.validation import storable, validate_items
 from medtwin.twins.events import EventBus
 from medtwin.twins.runtime import TwinRuntime, TwinUpdate
 
@@ -69,6 +69,12 @@ class IngestMetrics:
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self.refused = Counter(
+            "medtwin_ingest_requests_refused",
+            "Whole requests refused before item validation, by channel and error code",
+            ["channel", "code"],
+            registry=self.registry,
+        )
         self.twins = Gauge("medtwin_twins", "Live twins", registry=self.registry)
 
 
@@ -110,7 +116,7 @@ class Ingestor:
                     location=r.location(),
                     reason=r.reason,
                     payload=_raw_text(r.item),
-                    source=r.item.get("source") if isinstance(r.item, dict) else None,
+                    source=_source_of(r.item),
                     received_us=now,
                 )
                 for r in validated.rejected
@@ -184,6 +190,12 @@ class Ingestor:
             self.metrics.items.labels(channel, status).inc(n)
         self.metrics.seconds.labels(channel).observe(seconds)
         self.metrics.twins.set(len(self.runtime))
+
+
+def _source_of(item: Any) -> str | None:
+    """The item's source, when it is a plain string (it is kept with the quarantined item)."""
+    source = item.get("source") if isinstance(item, dict) else None
+    return source[:256] if isinstance(source, str) and storable(source) else None
 
 
 def _raw_text(item: Any) -> str:

@@ -15,9 +15,10 @@ from medtwin.data.store.base import SqlStore
 from medtwin.data.store.schema import OBSERVATION_COLUMNS
 
 _COLUMNS = ", ".join(OBSERVATION_COLUMNS)
+# Staged rows carry no row_id, so only rows that land draw from its sequence.
 _STAGE = (
-    "CREATE TEMP TABLE IF NOT EXISTS observations_stage "
-    "(position integer, LIKE observations INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    "CREATE TEMP TABLE IF NOT EXISTS observations_stage ON COMMIT DELETE ROWS AS "
+    f"SELECT 0::integer AS position, {_COLUMNS} FROM observations WITH NO DATA"
 )
 _MOVE = (
     f"INSERT INTO observations ({_COLUMNS}) "

@@ -69,6 +69,7 @@ async def post_observations(request: Request, context: Context) -> JSONResponse:
             received_us=context.clock.now_us(),
         )
         await run_in_threadpool(context.store.quarantine, [entry])
+        context.ingestor.metrics.refused.labels("api", code).inc()
         return error_response(status, code, message, location)
 
     try:
