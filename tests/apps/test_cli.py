@@ -29,9 +29,18 @@ def store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def line(i: int, **change: object) -> str:
-    moment = (datetime.now(UTC) - timedelta(minutes=30) + timedelta(milliseconds=100 * i)).isoformat()
-    item = {"id": f"l{i}", "source": "file", "patient": f"p{i % 3}", "code": "8867-4",
-            "value": 60 + i % 40, "unit": "/min", "time": moment, **change}
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    moment = (start + timedelta(milliseconds=100 * i)).isoformat()
+    item = {
+        "id": f"l{i}",
+        "source": "file",
+        "patient": f"p{i % 3}",
+        "code": "8867-4",
+        "value": 60 + i % 40,
+        "unit": "/min",
+        "time": moment,
+        **change,
+    }
     return json.dumps(item)
 
 
@@ -126,4 +135,4 @@ def test_demo_ward_feeds_twins(tmp_path: Path) -> None:
     with TestClient(create_demo_app(settings)) as client:
         clock = client.app.state.context.clock  # type: ignore[attr-defined]
         assert clock.now_us() > newest
-        assert httpx.codes.OK == client.get("/api/v1/twins/ward-01").status_code
+        assert client.get("/api/v1/twins/ward-01").status_code == httpx.codes.OK

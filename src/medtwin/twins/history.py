@@ -12,10 +12,14 @@ from typing import Any
 import numpy as np
 
 from medtwin.core.clock import from_us
+from medtwin.core.records import ObservationStatus, QualityFlag
 from medtwin.data.store import Store
 from medtwin.models.scores import ACVPU, BANDS, INPUT_CODES, news2
 
 _ARGUMENT = {"air_or_oxygen": "fio2"}
+_ENTERED_IN_ERROR = ObservationStatus.ENTERED_IN_ERROR.value
+_UNMAPPED = int(QualityFlag.UNMAPPED)
+_HIDDEN = int(QualityFlag.ARTIFACT_SUSPECTED)
 
 
 def news2_series(
@@ -43,11 +47,14 @@ def news2_series(
         )
         for stored in page.items:
             obs = stored.observation
-            if obs.status == "entered-in-error":
-                continue
+            # Skipped, or held but not scored, exactly as TwinRuntime.observe/_score do.
+            if obs.status == _ENTERED_IN_ERROR or obs.flags & _UNMAPPED:
+                continue  # an unmapped code (another system) is not this NEWS2 input
             value = obs.value_num
             if value is None:
                 value = float(ACVPU.index(obs.value_text)) if obs.value_text in ACVPU else np.nan
+            if obs.flags & _HIDDEN:
+                value = np.nan  # the newest reading, but a suspected artifact: not scored
             times[obs.code].append(obs.effective_us)
             values[obs.code].append(value)
         cursor = page.next_cursor

@@ -21,7 +21,8 @@ from medtwin.core.records import Observation, ObservationStatus, QualityFlag
 from medtwin.data.codes import DEFAULT_REGISTRY, CodeRegistry
 from medtwin.models.scores import ACVPU, INPUT_CODES, PARAMETERS, News2Batch, news2
 
-_NEVER = np.iinfo(np.int64).min
+# Time of a cell that never had a value; far in the past yet safe to subtract from now.
+_NEVER = np.iinfo(np.int64).min // 4
 _ACVPU_INDEX = {letter: float(i) for i, letter in enumerate(ACVPU)}
 _NEWS2_ARGUMENT = {"air_or_oxygen": "fio2"}  # parameter -> keyword of news2() where they differ
 _HIDDEN = int(QualityFlag.ARTIFACT_SUSPECTED)

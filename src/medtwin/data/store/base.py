@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from medtwin.core.errors import NotFoundError, StoreError
-from medtwin.core.records import Observation, Patient
+from medtwin.core.records import LOINC, Observation, Patient
 from medtwin.data.store import schema
 
 
@@ -125,8 +125,10 @@ class Store(Protocol):
         """Observations of one patient ordered by time, paged by an opaque cursor."""
         ...
 
-    def latest(self, *, codes: Sequence[str], since_us: int) -> list[Observation]:
-        """The newest observation per (patient, code) at or after ``since_us``."""
+    def latest(
+        self, *, codes: Sequence[str], since_us: int, system: str = LOINC
+    ) -> list[Observation]:
+        """The newest observation per (patient, code of ``system``) at or after ``since_us``."""
         ...
 
     def newest_time(self) -> int | None:
@@ -345,7 +347,9 @@ class SqlStore:
             next_cursor = f"{last.observation.effective_us}.{last.row_id}"
         return HistoryPage(items, next_cursor)
 
-    def latest(self, *, codes: Sequence[str], since_us: int) -> list[Observation]:
+    def latest(
+        self, *, codes: Sequence[str], since_us: int, system: str = LOINC
+    ) -> list[Observation]:
         table = schema.observations
         # Exactly one row per (patient, code): of several at the newest time (an amended
         # version, two sources) the highest version, then the one stored last.
@@ -363,7 +367,11 @@ class SqlStore:
         )
         ranked = (
             sa.select(table, rank)
-            .where(table.c.code.in_(list(codes)), table.c.effective_us >= since_us)
+            .where(
+                table.c.system == system,
+                table.c.code.in_(list(codes)),
+                table.c.effective_us >= since_us,
+            )
             .subquery()
         )
         query = (
