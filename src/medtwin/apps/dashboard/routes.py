@@ -30,6 +30,25 @@ STATIC_DIR = PACKAGE_DIR / "static"
 
 router = APIRouter(include_in_schema=False)
 
+SYSTEM_NAMES: dict[str, str] = {
+    "http://loinc.org": "LOINC",
+    "http://snomed.info/sct": "SNOMED CT",
+    "http://unitsofmeasure.org": "UCUM",
+}
+
+
+def plain_value(value: object) -> str:
+    """A stored value as text: whole floats without ``.0``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def system_name(system: str) -> str:
+    """Short name of a well-known code system, else the system as sent."""
+    return SYSTEM_NAMES.get(system, system)
+
+
 templates = Jinja2Templates(
     env=jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -38,6 +57,8 @@ templates = Jinja2Templates(
         lstrip_blocks=True,
     )
 )
+templates.env.filters["plain"] = plain_value
+templates.env.filters["system_name"] = system_name
 
 # Everything is served from this origin: no inline script, no CDN, no framing.
 CSP = (
@@ -67,12 +88,47 @@ AIR_FIO2 = 21  # FiO2 (rounded, %) above which the patient is on supplemental ox
 # "o2" (Air, or O2 with its FiO2), "bp" (systolic/diastolic), "text".
 WARD_FIELDS: list[dict[str, Any]] = [
     {"field": "rr", "label": "RR", "unit": "/min", "kind": "number", "codes": [RR], "decimals": 0},
-    {"field": "spo2", "label": "SpO₂", "unit": "%", "kind": "number", "codes": [SPO2], "decimals": 0},
+    {
+        "field": "spo2",
+        "label": "SpO₂",
+        "unit": "%",
+        "kind": "number",
+        "codes": [SPO2],
+        "decimals": 0,
+    },
     {"field": "o2", "label": "O₂", "unit": "", "kind": "o2", "codes": [FIO2], "decimals": 0},
-    {"field": "bp", "label": "BP", "unit": "mmHg", "kind": "bp", "codes": [SYSTOLIC, DIASTOLIC], "decimals": 0},
-    {"field": "hr", "label": "HR", "unit": "/min", "kind": "number", "codes": [PULSE], "decimals": 0},
-    {"field": "temp", "label": "Temp", "unit": "°C", "kind": "number", "codes": [TEMPERATURE], "decimals": 1},
-    {"field": "acvpu", "label": "ACVPU", "unit": "", "kind": "text", "codes": [ACVPU_CODE], "decimals": 0},
+    {
+        "field": "bp",
+        "label": "BP",
+        "unit": "mmHg",
+        "kind": "bp",
+        "codes": [SYSTOLIC, DIASTOLIC],
+        "decimals": 0,
+    },
+    {
+        "field": "hr",
+        "label": "HR",
+        "unit": "/min",
+        "kind": "number",
+        "codes": [PULSE],
+        "decimals": 0,
+    },
+    {
+        "field": "temp",
+        "label": "Temp",
+        "unit": "°C",
+        "kind": "number",
+        "codes": [TEMPERATURE],
+        "decimals": 1,
+    },
+    {
+        "field": "acvpu",
+        "label": "ACVPU",
+        "unit": "",
+        "kind": "text",
+        "codes": [ACVPU_CODE],
+        "decimals": 0,
+    },
 ]
 
 PARAMETER_LABELS: dict[str, str] = {
@@ -111,7 +167,12 @@ CHARTS: list[dict[str, Any]] = [
     {"id": "glucose", "title": "Blood glucose", "unit": "mg/dL", "series": [[GLUCOSE, "Glucose"]]},
 ]
 
-RANGES: list[tuple[int, str]] = [(3600, "1 h"), (6 * 3600, "6 h"), (86_400, "24 h"), (3 * 86_400, "3 d")]
+RANGES: list[tuple[int, str]] = [
+    (3600, "1 h"),
+    (6 * 3600, "6 h"),
+    (86_400, "24 h"),
+    (3 * 86_400, "3 d"),
+]
 DEFAULT_RANGE_S = 86_400
 
 
@@ -122,7 +183,7 @@ def round_half_away(value: float, decimals: int) -> str:
     """``value`` rounded half away from zero, as NEWS2 rounds before scoring."""
     scaled = round(value * 10**decimals, 9)
     whole = math.copysign(math.floor(abs(scaled) + 0.5), scaled)
-    return f"{whole / 10**decimals:.{decimals}f}"
+    return f"{whole / 10**decimals + 0.0:.{decimals}f}"
 
 
 def _is_stale(vital: dict[str, Any] | None, twin_time: str, window_s: float) -> bool:
@@ -147,7 +208,9 @@ def _cell(field: dict[str, Any], twin: dict[str, Any], window_s: float) -> dict[
     kind = field["kind"]
     if kind == "bp":
         second = vitals.get(field["codes"][1])
-        text = "–" if first is None and second is None else f"{_number(first, 0)}/{_number(second, 0)}"
+        text = (
+            "–" if first is None and second is None else f"{_number(first, 0)}/{_number(second, 0)}"
+        )
     elif kind == "o2":
         if first is None or not isinstance(first["value"], int | float):
             text = "–"
@@ -192,6 +255,7 @@ def ward_row(twin: dict[str, Any], window_s: float) -> dict[str, Any]:
     """Everything one ward row shows, from a twin view (or a ``twin.updated`` event)."""
     return {
         "patient": twin["patient"],
+        "time": twin["time"],
         "href": "/patients/" + quote(twin["patient"], safe=""),
         "cells": [_cell(field, twin, window_s) for field in WARD_FIELDS],
         "news2": news2_cell(twin["news2"]),
