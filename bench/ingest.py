@@ -62,12 +62,14 @@ def workload(patients: int, per_patient: int) -> list[dict[str, Any]]:
     return items
 
 
-def run_medtwin(items: list[dict[str, Any]], batch: int, folder: Path) -> float:
+def run_medtwin(
+    items: list[dict[str, Any]], batch: int, folder: Path, synchronous: str = "FULL"
+) -> float:
     """Seconds for the whole path."""
     last = max(parse_time_us(i["time"]) for i in items)
     clock = FixedClock(START)
     clock.set(datetime.fromtimestamp(last / 1e6, tz=UTC))
-    store = open_store(f"sqlite:///{folder / 'medtwin.db'}")
+    store = open_store(f"sqlite:///{folder / 'medtwin.db'}", sqlite_synchronous=synchronous)
     runtime = TwinRuntime(clock)
     ingestor = Ingestor(store, runtime, EventBus(), clock)
     started = time.perf_counter()
@@ -81,7 +83,9 @@ def run_medtwin(items: list[dict[str, Any]], batch: int, folder: Path) -> float:
     return elapsed
 
 
-def run_baseline(items: list[dict[str, Any]], batch: int, folder: Path) -> float:
+def run_baseline(
+    items: list[dict[str, Any]], batch: int, folder: Path, synchronous: str = "FULL"
+) -> float:
     """Seconds for plain executemany of the same rows into the same schema."""
     path = folder / "plain.db"
     open_store(f"sqlite:///{path}").close()  # same schema and indexes, made by the migrations
@@ -110,7 +114,7 @@ def run_baseline(items: list[dict[str, Any]], batch: int, folder: Path) -> float
     )
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     for pragma in TUNING:  # the same WAL checkpointing as the store, for a like-for-like rate
         conn.execute(pragma)
     started = time.perf_counter()
@@ -127,6 +131,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20,000 observations, 3 runs")
     parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument(
+        "--synchronous",
+        choices=["FULL", "NORMAL"],
+        default="FULL",
+        help="SQLite durability for both sides: FULL (the store's default) survives power loss",
+    )
     args = parser.parse_args()
     patients, per_patient, runs = (1000, 20, 3) if args.quick else (1000, 200, 5)
     runs = args.runs or runs
@@ -138,8 +148,8 @@ def main() -> None:
     for run in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            plain_rates.append(n / run_baseline(items, batch, folder))
-            medtwin_rates.append(n / run_medtwin(items, batch, folder))
+            plain_rates.append(n / run_baseline(items, batch, folder, args.synchronous))
+            medtwin_rates.append(n / run_medtwin(items, batch, folder, args.synchronous))
         print(
             f"run {run + 1}/{runs}: medtwin {medtwin_rates[-1]:,.0f} obs/s, "
             f"plain executemany {plain_rates[-1]:,.0f} obs/s"
@@ -147,7 +157,8 @@ def main() -> None:
     medtwin_rate = statistics.median(medtwin_rates)
     plain_rate = statistics.median(plain_rates)
     print(
-        f"ingest: {n:,} observations, {patients:,} patients, batches of {batch:,}, {runs} runs\n"
+        f"ingest: {n:,} observations, {patients:,} patients, batches of {batch:,}, {runs} runs, "
+        f"SQLite synchronous={args.synchronous}\n"
         f"  medtwin (validate, store, twins, NEWS2): {medtwin_rate:,.0f} obs/s (median)\n"
         f"  plain sqlite3.executemany, same schema:  {plain_rate:,.0f} obs/s (median)\n"
         f"  ratio: {medtwin_rate / plain_rate:.1%} of the plain insert rate"
