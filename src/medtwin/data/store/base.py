@@ -393,7 +393,11 @@ class SqlStore:
     # -- patients -------------------------------------------------------------
 
     def _insert_patients(self, conn: Connection, patients: Sequence[Patient]) -> None:
-        raise NotImplementedError
+        conn.exec_driver_sql(
+            "INSERT INTO patients (id, pseudonym, spo2_scale, created_us) "
+            f"VALUES ({self._params(4)}) ON CONFLICT (id) DO NOTHING",
+            [(p.id, p.pseudonym, p.spo2_scale, p.created_us) for p in patients],
+        )
 
     def add_patients(self, patients: Sequence[Patient]) -> None:
         if not patients:  # an empty executemany is an error for both drivers
@@ -579,6 +583,15 @@ def _copy_tables(source: Connection, dest: Connection, chunk: int = 20_000) -> N
         result = source.execute(sa.select(table)).mappings()
         while rows := result.fetchmany(chunk):
             dest.execute(sa.insert(table), [dict(r) for r in rows])
+
+
+def positions_of(rows: Sequence[tuple[int, Observation]], inserted: set[Any]) -> set[int]:
+    """Positions in ``rows`` whose (source, source_id, version) key is in ``inserted``."""
+    return {
+        position
+        for position, (_, obs) in enumerate(rows)
+        if (obs.source, obs.source_id, obs.version) in inserted
+    }
 
 
 def _dedupe(

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from medtwin.core.errors import StoreError
-from medtwin.core.records import Observation, Patient
-from medtwin.data.store.base import SqlStore
+from medtwin.core.records import Observation
+from medtwin.data.store.base import SqlStore, positions_of
 from medtwin.data.store.schema import OBSERVATION_COLUMNS
 
 _COLUMNS = ", ".join(OBSERVATION_COLUMNS)
@@ -61,18 +61,7 @@ class PostgresStore(SqlStore):
             inserted = set(cursor.fetchall())
         if len(inserted) == len(rows):
             return set(range(len(rows)))
-        return {
-            position
-            for position, (_, obs) in enumerate(rows)
-            if (obs.source, obs.source_id, obs.version) in inserted
-        }
-
-    def _insert_patients(self, conn: Connection, patients: Sequence[Patient]) -> None:
-        conn.exec_driver_sql(
-            "INSERT INTO patients (id, pseudonym, spo2_scale, created_us) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (id) DO NOTHING",
-            [(p.id, p.pseudonym, p.spo2_scale, p.created_us) for p in patients],
-        )
+        return positions_of(rows, inserted)
 
     @contextmanager
     def _snapshot(self) -> Iterator[Connection]:

@@ -10,8 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from medtwin.core.records import Observation, Patient
-from medtwin.data.store.base import SqlStore
+from medtwin.core.records import Observation
+from medtwin.data.store.base import SqlStore, positions_of
 from medtwin.data.store.schema import OBSERVATION_COLUMNS
 
 _INSERT_OBSERVATIONS = (
@@ -87,18 +87,7 @@ class SQLiteStore(SqlStore):
                 "SELECT source, source_id, version FROM observations WHERE row_id > ?", (before,)
             )
         }
-        return {
-            position
-            for position, (_, obs) in enumerate(rows)
-            if (obs.source, obs.source_id, obs.version) in inserted
-        }
-
-    def _insert_patients(self, conn: Connection, patients: Sequence[Patient]) -> None:
-        conn.exec_driver_sql(
-            "INSERT INTO patients (id, pseudonym, spo2_scale, created_us) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (id) DO NOTHING",
-            [(p.id, p.pseudonym, p.spo2_scale, p.created_us) for p in patients],
-        )
+        return positions_of(rows, inserted)
 
     def backup(self, path: Path) -> None:
         """Online copy with SQLite's backup API: consistent while writers run."""
