@@ -25,7 +25,9 @@ from medtwin.data.store import (
     SqlStore,
     StoredObservation,
     open_store,
+    schema,
 )
+from medtwin.data.store.base import schema_head
 
 if TYPE_CHECKING:
     from conftest import StoreFactory  # tests/conftest.py
@@ -35,7 +37,7 @@ HR, RR, SPO2, ACVPU = "8867-4", "9279-1", "59408-5", "80288-4"
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
 MINUTE = 60_000_000
 RECEIVED = T0 + 10 * 24 * 60 * MINUTE
-TABLES = ("patients", "observations", "interventions", "derived", "quarantine")
+TABLES = tuple(schema.metadata.tables)
 
 
 def obs(
@@ -119,16 +121,16 @@ def test_migrations_from_empty_database_reach_head(stores: StoreFactory, backend
     assert store.ping()
     assert store.schema_version() is None
     store.migrate()
-    assert store.schema_version() == "0001"
+    assert store.schema_version() == schema_head()
     assert counts(store) == dict.fromkeys(TABLES, 0)
     store.append([obs(1)], received_us=RECEIVED, new_patients=[patient(1)])
     store.migrate()  # a second time: nothing changes
-    assert store.schema_version() == "0001"
+    assert store.schema_version() == schema_head()
     assert counts(store)["observations"] == 1
     assert [s.observation for s in everything(store)] == [obs(1)]
     # open_store migrates by default, also when already at head.
     again = stores.open(url)
-    assert again.schema_version() == "0001"
+    assert again.schema_version() == schema_head()
     assert again.count("observations") == 1
 
 
@@ -542,7 +544,7 @@ def test_restart_keeps_data(stores: StoreFactory, backend: str) -> None:
     before = snapshot(store)
     store.close()
     reopened = stores.open(url)
-    assert reopened.schema_version() == "0001"
+    assert reopened.schema_version() == schema_head()
     assert snapshot(reopened) == before
     assert reopened.patient("p2") == replace(patient(2), spo2_scale=2)
     assert reopened.append([obs(1)], received_us=RECEIVED) == [DUPLICATE]

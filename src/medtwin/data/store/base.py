@@ -158,7 +158,18 @@ class Store(Protocol):
         ...
 
 
-_TABLES = ("patients", "observations", "interventions", "derived", "quarantine")
+_TABLES = (
+    "patients",
+    "observations",
+    "interventions",
+    "derived",
+    "quarantine",
+    "users",
+    "care_team_patients",
+    "api_keys",
+    "refresh_tokens",
+    "audit",
+)
 
 
 class SqlStore:
@@ -180,11 +191,8 @@ class SqlStore:
 
     def migrate(self) -> None:
         from alembic import command
-        from alembic.config import Config
 
-        config = Config()
-        location = resources.files("medtwin.data.store") / "migrations"
-        config.set_main_option("script_location", str(location))
+        config = _alembic_config()
         try:
             with self.engine.begin() as conn:
                 config.attributes["connection"] = conn
@@ -575,6 +583,25 @@ class SqlStore:
 
     def _after_restore(self, conn: Connection) -> None:
         """Backend fix-ups after rows were copied in with their ids (sequences)."""
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option(
+        "script_location", str(resources.files("medtwin.data.store") / "migrations")
+    )
+    return config
+
+
+def schema_head() -> str:
+    """The newest schema version the migrations know."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
 
 
 def _copy_tables(source: Connection, dest: Connection, chunk: int = 20_000) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -96,6 +97,65 @@ quarantine = Table(
     Column("reason", Text, nullable=False),
     Column("payload", Text, nullable=False),
     Index("ix_quarantine_received", "received_us"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("username", Text, primary_key=True),
+    Column("password_hash", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("care_team", Text),
+    Column("disabled", Boolean, nullable=False, server_default="0"),
+    Column("created_us", BigInteger, nullable=False),
+    Column("password_changed_us", BigInteger, nullable=False),
+)
+
+care_team_patients = Table(
+    "care_team_patients",
+    metadata,
+    Column("team", Text, primary_key=True),
+    Column("patient_id", Text, primary_key=True),
+    Index("ix_care_team_patients_patient", "patient_id"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("key_hash", Text, nullable=False),
+    Column("owner", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("sources", Text, nullable=False),  # JSON list of the device/system sources it owns
+    Column("created_us", BigInteger, nullable=False),
+    Column("revoked_us", BigInteger),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("jti", Text, primary_key=True),
+    Column("username", Text, nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+    Column("revoked_us", BigInteger),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("patient", Text),
+    Column("action", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("address", Text),
+    Column("priority", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", Text, nullable=False),
+    Column("hash", Text, nullable=False),
+    Index("ix_audit_patient", "patient", "at_us"),
 )
 
 # Columns of observations in the order of Observation's fields, then received_us.
