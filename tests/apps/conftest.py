@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ import uvicorn
 
 from medtwin.apps.api import ServiceContext, create_app
 from medtwin.core.settings import Settings
+from medtwin.data.accounts import Role
 
 
 @dataclass
@@ -27,6 +29,38 @@ class LiveServer:
     def context(self) -> ServiceContext:
         context: ServiceContext = self.app_state.context  # type: ignore[attr-defined]
         return context
+
+    def token(self, username: str, role: Role = Role.ADMIN, care_team: str | None = None) -> str:
+        """An access token of a user made on first use (no password round trip)."""
+        return user_token(self.context, username, role, care_team)
+
+    def client(
+        self, username: str, role: Role = Role.ADMIN, care_team: str | None = None
+    ) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {self.token(username, role, care_team)}"},
+            timeout=10,
+        )
+
+    @property
+    def admin(self) -> httpx.Client:
+        """A client signed in as an admin (sees every patient, may write any source)."""
+        if not hasattr(self, "_admin"):
+            self._admin = self.client("admin-test")
+        return self._admin
+
+
+def user_token(
+    context: ServiceContext, username: str, role: Role = Role.ADMIN, care_team: str | None = None
+) -> str:
+    user = context.accounts.user(username)
+    if user is None:
+        user = context.accounts.add_user(
+            username, secrets.token_urlsafe(16), role, care_team=care_team, now_us=0
+        )
+    token, _, _ = context.tokens.issue(user, "access")
+    return token
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from medtwin.apps.api import create_app
 from medtwin.apps.api.schemas import json_schemas
 from medtwin.core.settings import Settings
-from tests.apps.conftest import LiveServer
+from tests.apps.conftest import LiveServer, user_token
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 
@@ -28,7 +28,14 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 @pytest.fixture(scope="module")
 def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     path = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
-    with TestClient(create_app(Settings(store_url=f"sqlite:///{path}"))) as client:
+    settings = Settings(
+        store_url=f"sqlite:///{path}",
+        secrets_file=path.parent / "secrets.json",
+        audit_checkpoint_path=path.parent / "checkpoints.jsonl",
+    )
+    with TestClient(create_app(settings)) as client:
+        token = user_token(client.app.state.context, "fuzz-admin")  # type: ignore[attr-defined]
+        client.headers["Authorization"] = f"Bearer {token}"
         yield client
 
 
@@ -75,7 +82,7 @@ def vitals(
 
 
 def post(server: LiveServer, items: list[dict[str, Any]]) -> httpx.Response:
-    return httpx.post(f"{server.url}/api/v1/observations", json={"observations": items}, timeout=10)
+    return server.admin.post("/api/v1/observations", json={"observations": items})
 
 
 def quarantined(server: LiveServer) -> list[Any]:
@@ -97,7 +104,7 @@ def test_post_then_read_twin_and_history(live_server: LiveServer) -> None:
     assert [r["status"] for r in body["results"]] == ["stored"] * 8
     assert body["summary"] == {"stored": 8, "duplicate": 0, "conflict": 0, "rejected": 0}
 
-    twin = httpx.get(f"{live_server.url}/api/v1/twins/p1").json()
+    twin = live_server.admin.get("/api/v1/twins/p1").json()
     validate(twin, "twin")
     assert twin["news2"] == {
         "score": 0,
@@ -109,12 +116,12 @@ def test_post_then_read_twin_and_history(live_server: LiveServer) -> None:
     assert twin["vitals"]["8867-4"]["value"] == 70
     assert twin["vitals"]["80288-4"]["value"] == "A"
 
-    patients = httpx.get(f"{live_server.url}/api/v1/patients").json()
+    patients = live_server.admin.get("/api/v1/patients").json()
     assert [p["id"] for p in patients] == ["p1"]
     validate(patients[0], "patient")
 
-    history = httpx.get(
-        f"{live_server.url}/api/v1/patients/p1/observations", params={"code": ["8867-4", "9279-1"]}
+    history = live_server.admin.get(
+        "/api/v1/patients/p1/observations", params={"code": ["8867-4", "9279-1"]}
     ).json()
     validate(history, "history")
     assert sorted(i["code"] for i in history["items"]) == ["8867-4", "9279-1"]
@@ -141,14 +148,14 @@ def test_history_pages_cover_everything_once(live_server: LiveServer) -> None:
         params: dict[str, Any] = {"limit": 25}
         if cursor:
             params["cursor"] = cursor
-        page = httpx.get(f"{live_server.url}/api/v1/patients/p2/observations", params=params).json()
+        page = live_server.admin.get("/api/v1/patients/p2/observations", params=params).json()
         seen += [i["id"] for i in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
             break
     assert seen == [f"hr-{i}" for i in range(120)]
-    window = httpx.get(
-        f"{live_server.url}/api/v1/patients/p2/observations",
+    window = live_server.admin.get(
+        "/api/v1/patients/p2/observations",
         params={
             "from": iso(start + timedelta(seconds=200)),
             "to": iso(start + timedelta(seconds=400)),
@@ -161,7 +168,9 @@ def test_websocket_receives_twin_event(live_server: LiveServer) -> None:
     post(live_server, vitals("p3"))
 
     async def scenario() -> dict[str, Any]:
-        async with websockets.connect(f"{live_server.ws_url}/ws/events") as ws:
+        async with websockets.connect(
+            f"{live_server.ws_url}/ws/events?access_token={live_server.token('admin-test')}"
+        ) as ws:
             await asyncio.sleep(0.2)  # subscribed before the post below
             await asyncio.to_thread(post, live_server, vitals("p3", rr=26, tag="-b"))
             while True:
@@ -180,18 +189,18 @@ def test_spo2_scale_is_set_by_put(live_server: LiveServer) -> None:
     items = vitals("p4")
     items[1]["value"] = 90  # SpO2 90: 3 on Scale 1, 0 on Scale 2
     post(live_server, items)
-    assert httpx.get(f"{live_server.url}/api/v1/twins/p4").json()["news2"]["subscores"]["spo2"] == 3
-    answer = httpx.put(f"{live_server.url}/api/v1/patients/p4", json={"spo2_scale": 2})
+    assert live_server.admin.get("/api/v1/twins/p4").json()["news2"]["subscores"]["spo2"] == 3
+    answer = live_server.admin.put("/api/v1/patients/p4", json={"spo2_scale": 2})
     assert answer.status_code == 200
     assert answer.json()["spo2_scale"] == 2
-    twin = httpx.get(f"{live_server.url}/api/v1/twins/p4").json()
+    twin = live_server.admin.get("/api/v1/twins/p4").json()
     assert twin["spo2_scale"] == 2
     assert twin["news2"]["subscores"]["spo2"] == 0
     for bad in ({"spo2_scale": 3}, {"spo2_scale": "2x"}, {"other": 1}):
-        refused = httpx.put(f"{live_server.url}/api/v1/patients/p4", json=bad)
+        refused = live_server.admin.put("/api/v1/patients/p4", json=bad)
         assert refused.status_code == 422
         validate(refused.json(), "error")
-    missing = httpx.put(f"{live_server.url}/api/v1/patients/nobody", json={"spo2_scale": 2})
+    missing = live_server.admin.put("/api/v1/patients/nobody", json={"spo2_scale": 2})
     assert missing.status_code == 404
 
 
@@ -221,7 +230,7 @@ def test_unmapped_code_is_stored_and_flagged(live_server: LiveServer) -> None:
     }
     result = post(live_server, [item]).json()["results"][0]
     assert result == {"index": 0, "id": "x1", "status": "stored", "flags": ["unmapped"]}
-    twin = httpx.get(f"{live_server.url}/api/v1/twins/p6").json()
+    twin = live_server.admin.get("/api/v1/twins/p6").json()
     assert twin["other"][0]["code"] == "99999-9"
     assert twin["other"][0]["flags"] == ["unmapped"]
 
@@ -286,8 +295,8 @@ def test_future_time_and_non_finite_values_are_rejected(live_server: LiveServer)
         )
         + "]}"
     )
-    answer = httpx.post(
-        f"{live_server.url}/api/v1/observations",
+    answer = live_server.admin.post(
+        "/api/v1/observations",
         content=raw,
         headers={"content-type": "application/json"},
     )
@@ -312,8 +321,8 @@ def test_future_time_and_non_finite_values_are_rejected(live_server: LiveServer)
 def test_bad_bodies_get_4xx_and_quarantine(
     live_server: LiveServer, body: bytes, status: int, code: str, location: str
 ) -> None:
-    answer = httpx.post(
-        f"{live_server.url}/api/v1/observations",
+    answer = live_server.admin.post(
+        "/api/v1/observations",
         content=body,
         headers={"content-type": "application/json"},
     )
@@ -326,7 +335,7 @@ def test_bad_bodies_get_4xx_and_quarantine(
 
 def test_oversized_body_and_batch(live_server: LiveServer) -> None:
     limit = live_server.context.settings.max_body_bytes
-    answer = httpx.post(f"{live_server.url}/api/v1/observations", content=b" " * (limit + 1))
+    answer = live_server.admin.post("/api/v1/observations", content=b" " * (limit + 1))
     assert answer.status_code == 413
     assert answer.json()["error"]["code"] == "too_large"
     assert "exceeds" in quarantined(live_server)[0].reason
@@ -343,7 +352,7 @@ def test_unknown_patient_is_404(live_server: LiveServer) -> None:
         "/api/v1/patients/ghost/observations",
         "/api/v1/twins/ghost/news2",
     ):
-        answer = httpx.get(f"{live_server.url}{path}")
+        answer = live_server.admin.get(f"{path}")
         assert answer.status_code == 404, path
         validate(answer.json(), "error")
 
@@ -351,7 +360,7 @@ def test_unknown_patient_is_404(live_server: LiveServer) -> None:
 def test_bad_query_times_are_422(live_server: LiveServer) -> None:
     post(live_server, vitals("p9"))
     for params in ({"from": "soon"}, {"to": "2026-01-01T00:00:00"}, {"cursor": "zz"}):
-        answer = httpx.get(f"{live_server.url}/api/v1/patients/p9/observations", params=params)
+        answer = live_server.admin.get("/api/v1/patients/p9/observations", params=params)
         assert answer.status_code == 422, params
         validate(answer.json(), "error")
 
@@ -360,23 +369,23 @@ def test_news2_history(live_server: LiveServer) -> None:
     start = datetime.now(UTC) - timedelta(minutes=30)
     post(live_server, vitals("p10", when=start))
     post(live_server, vitals("p10", rr=26, when=start + timedelta(minutes=10), tag="-b"))
-    series = httpx.get(f"{live_server.url}/api/v1/twins/p10/news2").json()
+    series = live_server.admin.get("/api/v1/twins/p10/news2").json()
     assert [(p["score"], p["band"]) for p in series] == [(0, "low"), (3, "low-medium")]
 
 
 def test_health_ready_metrics_openapi(live_server: LiveServer) -> None:
-    assert httpx.get(f"{live_server.url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{live_server.url}/readyz").json()["status"] == "ready"
+    assert live_server.admin.get("/healthz").json() == {"status": "ok"}
+    assert live_server.admin.get("/readyz").json()["status"] == "ready"
     post(live_server, vitals("p11"))
     post(live_server, [{"id": "bad"}])
-    metrics = httpx.get(f"{live_server.url}/metrics").text
+    metrics = live_server.admin.get("/metrics").text
     assert 'medtwin_ingest_items_total{channel="api",status="stored"} 8.0' in metrics
     assert 'medtwin_ingest_items_total{channel="api",status="rejected"} 1.0' in metrics
     assert "medtwin_ingest_batch_seconds_count" in metrics
-    httpx.post(f"{live_server.url}/api/v1/observations", content=b"{")
-    metrics = httpx.get(f"{live_server.url}/metrics").text
+    live_server.admin.post("/api/v1/observations", content=b"{")
+    metrics = live_server.admin.get("/metrics").text
     assert 'medtwin_ingest_requests_refused_total{channel="api",code="invalid_json"} 1.0' in metrics
-    spec = httpx.get(f"{live_server.url}/openapi.json").json()
+    spec = live_server.admin.get("/openapi.json").json()
     for path in (
         "/api/v1/observations",
         "/api/v1/twins/{patient}",
@@ -396,7 +405,7 @@ def test_readyz_reports_unreachable_store(live_server: LiveServer) -> None:
     live_server.context.store.engine.dispose()
     live_server.context.store.path.unlink()  # type: ignore[attr-defined]
     live_server.context.store.path.mkdir()  # type: ignore[attr-defined]
-    answer = httpx.get(f"{live_server.url}/readyz")
+    answer = httpx.get(f"{live_server.url}/readyz")  # public: no sign-in needed
     assert answer.status_code == 503
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
+from medtwin.data.accounts import Role
 from tests.apps.conftest import LiveServer
 
 if TYPE_CHECKING:
@@ -75,6 +76,18 @@ def browser() -> Iterator[Browser]:
             browser.close()
 
 
+def sign_in(page: Page, server: LiveServer) -> None:
+    """Sign in through the dashboard's form, as a real user would."""
+    password = secrets.token_urlsafe(16)
+    server.context.accounts.add_user("ward-admin", password, Role.ADMIN, now_us=0)
+    page.goto(server.url + "/")
+    assert urlsplit(page.url).path == "/login"  # no session: the ward sends you to sign in
+    page.fill("input[name=username]", "ward-admin")
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(server.url + "/")
+
+
 @dataclass
 class Watched:
     """A page with every console error, page error and off-host request recorded."""
@@ -117,6 +130,7 @@ def watched(browser: Browser, live_server: LiveServer) -> Iterator[Watched]:
     page.on("websocket", on_websocket)
     context.on("request", on_request)
     context.on("response", on_response)
+    sign_in(page, live_server)
     try:
         yield watched
     finally:
@@ -151,9 +165,7 @@ def post(
         }
         for i, (code, value, unit) in enumerate(values)
     ]
-    answer = httpx.post(
-        f"{server.url}/api/v1/observations", json={"observations": items}, timeout=10
-    )
+    answer = server.admin.post("/api/v1/observations", json={"observations": items})
     assert answer.status_code == 200, answer.text
     assert answer.json()["summary"]["stored"] == len(items), answer.text
 

@@ -6,6 +6,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -112,27 +113,48 @@ def test_production_refuses_default_store(monkeypatch: pytest.MonkeyPatch) -> No
     assert "MEDTWIN_STORE_URL" in result.output
 
 
-def test_demo_ward_feeds_twins(tmp_path: Path) -> None:
-    settings = Settings(
-        store_url=f"sqlite:///{tmp_path / 'demo.db'}", demo_patients=6, demo_acceleration=120
+def sign_in(client: TestClient, user: str, password: str) -> int:
+    answer = client.post(
+        "/auth/token", data={"grant_type": "password", "username": user, "password": password}
     )
-    with TestClient(create_demo_app(settings)) as client:
+    if answer.status_code == 200:
+        client.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+    return answer.status_code
+
+
+def test_demo_ward_feeds_twins_the_demo_clinician_sees(tmp_path: Path) -> None:
+    settings = Settings(
+        store_url=f"sqlite:///{tmp_path / 'demo.db'}",
+        demo_patients=6,
+        demo_acceleration=120,
+        secrets_file=tmp_path / "secrets.json",
+        audit_checkpoint_path=tmp_path / "checkpoints.jsonl",
+    )
+    app, (user, password) = create_demo_app(settings)
+    with TestClient(app) as client:
+        assert client.get("/api/v1/twins").status_code == 401
+        assert sign_in(client, user, password) == 200
         deadline = time.monotonic() + 15
-        twins: list[dict[str, object]] = []
+        twins: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             twins = client.get("/api/v1/twins").json()
-            if len(twins) == 6 and all(t["news2"]["score"] is not None for t in twins):  # type: ignore[index]
+            if len(twins) == 6 and all(t["news2"]["score"] is not None for t in twins):
                 break
             time.sleep(0.2)
-        assert len(twins) == 6
-        assert all(t["news2"]["score"] is not None for t in twins)  # type: ignore[index]
+        assert len(twins) == 6  # the ward's patients are in the demo clinician's care team
+        assert all(t["news2"]["score"] is not None for t in twins)
         assert client.get("/readyz").status_code == 200
-    # A second run starts its clock after everything stored, so its readings still update the twins.
+    # A second run starts its clock after everything stored, so its readings still update the
+    # twins, and it prints a new password: the old one no longer works.
     store = open_store(settings.store_url)
     newest = store.newest_time()
     store.close()
     assert newest is not None
-    with TestClient(create_demo_app(settings)) as client:
+    app, (user, new_password) = create_demo_app(settings)
+    with TestClient(app) as client:
+        assert new_password != password
+        assert sign_in(client, user, password) == 401
+        assert sign_in(client, user, new_password) == 200
         clock = client.app.state.context.clock  # type: ignore[attr-defined]
         assert clock.now_us() > newest
         assert client.get("/api/v1/twins/ward-01").status_code == httpx.codes.OK

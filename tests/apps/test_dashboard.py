@@ -60,9 +60,7 @@ def post(
         }
         for i, (code, value, unit) in enumerate(values)
     ]
-    answer = httpx.post(
-        f"{server.url}/api/v1/observations", json={"observations": items}, timeout=10
-    )
+    answer = server.admin.post("/api/v1/observations", json={"observations": items})
     assert answer.status_code == 200, answer.text
     assert answer.json()["summary"]["stored"] == len(items), answer.text
 
@@ -129,7 +127,7 @@ def parse(html: str) -> Node:
 
 
 def get_page(server: LiveServer, path: str, status: int = 200) -> tuple[httpx.Response, Node]:
-    answer = httpx.get(server.url + path, timeout=10)
+    answer = server.admin.get(path)
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"].startswith("text/html")
     return answer, parse(answer.text)
@@ -263,15 +261,13 @@ def test_patient_page_shows_news2_subscores_scale_vitals_and_unmapped(
     assert data["patient"] == "bed-01"
     assert data["observations_url"] == "/api/v1/patients/bed-01/observations"
     assert data["news2_url"] == "/api/v1/twins/bed-01/news2"
-    assert httpx.get(live_server.url + data["observations_url"], timeout=10).status_code == 200
-    assert httpx.get(live_server.url + data["news2_url"], timeout=10).status_code == 200
+    assert live_server.admin.get(data["observations_url"]).status_code == 200
+    assert live_server.admin.get(data["news2_url"]).status_code == 200
 
 
 def test_patient_page_shows_spo2_scale_2(live_server: LiveServer) -> None:
     post(live_server, "bed-07", FULL)
-    answer = httpx.put(
-        f"{live_server.url}/api/v1/patients/bed-07", json={"spo2_scale": 2}, timeout=10
-    )
+    answer = live_server.admin.put("/api/v1/patients/bed-07", json={"spo2_scale": 2})
     assert answer.status_code == 200, answer.text
     _, document = get_page(live_server, "/patients/bed-07")
     assert document.find(id="spo2-scale").text == "2"
@@ -367,7 +363,7 @@ def test_no_external_urls_in_served_pages_and_our_assets(live_server: LiveServer
     post(live_server, "bed-01", FULL)
     post(live_server, "bed-01", [("99999-9", 3, "mg")], prefix="u")
     for path in ("/", "/patients/bed-01", "/patients/bed-01/current", "/patients/nobody"):
-        answer = httpx.get(live_server.url + path, timeout=10)
+        answer = live_server.admin.get(path)
         assert _external_urls(answer.text) == [], path
         document = parse(answer.text)
         for node in document.iter():
@@ -378,7 +374,7 @@ def test_no_external_urls_in_served_pages_and_our_assets(live_server: LiveServer
                 assert target.startswith("/"), (path, target)
                 assert not target.startswith("//"), (path, target)
                 if attribute in ("src", "href") and node.tag in ("script", "link"):
-                    fetched = httpx.get(live_server.url + target, timeout=10)
+                    fetched = live_server.admin.get(target)
                     assert fetched.status_code == 200, target
     for name in OURS:
         text = httpx.get(f"{live_server.url}/static/{name}", timeout=10).text

@@ -107,8 +107,14 @@ def test_production_refuses_weak_sqlite_synchronous(
         Settings()
 
 
+def with_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDTWIN_SECRET_KEY", "s" * 40)
+    monkeypatch.setenv("MEDTWIN_AUDIT_KEY", "a" * 40)
+
+
 @pytest.mark.parametrize("level", ["FULL", "EXTRA"])
 def test_production_accepts_durable_sqlite(monkeypatch: pytest.MonkeyPatch, level: str) -> None:
+    with_secrets(monkeypatch)
     monkeypatch.setenv("MEDTWIN_ENVIRONMENT", "production")
     monkeypatch.setenv("MEDTWIN_STORE_URL", "sqlite:////data/ward.db")
     monkeypatch.setenv("MEDTWIN_SQLITE_SYNCHRONOUS", level)
@@ -120,6 +126,7 @@ def test_production_accepts_durable_sqlite(monkeypatch: pytest.MonkeyPatch, leve
 def test_production_ignores_sqlite_synchronous_for_postgres(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    with_secrets(monkeypatch)
     monkeypatch.setenv("MEDTWIN_ENVIRONMENT", "production")
     monkeypatch.setenv("MEDTWIN_STORE_URL", "postgresql://medtwin@db:5432/medtwin")
     monkeypatch.setenv("MEDTWIN_SQLITE_SYNCHRONOUS", "OFF")
@@ -155,3 +162,41 @@ def test_redacted_store_url_hides_credentials(url: str, redacted: str) -> None:
     assert shown == redacted
     assert "s3cret" not in shown
     assert "cret" not in shown
+
+
+@pytest.mark.parametrize("missing", ["MEDTWIN_SECRET_KEY", "MEDTWIN_AUDIT_KEY"])
+def test_production_refuses_to_start_without_secrets(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    with_secrets(monkeypatch)
+    monkeypatch.delenv(missing)
+    monkeypatch.setenv("MEDTWIN_ENVIRONMENT", "production")
+    monkeypatch.setenv("MEDTWIN_STORE_URL", "postgresql://medtwin@db:5432/medtwin")
+    with pytest.raises(ConfigurationError, match=f"needs {missing} set"):
+        Settings()
+
+
+def test_short_secrets_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDTWIN_SECRET_KEY", "changeme")
+    with pytest.raises(ConfigurationError, match="MEDTWIN_SECRET_KEY is shorter than 32"):
+        Settings()
+
+
+def test_development_generates_secrets_once_and_keeps_them_private(tmp_path: Path) -> None:
+    settings = Settings(secrets_file=tmp_path / "var" / "secrets.json")
+    first = settings.secret("secret_key")
+    assert len(first) >= 32
+    assert settings.secret("audit_key") != first
+    assert Settings(secrets_file=tmp_path / "var" / "secrets.json").secret("secret_key") == first
+    assert (tmp_path / "var" / "secrets.json").stat().st_mode & 0o777 == 0o600
+    assert "x" * 40 not in repr(Settings(secret_key="x" * 40))
+
+
+def test_secrets_from_the_environment_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MEDTWIN_SECRET_KEY", "k" * 40)
+    settings = Settings(secrets_file=tmp_path / "secrets.json")
+    assert settings.secret("secret_key") == b"k" * 40
+    assert (
+        not (tmp_path / "secrets.json").exists()
+        or "secret_key" not in (tmp_path / "secrets.json").read_text()
+    )

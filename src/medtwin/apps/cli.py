@@ -14,10 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from medtwin import __version__
+from medtwin.apps.commands.audit import app as audit_app
+from medtwin.apps.commands.users import app as users_app
 from medtwin.core.errors import ConfigurationError, MedtwinError
 from medtwin.core.settings import Settings
 
 app = typer.Typer(help="medtwin: live, personal digital twins of patients.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(audit_app, name="audit")
 console = Console(stderr=True)
 
 
@@ -79,13 +83,18 @@ def demo(
     from medtwin.apps.demo import create_demo_app
 
     settings = _settings(demo_patients=patients, demo_acceleration=acceleration, port=port)
+    application, (user, password) = create_demo_app(settings)
     console.print(
         f"[bold]medtwin demo[/bold]: {settings.demo_patients} patients, "
         f"time x{settings.demo_acceleration:g}, "
         f"store {settings.redacted_store_url()}\n"
-        f"Open [link]http://{settings.host}:{settings.port}/[/link]  (Ctrl+C to stop)"
+        f"Open [link]http://{settings.host}:{settings.port}/[/link]  (Ctrl+C to stop)\n"
+        f"Sign in as [bold]{user}[/bold] with password [bold]{password}[/bold] "
+        "(new at every start)",
+        markup=True,
+        highlight=False,
     )
-    _serve(create_demo_app(settings), settings)
+    _serve(application, settings)
 
 
 def _ingest(paths: list[Path], settings: Settings, batch: int) -> dict[str, int]:

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import timedelta
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from medtwin.apps.api import BackgroundTask, ServiceContext, create_app, refresh_twins
+from medtwin.apps.commands.users import new_password
 from medtwin.core.clock import AcceleratedClock, from_us
 from medtwin.core.settings import Settings
-from medtwin.data.store import open_store
+from medtwin.data.accounts import Accounts, Role
+from medtwin.data.store import SqlStore, open_store
 from medtwin.devices.simulated import VirtualWard, WardConfig
 
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+DEMO_USER = "demo"
+DEMO_TEAM = "ward"
 TICK_S = 1.0  # real seconds between simulator steps
 
 
@@ -35,7 +41,12 @@ def run_ward(ward: VirtualWard) -> BackgroundTask:
             for start in range(0, len(items), BATCH):
                 try:
                     await run_in_threadpool(
-                        context.ingestor.ingest, items[start : start + BATCH], channel="simulator"
+                        partial(
+                            context.ingestor.ingest,
+                            items[start : start + BATCH],
+                            channel="simulator",
+                            care_team=DEMO_TEAM,
+                        )
                     )
                 except Exception:  # the ward keeps running; the failure is logged
                     log.exception("simulated ward batch failed")
@@ -44,18 +55,36 @@ def run_ward(ward: VirtualWard) -> BackgroundTask:
     return run
 
 
-def create_demo_app(settings: Settings) -> FastAPI:
-    """The service with a virtual ward, its clock starting after anything already stored."""
+def demo_credentials(store: SqlStore) -> tuple[str, str]:
+    """The demo clinician of the ward's care team, with a new random password."""
+    accounts = Accounts(store)
+    password = new_password()
+    now_us = time.time_ns() // 1_000
+    if accounts.user(DEMO_USER) is None:
+        accounts.add_user(DEMO_USER, password, Role.CLINICIAN, care_team=DEMO_TEAM, now_us=now_us)
+    else:
+        accounts.set_password(DEMO_USER, password, now_us=now_us)
+        accounts.set_disabled(DEMO_USER, False)
+    return DEMO_USER, password
+
+
+def create_demo_app(settings: Settings) -> tuple[FastAPI, tuple[str, str]]:
+    """The service with a virtual ward and the demo user's credentials.
+
+    The clock starts after anything already stored, so new readings update the twins.
+    """
     store = open_store(settings.store_url, sqlite_synchronous=settings.sqlite_synchronous)
+    credentials = demo_credentials(store)
     newest = store.newest_time()
     start = None
     if newest is not None:
         start = max(from_us(newest) + timedelta(seconds=1), AcceleratedClock(1.0).now())
     clock = AcceleratedClock(settings.demo_acceleration, start=start)
     ward = VirtualWard(WardConfig(patients=settings.demo_patients, seed=settings.demo_seed))
-    return create_app(
+    app = create_app(
         settings,
         clock=clock,
         store=store,
         background=(refresh_twins, run_ward(ward)),
     )
+    return app, credentials

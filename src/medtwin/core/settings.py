@@ -5,10 +5,14 @@ Production mode refuses unsafe defaults instead of running with them.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import secrets
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medtwin.core.errors import ConfigurationError
@@ -16,6 +20,31 @@ from medtwin.core.errors import ConfigurationError
 DEFAULT_STORE_URL = "sqlite:///var/medtwin.db"
 # Query parameters of a store URL that carry secrets (libpq connection URIs).
 _SECRET_PARAMETER = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
+
+
+SECRETS = ("secret_key", "audit_key")
+MIN_SECRET_LENGTH = 32
+
+
+def _load_secrets(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read the secrets file {path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigurationError(f"the secrets file {path} is not a JSON object")
+    return {str(k): str(v) for k, v in loaded.items()}
+
+
+def _save_secrets(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(values, handle)
+    temporary.replace(path)
 
 
 class Settings(BaseSettings):
@@ -37,6 +66,17 @@ class Settings(BaseSettings):
     demo_acceleration: float = Field(30.0, gt=0)
     demo_seed: int = 0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Secrets. In development, missing ones are generated once into ``secrets_file``;
+    # production refuses to start without them.
+    secret_key: SecretStr | None = Field(None, description="HMAC key signing tokens")
+    audit_key: SecretStr | None = Field(None, description="HMAC key chaining the audit trail")
+    secrets_file: Path = Path("var/secrets.json")
+    audit_checkpoint_path: Path = Path("var/audit-checkpoints.jsonl")
+    jwt_issuer: str = "medtwin"
+    jwt_audience: str = "medtwin-api"
+    access_token_ttl_s: int = Field(900, gt=0, le=86_400)
+    refresh_token_ttl_s: int = Field(8 * 3600, gt=0)
+    session_ttl_s: int = Field(8 * 3600, gt=0, description="dashboard sign-in lifetime (a shift)")
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -50,7 +90,39 @@ class Settings(BaseSettings):
                     "production mode refuses MEDTWIN_SQLITE_SYNCHRONOUS below FULL: "
                     "acknowledged data could be lost on power failure"
                 )
+            for name in SECRETS:
+                value = getattr(self, name)
+                if value is None:
+                    raise ConfigurationError(
+                        f"production mode needs MEDTWIN_{name.upper()} set (at least "
+                        f"{MIN_SECRET_LENGTH} random characters); no default secret is used"
+                    )
+        for name in SECRETS:
+            value = getattr(self, name)
+            if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+                raise ConfigurationError(
+                    f"MEDTWIN_{name.upper()} is shorter than {MIN_SECRET_LENGTH} characters"
+                )
         return self
+
+    def secret(self, name: str) -> bytes:
+        """The secret ``name`` (see ``SECRETS``) as bytes.
+
+        In development a missing secret is generated once and kept in ``secrets_file``
+        (mode 0600), so tokens and the audit chain survive restarts.
+        """
+        if name not in SECRETS:
+            raise KeyError(name)
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value().encode()
+        if self.environment == "production":  # unreachable: the validator refuses it
+            raise ConfigurationError(f"MEDTWIN_{name.upper()} is not set")
+        stored = _load_secrets(self.secrets_file)
+        if name not in stored:
+            stored[name] = secrets.token_urlsafe(48)
+            _save_secrets(self.secrets_file, stored)
+        return stored[name].encode()
 
     def redacted_store_url(self) -> str:
         """The store URL without credentials, for logs."""

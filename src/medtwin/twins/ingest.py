@@ -21,7 +21,7 @@ from medtwin.core.clock import Clock
 from medtwin.core.records import Observation, Patient, QualityFlag
 from medtwin.data.codes import DEFAULT_REGISTRY, CodeRegistry
 from medtwin.data.store import AppendStatus, QuarantineEntry, Store
-from medtwin.data.validation import Rejection, storable, validate_items
+from medtwin.data.validation import Rejection, Validated, storable, validate_items
 from medtwin.twins.events import EventBus
 from medtwin.twins.runtime import TwinRuntime, TwinUpdate
 
@@ -118,7 +118,14 @@ class Ingestor:
         self._lock = threading.Lock()
         self._commit_lock = threading.Lock()
 
-    def ingest(self, items: Sequence[Any], *, channel: str = "api") -> list[IngestResult]:
+    def ingest(
+        self,
+        items: Sequence[Any],
+        *,
+        channel: str = "api",
+        sources: frozenset[str] | None = None,
+        care_team: str | None = None,
+    ) -> list[IngestResult]:
         """Ingest a batch of observation items (API/JSON-lines shape); one result per item.
 
         Batches are validated and committed one at a time: while SQLite writes a batch it
@@ -127,15 +134,24 @@ class Ingestor:
         measured at 20% slower than doing both in turn).
         """
         with self._lock:
-            return self.commit(self.prepare(items, channel=channel))
+            prepared = self.prepare(items, channel=channel, sources=sources)
+            return self.commit(prepared, care_team=care_team)
 
-    def prepare(self, items: Sequence[Any], *, channel: str = "api") -> PreparedBatch:
-        """Validate a batch against the clock and build its quarantine entries."""
+    def prepare(
+        self, items: Sequence[Any], *, channel: str = "api", sources: frozenset[str] | None = None
+    ) -> PreparedBatch:
+        """Validate a batch against the clock and build its quarantine entries.
+
+        ``sources``, when given, are the only senders the caller may write for (a
+        device's API key owns its devices); items from any other source are rejected.
+        """
         started = time.perf_counter()
         now = self.clock.now_us()
         validated = validate_items(
             items, now_us=now, registry=self.registry, max_future_us=self.max_future_us
         )
+        if sources is not None:
+            validated = _only_sources(validated, sources)
         rejected = [
             QuarantineEntry(
                 channel=channel,
@@ -160,8 +176,11 @@ class Ingestor:
             started=started,
         )
 
-    def commit(self, batch: PreparedBatch) -> list[IngestResult]:
-        """Store a prepared batch in one transaction, then update the twins and publish."""
+    def commit(self, batch: PreparedBatch, *, care_team: str | None = None) -> list[IngestResult]:
+        """Store a prepared batch in one transaction, then update the twins and publish.
+
+        With ``care_team``, the batch's patients join that team in the same transaction.
+        """
         with self._commit_lock:
             statuses = self.store.append(
                 batch.observations,
@@ -169,6 +188,7 @@ class Ingestor:
                 new_patients=batch.new_patients,
                 rejected=batch.quarantine,
                 channel=batch.channel,
+                care_team=care_team,
             )
             stored_status = AppendStatus.STORED
             stored = [
@@ -230,6 +250,30 @@ class Ingestor:
             self.metrics.items.labels(channel, status).inc(n)
         self.metrics.seconds.labels(channel).observe(seconds)
         self.metrics.twins.set(len(self.runtime))
+
+
+def _only_sources(validated: Validated, sources: frozenset[str]) -> Validated:
+    """Move items from senders outside ``sources`` to the rejections."""
+    accepted: list[tuple[int, Observation]] = []
+    rejected = list(validated.rejected)
+    for index, obs in validated.accepted:
+        if obs.source in sources:
+            accepted.append((index, obs))
+        else:
+            rejected.append(
+                Rejection(
+                    index,
+                    "source",
+                    f"source {obs.source!r} is not a device of this API key",
+                    _item_of(obs),
+                )
+            )
+    rejected.sort(key=lambda r: r.index)
+    return Validated(accepted, rejected)
+
+
+def _item_of(obs: Observation) -> dict[str, Any]:
+    return {"id": obs.source_id, "source": obs.source, "patient": obs.patient, "code": obs.code}
 
 
 def _source_of(item: Any) -> str | None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
+from medtwin.apps.api.auth import Tokens
 from medtwin.core.clock import Clock, SystemClock
 from medtwin.core.settings import Settings
+from medtwin.data.accounts import Accounts
+from medtwin.data.audit import AuditEntry, AuditLog
 from medtwin.data.store import SqlStore, open_store
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
 
@@ -22,6 +27,9 @@ class ServiceContext:
     runtime: TwinRuntime
     bus: EventBus
     ingestor: Ingestor
+    accounts: Accounts
+    tokens: Tokens
+    audit: AuditLog
     extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -39,7 +47,24 @@ class ServiceContext:
         runtime = TwinRuntime(clock, news2_window_s=settings.news2_window_s)
         bus = EventBus()
         ingestor = Ingestor(store, runtime, bus, clock, max_future_s=settings.max_future_s)
-        context = cls(settings, clock, store, runtime, bus, ingestor)
+        tokens = Tokens(
+            settings.secret("secret_key"),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            access_ttl_s=settings.access_token_ttl_s,
+            refresh_ttl_s=settings.refresh_token_ttl_s,
+            session_ttl_s=settings.session_ttl_s,
+        )
+        # Audit times are wall-clock times, whatever the twins' clock (the demo accelerates it).
+        audit = AuditLog(
+            store,
+            settings.secret("audit_key"),
+            SystemClock(),
+            checkpoint_path=settings.audit_checkpoint_path,
+        )
+        context = cls(
+            settings, clock, store, runtime, bus, ingestor, Accounts(store), tokens, audit
+        )
         context.warm()
         return context
 
@@ -49,3 +74,31 @@ class ServiceContext:
             self.runtime.add(patient.id, spo2_scale=patient.spo2_scale)
         since = self.clock.now_us() - int(WARM_START.total_seconds() * 1_000_000)
         self.runtime.observe(self.store.latest(codes=self.runtime.codes, since_us=since))
+
+    def record(
+        self,
+        actor: str,
+        role: str,
+        action: str,
+        outcome: str,
+        *,
+        patient: str | None = None,
+        address: str | None = None,
+        priority: str = "normal",
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append one audit entry; if it cannot be written the operation fails (AuditError)."""
+        self.audit.append(
+            [
+                AuditEntry(
+                    actor=actor,
+                    role=str(role),
+                    action=action,
+                    outcome=outcome,
+                    patient=patient,
+                    address=address,
+                    priority=priority,
+                    detail=dict(detail or {}),
+                )
+            ]
+        )

@@ -1,12 +1,24 @@
-"""Dependencies of the routes."""
+"""Dependencies of the routes: the service context and the policy guard."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request, WebSocketException, status
+from fastapi.params import Depends as DependsParam
+from starlette.requests import HTTPConnection
 
+from medtwin.apps.api.auth import (
+    BREAK_GLASS_HEADER,
+    AuthenticationFailed,
+    Policy,
+    Principal,
+    authenticate,
+    may_see,
+)
 from medtwin.apps.api.context import ServiceContext
+from medtwin.core.errors import NotFoundError
+from medtwin.data.accounts import Role
 
 
 def get_context(request: Request) -> ServiceContext:
@@ -15,3 +27,97 @@ def get_context(request: Request) -> ServiceContext:
 
 
 Context = Annotated[ServiceContext, Depends(get_context)]
+
+
+class Guard:
+    """Enforces one route's :class:`Policy` and audits the decision."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def __call__(self, connection: HTTPConnection) -> Principal | None:
+        policy = self.policy
+        if policy.public:
+            return None
+        context: ServiceContext = connection.app.state.context
+        websocket = connection.scope["type"] == "websocket"
+        address = connection.client.host if connection.client else None
+        route = connection.scope.get("route")
+        where = {"route": getattr(route, "path", connection.url.path)}
+        try:
+            principal = authenticate(
+                connection,
+                context.accounts,
+                context.tokens,
+                allow_cookie=websocket or connection.scope.get("method") in ("GET", "HEAD"),
+            )
+        except AuthenticationFailed as exc:
+            context.record(
+                "anonymous",
+                "anonymous",
+                policy.action,
+                "denied",
+                address=address,
+                detail={**where, "reason": str(exc.detail)},
+            )
+            if websocket:
+                raise WebSocketException(status.WS_1008_POLICY_VIOLATION, str(exc.detail)) from exc
+            raise
+        if principal.role not in policy.roles:
+            context.record(
+                principal.name,
+                principal.role,
+                policy.action,
+                "denied",
+                address=address,
+                detail={**where, "reason": "role not allowed"},
+            )
+            if websocket:
+                raise WebSocketException(status.WS_1008_POLICY_VIOLATION, "role not allowed")
+            raise HTTPException(403, f"role {principal.role.value} may not {policy.action} here")
+        patient = connection.path_params.get("patient") if policy.patient_scoped else None
+        priority = "normal"
+        if patient is not None and not may_see(principal, patient, context.accounts):
+            reason = (connection.headers.get(BREAK_GLASS_HEADER) or "").strip()
+            if principal.role is Role.CLINICIAN and reason:
+                principal = principal.for_break_glass(reason[:500])
+                priority = "high"
+                where["break_glass"] = principal.break_glass or ""
+            else:
+                context.record(
+                    principal.name,
+                    principal.role,
+                    policy.action,
+                    "denied",
+                    patient=patient,
+                    address=address,
+                    priority="high",
+                    detail={**where, "reason": "not visible"},
+                )
+                # The same answer as for a patient that does not exist: no enumeration.
+                raise NotFoundError(f"no patient {patient!r}")
+        context.record(
+            principal.name,
+            principal.role,
+            policy.action,
+            "success",
+            patient=patient,
+            address=address,
+            priority=priority,
+            detail=where,
+        )
+        return principal
+
+
+def guard(policy: Policy) -> Any:
+    """``Depends`` that enforces ``policy``; every route declares one."""
+    return Depends(Guard(policy))
+
+
+def policy_of(dependency: object) -> Policy | None:
+    """The policy behind a route dependency, if it is a guard (used by the route audit test)."""
+    if isinstance(dependency, DependsParam) and isinstance(dependency.dependency, Guard):
+        return dependency.dependency.policy
+    if isinstance(dependency, Guard):
+        return dependency.policy
+    return None

@@ -8,19 +8,25 @@ to the page as JSON, so the server's rendering and the live updates agree.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import jinja2
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from medtwin import __version__
+from medtwin.apps.api.auth import SESSION_COOKIE, Policy, Principal, visible
 from medtwin.apps.api.context import ServiceContext
+from medtwin.apps.api.deps import guard
+from medtwin.data.accounts import Role
 from medtwin.data.codes import DEFAULT_REGISTRY
 from medtwin.models.scores import ACVPU, INPUT_CODES, PARAMETERS
 
@@ -320,6 +326,10 @@ def vital_rows(twin: dict[str, Any], window_s: float) -> list[dict[str, Any]]:
 # -- pages ----------------------------------------------------------------------
 
 
+WARD = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="search")
+PATIENT = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="read", patient_scoped=True)
+
+
 def _context(request: Request) -> ServiceContext:
     context: ServiceContext = request.app.state.context
     return context
@@ -352,11 +362,19 @@ def _window_s(context: ServiceContext) -> float:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def ward(request: Request) -> HTMLResponse:
-    """Every patient's newest vitals and NEWS2, live."""
+async def ward(request: Request, principal: Annotated[Principal, guard(WARD)]) -> HTMLResponse:
+    """Every patient the signed-in clinician may see: newest vitals and NEWS2, live."""
     context = _context(request)
     window_s = _window_s(context)
-    twins = sorted(context.runtime.summaries(), key=lambda twin: twin["patient"])
+    summaries = context.runtime.summaries()
+    allowed = set(
+        await run_in_threadpool(
+            visible, principal, [t["patient"] for t in summaries], context.accounts
+        )
+    )
+    twins = sorted(
+        (t for t in summaries if t["patient"] in allowed), key=lambda twin: twin["patient"]
+    )
     return _page(
         request,
         "ward.html",
@@ -365,6 +383,7 @@ async def ward(request: Request) -> HTMLResponse:
             "title": "Ward",
             "fields": WARD_FIELDS,
             "rows": [ward_row(twin, window_s) for twin in twins],
+            "user": principal.name,
         },
         {
             "page": "ward",
@@ -388,7 +407,7 @@ def _patient_state(context: ServiceContext, patient: str) -> dict[str, Any]:
     }
 
 
-def _not_found(request: Request, patient: str) -> HTMLResponse:
+def not_found_page(request: Request, patient: str) -> HTMLResponse:
     return _page(
         request,
         "not_found.html",
@@ -398,12 +417,12 @@ def _not_found(request: Request, patient: str) -> HTMLResponse:
     )
 
 
-@router.get("/patients/{patient}", response_class=HTMLResponse)
+@router.get("/patients/{patient}", response_class=HTMLResponse, dependencies=[guard(PATIENT)])
 async def patient_page(request: Request, patient: str) -> HTMLResponse:
     """One patient: NEWS2 with its sub-scores, newest vitals, charts over time."""
     context = _context(request)
     if patient not in context.runtime:
-        return _not_found(request, patient)
+        return not_found_page(request, patient)
     root = _root(request)
     quoted = quote(patient, safe="")
     state = _patient_state(context, patient)
@@ -434,15 +453,103 @@ async def patient_page(request: Request, patient: str) -> HTMLResponse:
     )
 
 
-@router.get("/patients/{patient}/current", response_class=HTMLResponse)
+@router.get(
+    "/patients/{patient}/current", response_class=HTMLResponse, dependencies=[guard(PATIENT)]
+)
 async def patient_current(request: Request, patient: str) -> HTMLResponse:
     """The patient page's live panel (NEWS2, sub-scores, vitals, unmapped codes), for htmx."""
     context = _context(request)
     if patient not in context.runtime:
-        return _not_found(request, patient)
+        return not_found_page(request, patient)
     return templates.TemplateResponse(
         request,
         "_current.html",
         {"patient": patient, **_patient_state(context, patient)},
         headers=PAGE_HEADERS,
     )
+
+
+# -- sign-in ----------------------------------------------------------------------
+
+
+def _login_page(request: Request, error: str | None, status_code: int = 200) -> HTMLResponse:
+    return _page(
+        request,
+        "login.html",
+        {"page": "login", "title": "Sign in", "error": error},
+        {"page": "login"},
+        status_code=status_code,
+    )
+
+
+@router.get("/login", response_class=HTMLResponse, dependencies=[guard(Policy.open("login"))])
+async def login_form(request: Request) -> HTMLResponse:
+    return _login_page(request, None)
+
+
+@router.post("/login", response_model=None, dependencies=[guard(Policy.open("login"))])
+async def login(
+    request: Request,
+    username: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+) -> HTMLResponse | RedirectResponse:
+    """Sign in with a password; the session lives in an HttpOnly, SameSite=Strict cookie."""
+    context = _context(request)
+    address = request.client.host if request.client else None
+
+    def check() -> str | None:
+        user = context.accounts.authenticate(username, password)
+        if user is None:
+            context.record(
+                username[:64],
+                "anonymous",
+                "login",
+                "denied",
+                address=address,
+                detail={"grant": "dashboard"},
+            )
+            return None
+        token, jti, expires_us = context.tokens.issue(user, "session")
+        context.accounts.remember_refresh(jti, user.username, expires_us)
+        context.record(
+            user.username,
+            user.role,
+            "login",
+            "success",
+            address=address,
+            detail={"grant": "dashboard"},
+        )
+        return token
+
+    token = await run_in_threadpool(check)
+    if token is None:
+        return _login_page(request, "Wrong user name or password.", status_code=401)
+    response = RedirectResponse(f"{_root(request)}/", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=context.settings.session_ttl_s,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout", dependencies=[guard(Policy.open("logout"))])
+async def logout(request: Request) -> RedirectResponse:
+    """End the dashboard session (the cookie's token is revoked, not just forgotten)."""
+    context = _context(request)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        with contextlib.suppress(HTTPException):
+            claims = context.tokens.decode(cookie, "session")
+            await run_in_threadpool(
+                lambda: context.accounts.revoke_refresh(
+                    str(claims["jti"]), now_us=time.time_ns() // 1000
+                )
+            )
+    response = RedirectResponse(f"{_root(request)}/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response

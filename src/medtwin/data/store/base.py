@@ -91,6 +91,7 @@ class Store(Protocol):
         new_patients: Sequence[Patient] = (),
         rejected: Sequence[QuarantineEntry] = (),
         channel: str = "api",
+        care_team: str | None = None,
     ) -> list[AppendStatus]:
         """Store a batch in one transaction; one status per observation.
 
@@ -248,11 +249,14 @@ class SqlStore:
         new_patients: Sequence[Patient] = (),
         rejected: Sequence[QuarantineEntry] = (),
         channel: str = "api",
+        care_team: str | None = None,
     ) -> list[AppendStatus]:
         statuses, unique = _dedupe(observations)
         with self._write() as conn:
             if new_patients:
                 self._insert_patients(conn, new_patients)
+            if care_team is not None and observations:
+                self._join_team(conn, care_team, {obs.patient for obs in observations})
             fresh = self._insert_observations(conn, unique, received_us)
             if len(fresh) != len(unique):
                 self._classify_existing(conn, unique, fresh, statuses)
@@ -405,6 +409,13 @@ class SqlStore:
             "INSERT INTO patients (id, pseudonym, spo2_scale, created_us) "
             f"VALUES ({self._params(4)}) ON CONFLICT (id) DO NOTHING",
             [(p.id, p.pseudonym, p.spo2_scale, p.created_us) for p in patients],
+        )
+
+    def _join_team(self, conn: Connection, team: str, patients: set[str]) -> None:
+        conn.exec_driver_sql(
+            "INSERT INTO care_team_patients (team, patient_id) "
+            f"VALUES ({self._params(2)}) ON CONFLICT DO NOTHING",
+            [(team, p) for p in sorted(patients)],
         )
 
     def add_patients(self, patients: Sequence[Patient]) -> None:

@@ -127,6 +127,7 @@ api_keys = Table(
     Column("owner", Text, nullable=False),
     Column("role", Text, nullable=False),
     Column("sources", Text, nullable=False),  # JSON list of the device/system sources it owns
+    Column("care_team", Text),  # patients first seen from this key join this team
     Column("created_us", BigInteger, nullable=False),
     Column("revoked_us", BigInteger),
 )

@@ -7,18 +7,19 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from medtwin.apps.api.deps import Context
+from medtwin.apps.api.auth import Policy
+from medtwin.apps.api.deps import Context, guard
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", dependencies=[guard(Policy.open("health"))])
 async def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", dependencies=[guard(Policy.open("health"))])
 async def readyz(context: Context) -> JSONResponse:
     """The store is reachable."""
     if await run_in_threadpool(context.store.ping):
@@ -26,7 +27,8 @@ async def readyz(context: Context) -> JSONResponse:
     return JSONResponse({"status": "unavailable", "store": "unreachable"}, status_code=503)
 
 
-@router.get("/metrics")
+# Counts and latencies only: no patient or user appears in any label.
+@router.get("/metrics", dependencies=[guard(Policy.open("metrics"))])
 async def metrics(context: Context) -> Response:
     """Prometheus metrics: ingest counts by outcome, batch latencies, twins."""
     return Response(

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from medtwin.apps.api.deps import Context
+from medtwin.apps.api.auth import Policy, Principal
+from medtwin.apps.api.deps import Context, guard
 from medtwin.apps.api.errors import error_response
 from medtwin.apps.api.schemas import ErrorAnswer, IngestAnswer, ObservationBatch
+from medtwin.data.accounts import Role
 from medtwin.data.store import QuarantineEntry
 
 router = APIRouter(prefix="/api/v1/observations", tags=["observations"])
+WRITE = Policy.allow(Role.DEVICE, Role.ADMIN, action="write")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorAnswer, "description": "Body is not JSON"},
@@ -52,10 +55,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
         }
     },
 )
-async def post_observations(request: Request, context: Context) -> JSONResponse:
-    """Validate, store and score a batch; one result per item, answered once durable."""
+async def post_observations(
+    request: Request, context: Context, principal: Annotated[Principal, guard(WRITE)]
+) -> JSONResponse:
+    """Validate, store and score a batch; one result per item, answered once durable.
+
+    A device's API key writes only for the sources it owns; patients first seen
+    through a key bound to a care team join that team.
+    """
     settings = context.settings
-    source = request.headers.get("x-source")
+    source = principal.name
 
     async def refuse(
         status: int, code: str, message: str, location: str, payload: str
@@ -118,7 +127,12 @@ async def post_observations(request: Request, context: Context) -> JSONResponse:
             "observations",
             text,
         )
-    results = await run_in_threadpool(context.ingestor.ingest, items, channel="api")
+    sources = principal.sources if principal.role is Role.DEVICE else None
+    results = await run_in_threadpool(
+        lambda: context.ingestor.ingest(
+            items, channel="api", sources=sources, care_team=principal.care_team
+        )
+    )
     summary = {"stored": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
     for result in results:
         summary[result.status] += 1

@@ -8,13 +8,18 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from medtwin.apps.api.deps import Context
+from medtwin.apps.api.auth import Policy, Principal, visible
+from medtwin.apps.api.deps import Context, guard
 from medtwin.apps.api.schemas import ErrorAnswer, HistoryAnswer, PatientOut, PatientUpdate
 from medtwin.core.clock import from_us, to_us
 from medtwin.core.errors import InputError, NotFoundError
 from medtwin.core.records import Patient, QualityFlag
+from medtwin.data.accounts import Role
 
 router = APIRouter(prefix="/api/v1/patients", tags=["patients"])
+SEARCH = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="search")
+READ = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="read", patient_scoped=True)
+UPDATE = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="update", patient_scoped=True)
 _404: dict[int | str, dict[str, object]] = {404: {"model": ErrorAnswer}}
 
 
@@ -45,11 +50,16 @@ def _out(patient: Patient) -> PatientOut:
 
 
 @router.get("", response_model=list[PatientOut])
-async def list_patients(context: Context) -> list[PatientOut]:
-    return [_out(p) for p in await run_in_threadpool(context.store.patients)]
+async def list_patients(
+    context: Context, principal: Annotated[Principal, guard(SEARCH)]
+) -> list[PatientOut]:
+    """The patients the caller may see."""
+    patients = await run_in_threadpool(context.store.patients)
+    allowed = set(visible(principal, [p.id for p in patients], context.accounts))
+    return [_out(p) for p in patients if p.id in allowed]
 
 
-@router.get("/{patient}", response_model=PatientOut, responses=_404)
+@router.get("/{patient}", response_model=PatientOut, responses=_404, dependencies=[guard(READ)])
 async def get_patient(patient: str, context: Context) -> PatientOut:
     found = await run_in_threadpool(context.store.patient, patient)
     if found is None:
@@ -57,7 +67,7 @@ async def get_patient(patient: str, context: Context) -> PatientOut:
     return _out(found)
 
 
-@router.put("/{patient}", response_model=PatientOut, responses=_404)
+@router.put("/{patient}", response_model=PatientOut, responses=_404, dependencies=[guard(UPDATE)])
 async def update_patient(patient: str, change: PatientUpdate, context: Context) -> PatientOut:
     """Set the patient's NEWS2 SpO2 scale (2 for hypercapnic respiratory failure)."""
     updated = await run_in_threadpool(context.store.set_spo2_scale, patient, change.spo2_scale)
@@ -67,7 +77,12 @@ async def update_patient(patient: str, change: PatientUpdate, context: Context) 
     return _out(updated)
 
 
-@router.get("/{patient}/observations", response_model=HistoryAnswer, responses=_404)
+@router.get(
+    "/{patient}/observations",
+    response_model=HistoryAnswer,
+    responses=_404,
+    dependencies=[guard(READ)],
+)
 async def observation_history(
     patient: str,
     context: Context,

@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("owner", sa.Text, nullable=False),
         sa.Column("role", sa.Text, nullable=False),
         sa.Column("sources", sa.Text, nullable=False),
+        sa.Column("care_team", sa.Text),
         sa.Column("created_us", sa.BigInteger, nullable=False),
         sa.Column("revoked_us", sa.BigInteger),
     )

@@ -1,0 +1,109 @@
+"""``medtwin users``: add, list, disable, enable and reset users; API keys for devices."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+
+from medtwin.core.errors import MedtwinError
+from medtwin.core.settings import Settings
+from medtwin.data.accounts import Accounts, Role
+from medtwin.data.store import open_store
+
+app = typer.Typer(help="Users and API keys.", no_args_is_help=True)
+
+
+@contextmanager
+def _accounts() -> Iterator[Accounts]:
+    settings = Settings()
+    store = open_store(settings.store_url, sqlite_synchronous=settings.sqlite_synchronous)
+    try:
+        yield Accounts(store)
+    except MedtwinError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1_000
+
+
+def new_password() -> str:
+    """A random password of 20 URL-safe characters (about 120 bits)."""
+    return secrets.token_urlsafe(15)
+
+
+@app.command()
+def add(
+    username: str,
+    role: Annotated[Role, typer.Option(help="clinician, researcher, device or admin")],
+    care_team: Annotated[str | None, typer.Option(help="Care team of a clinician")] = None,
+) -> None:
+    """Create a user with a random password, printed once."""
+    password = new_password()
+    with _accounts() as accounts:
+        accounts.add_user(username, password, role, care_team=care_team, now_us=_now_us())
+    typer.echo(f"user {username} ({role.value}) created; password: {password}")
+
+
+@app.command("list")
+def list_users() -> None:
+    """List users (never their passwords)."""
+    with _accounts() as accounts:
+        for user in accounts.users():
+            state = "disabled" if user.disabled else "active"
+            typer.echo(f"{user.username}\t{user.role.value}\t{user.care_team or '-'}\t{state}")
+
+
+@app.command()
+def disable(username: str) -> None:
+    """Disable a user: sign-in and every open session stop working."""
+    with _accounts() as accounts:
+        accounts.set_disabled(username, True)
+    typer.echo(f"user {username} disabled")
+
+
+@app.command()
+def enable(username: str) -> None:
+    """Enable a disabled user again."""
+    with _accounts() as accounts:
+        accounts.set_disabled(username, False)
+    typer.echo(f"user {username} enabled")
+
+
+@app.command()
+def reset(username: str) -> None:
+    """Set a new random password (printed once); sessions of the user end."""
+    password = new_password()
+    with _accounts() as accounts:
+        accounts.set_password(username, password, now_us=_now_us())
+    typer.echo(f"user {username}: new password: {password}")
+
+
+@app.command("add-key")
+def add_key(
+    owner: str,
+    source: Annotated[list[str], typer.Option(help="A device/system source the key may write for")],
+    care_team: Annotated[str | None, typer.Option(help="Team that new patients join")] = None,
+) -> None:
+    """Create a device API key (printed once; only its hash is kept)."""
+    with _accounts() as accounts:
+        key, text = accounts.add_api_key(
+            owner, sources=source, care_team=care_team, now_us=_now_us()
+        )
+    typer.echo(f"API key {key.key_id} for {owner}: {text}")
+
+
+@app.command("revoke-key")
+def revoke_key(key_id: str) -> None:
+    """Revoke a device API key."""
+    with _accounts() as accounts:
+        accounts.revoke_api_key(key_id, now_us=_now_us())
+    typer.echo(f"API key {key_id} revoked")
