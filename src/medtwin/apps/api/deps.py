@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, WebSocketException, status
 from fastapi.params import Depends as DependsParam
 from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute
 
 from medtwin.apps.api.auth import (
     BREAK_GLASS_HEADER,
@@ -116,8 +118,20 @@ def guard(policy: Policy) -> Any:
 
 def policy_of(dependency: object) -> Policy | None:
     """The policy behind a route dependency, if it is a guard (used by the route audit test)."""
-    if isinstance(dependency, DependsParam) and isinstance(dependency.dependency, Guard):
-        return dependency.dependency.policy
+    # A route's dependant lists its dependencies as resolved objects whose ``call`` is the guard.
+    call = getattr(dependency, "call", None)
+    if isinstance(dependency, DependsParam):
+        call = dependency.dependency
     if isinstance(dependency, Guard):
-        return dependency.policy
-    return None
+        call = dependency
+    return call.policy if isinstance(call, Guard) else None
+
+
+def routes_of(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """Every route, with the routers that ``include_router`` added opened up."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from routes_of(included.routes)
+        else:
+            yield route
