@@ -159,18 +159,7 @@ class Store(Protocol):
         ...
 
 
-_TABLES = (
-    "patients",
-    "observations",
-    "interventions",
-    "derived",
-    "quarantine",
-    "users",
-    "care_team_patients",
-    "api_keys",
-    "refresh_tokens",
-    "audit",
-)
+_TABLES = tuple(table.name for table in schema.metadata.sorted_tables)
 
 
 class SqlStore:

@@ -32,6 +32,8 @@ patients = Table(
     Column("pseudonym", Text, nullable=False, unique=True),
     Column("spo2_scale", SmallInteger, nullable=False, server_default="1"),
     Column("created_us", BigInteger, nullable=False),
+    Column("demographics", Text),  # AES-GCM under the patient's data key, base64
+    Column("erased_us", BigInteger),
 )
 
 observations = Table(
@@ -157,6 +159,43 @@ audit = Table(
     Column("prev_hash", Text, nullable=False),
     Column("hash", Text, nullable=False),
     Index("ix_audit_patient", "patient", "at_us"),
+)
+
+patient_keys = Table(
+    "patient_keys",
+    metadata,
+    Column("patient_id", Text, primary_key=True),
+    Column("wrapped_key", Text, nullable=False),  # the data key, wrapped by the keyring
+    Column("created_us", BigInteger, nullable=False),
+)
+
+blind_index = Table(
+    "blind_index",
+    metadata,
+    Column("patient_id", Text, primary_key=True),
+    Column("kind", Text, primary_key=True),
+    Column("digest", Text, primary_key=True),
+    Index("ix_blind_index_lookup", "kind", "digest"),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("patient_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("rules", Text, nullable=False),
+    Column("resource", Text, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    Index("ix_consents_patient", "patient_id"),
+)
+
+privacy_budgets = Table(
+    "privacy_budgets",
+    metadata,
+    Column("researcher", Text, primary_key=True),
+    Column("epsilon_limit", Float, nullable=False),
+    Column("epsilon_spent", Float, nullable=False),
 )
 
 # Columns of observations in the order of Observation's fields, then received_us.
