@@ -5,6 +5,7 @@ Production mode refuses unsafe defaults instead of running with them.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -22,7 +23,13 @@ DEFAULT_STORE_URL = "sqlite:///var/medtwin.db"
 _SECRET_PARAMETER = re.compile(r"([?&](?:ssl)?password=)[^&]*", re.IGNORECASE)
 
 
-SECRETS = ("secret_key", "audit_key")
+SECRETS = ("secret_key", "audit_key", "data_keys", "blind_index_key", "pseudonym_key")
+# How a missing development secret is made: most are random text; the encryption keys
+# follow medtwin.data.crypto's formats.
+_GENERATORS = {
+    "data_keys": lambda: f"k1:{base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()}",
+    "blind_index_key": lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+}
 MIN_SECRET_LENGTH = 32
 
 
@@ -70,6 +77,17 @@ class Settings(BaseSettings):
     # production refuses to start without them.
     secret_key: SecretStr | None = Field(None, description="HMAC key signing tokens")
     audit_key: SecretStr | None = Field(None, description="HMAC key chaining the audit trail")
+    data_keys: SecretStr | None = Field(
+        None,
+        description="keyring encrypting personal data: 'id:base64key,...' (32-byte keys); "
+        "the last id encrypts, all decrypt",
+    )
+    blind_index_key: SecretStr | None = Field(
+        None, description="HMAC key of the blind indexes (base64 of 32 bytes)"
+    )
+    pseudonym_key: SecretStr | None = Field(
+        None, description="HMAC key of research pseudonyms and date shifts"
+    )
     secrets_file: Path = Path("var/secrets.json")
     audit_checkpoint_path: Path = Path("var/audit-checkpoints.jsonl")
     jwt_issuer: str = "medtwin"
@@ -120,7 +138,7 @@ class Settings(BaseSettings):
             raise ConfigurationError(f"MEDTWIN_{name.upper()} is not set")
         stored = _load_secrets(self.secrets_file)
         if name not in stored:
-            stored[name] = secrets.token_urlsafe(48)
+            stored[name] = _GENERATORS.get(name, lambda: secrets.token_urlsafe(48))()
             _save_secrets(self.secrets_file, stored)
         return stored[name].encode()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -12,8 +13,28 @@ from medtwin.core.clock import Clock, SystemClock
 from medtwin.core.settings import Settings
 from medtwin.data.accounts import Accounts
 from medtwin.data.audit import AuditEntry, AuditLog
+from medtwin.data.crypto import BlindIndex, DataKeys, Keyring
 from medtwin.data.store import SqlStore, open_store
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """The keys that protect personal data (see :mod:`medtwin.data.crypto`)."""
+
+    keyring: Keyring
+    data_keys: DataKeys
+    blind_index: BlindIndex
+    pseudonym_key: bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Privacy:
+        keyring = Keyring.from_spec(settings.secret("data_keys").decode())
+        blind_key = base64.urlsafe_b64decode(settings.secret("blind_index_key") + b"==")
+        return cls(
+            keyring, DataKeys(keyring), BlindIndex(blind_key), settings.secret("pseudonym_key")
+        )
+
 
 # Twins start from the newest values of this look-back when the service starts.
 WARM_START = timedelta(days=7)
@@ -30,6 +51,7 @@ class ServiceContext:
     accounts: Accounts
     tokens: Tokens
     audit: AuditLog
+    privacy: Privacy
     extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -63,7 +85,16 @@ class ServiceContext:
             checkpoint_path=settings.audit_checkpoint_path,
         )
         context = cls(
-            settings, clock, store, runtime, bus, ingestor, Accounts(store), tokens, audit
+            settings,
+            clock,
+            store,
+            runtime,
+            bus,
+            ingestor,
+            Accounts(store),
+            tokens,
+            audit,
+            Privacy.from_settings(settings),
         )
         context.warm()
         return context
