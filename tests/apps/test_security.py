@@ -21,6 +21,7 @@ from medtwin.apps.api.deps import policy_of, routes_of
 from medtwin.core.settings import Settings
 from medtwin.data.accounts import Role
 from medtwin.data.store import schema
+from medtwin.data.vault import Demographics, HumanName
 
 PASSWORD = "correct horse battery staple"
 # Routes FastAPI itself serves (the API description) and the static files: no patient data.
@@ -52,6 +53,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
             "monitor-b", sources=["mon-b"], care_team="ward-b", now_us=0
         )
         test_client.keys = {"a": key_a, "b": key_b}  # type: ignore[attr-defined]
+        vault = context.vault
         for key, patient, source in ((key_a, "pa", "mon-a"), (key_b, "pb", "mon-b")):
             answer = test_client.post(
                 "/api/v1/observations",
@@ -59,6 +61,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
                 headers={"X-API-Key": key},
             )
             assert answer.json()["summary"]["stored"] == 1, answer.text
+            vault.put(patient, Demographics(names=[HumanName(family=f"Name-{patient}")]), now_us=0)
         yield test_client
 
 
@@ -88,13 +91,13 @@ def bearer(client: TestClient, user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {sign_in(client, user)['access_token']}"}
 
 
-def patient_routes(client: TestClient) -> list[tuple[str, str]]:
-    """(method, path) of every patient-scoped HTTP route, with {patient} left in."""
+def patient_routes(client: TestClient, role: Role | None = None) -> list[tuple[str, str]]:
+    """(method, path) of each patient-scoped HTTP route (that ``role`` may call), {patient} kept."""
     out = []
     for route in routes_of(client.app.routes):  # type: ignore[attr-defined]
         if isinstance(route, APIRoute):
-            policies = [policy_of(d) for d in route.dependant.dependencies]
-            if any(p is not None and p.patient_scoped for p in policies):
+            policies = [p for d in route.dependant.dependencies if (p := policy_of(d))]
+            if any(p.patient_scoped and (role is None or role in p.roles) for p in policies):
                 out += [(method, route.path) for method in sorted(route.methods)]
     return out
 
@@ -163,7 +166,7 @@ def test_clinicians_see_their_care_team_only_and_get_404_elsewhere(client: TestC
     } <= scoped
     assert [t["patient"] for t in client.get("/api/v1/twins", headers=alice).json()] == ["pa"]
     assert [p["id"] for p in client.get("/api/v1/patients", headers=alice).json()] == ["pa"]
-    for method, path in patient_routes(client):
+    for method, path in patient_routes(client, Role.CLINICIAN):
         own = client.request(
             method, path.replace("{patient}", "pa"), headers=alice, json={"spo2_scale": 1}
         )
@@ -189,8 +192,9 @@ def test_break_glass_needs_a_reason_and_is_audited_high(client: TestClient) -> N
         "/api/v1/twins/pb", headers={**alice, "X-Break-Glass": "cardiac arrest, covering bed 4"}
     )
     assert opened.status_code == 200
-    audit = client.app.state.context.audit  # type: ignore[attr-defined]
-    record = audit.records(patient="pb")[-1]
+    context = client.app.state.context  # type: ignore[attr-defined]
+    pseudonym = context.store.patient("pb").pseudonym  # the audit trail names patients so
+    record = context.audit.records(patient=pseudonym)[-1]
     assert record.entry.actor == "alice"
     assert record.entry.priority == "high"
     assert record.entry.detail["break_glass"] == "cardiac arrest, covering bed 4"
@@ -354,7 +358,8 @@ def test_every_request_is_audited_and_the_chain_verifies(client: TestClient) -> 
         + [("read", "success")] * 5
         + [("read", "denied"), ("search", "denied")]
     )
-    assert records[1].entry.patient == "pa"
+    context = client.app.state.context  # type: ignore[attr-defined]
+    assert records[1].entry.patient == context.store.patient("pa").pseudonym
     assert records[6].entry.priority == "high"
     assert audit.verify().ok
 

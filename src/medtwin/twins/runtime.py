@@ -91,6 +91,15 @@ class TwinRuntime:
             self._scale[row] = spo2_scale
             return row
 
+    def rename(self, patient: str, new_id: str) -> None:
+        """Carry a twin over to a new patient id (erasure replaces ids by pseudonyms)."""
+        with self._lock:
+            row = self._row.pop(patient)
+            self._row[new_id] = row
+            self.patient_ids[row] = new_id
+            if patient in self._unmapped:
+                self._unmapped[new_id] = self._unmapped.pop(patient)
+
     def set_spo2_scale(self, patient: str, scale: int) -> TwinUpdate:
         with self._lock:
             row = self._row[patient]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -13,28 +12,9 @@ from medtwin.core.clock import Clock, SystemClock
 from medtwin.core.settings import Settings
 from medtwin.data.accounts import Accounts
 from medtwin.data.audit import AuditEntry, AuditLog
-from medtwin.data.crypto import BlindIndex, DataKeys, Keyring
 from medtwin.data.store import SqlStore, open_store
+from medtwin.data.vault import PatientVault, Privacy
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
-
-
-@dataclass(frozen=True)
-class Privacy:
-    """The keys that protect personal data (see :mod:`medtwin.data.crypto`)."""
-
-    keyring: Keyring
-    data_keys: DataKeys
-    blind_index: BlindIndex
-    pseudonym_key: bytes
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Privacy:
-        keyring = Keyring.from_spec(settings.secret("data_keys").decode())
-        blind_key = base64.urlsafe_b64decode(settings.secret("blind_index_key") + b"==")
-        return cls(
-            keyring, DataKeys(keyring), BlindIndex(blind_key), settings.secret("pseudonym_key")
-        )
-
 
 # Twins start from the newest values of this look-back when the service starts.
 WARM_START = timedelta(days=7)
@@ -52,6 +32,7 @@ class ServiceContext:
     tokens: Tokens
     audit: AuditLog
     privacy: Privacy
+    vault: PatientVault
     extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -84,6 +65,8 @@ class ServiceContext:
             SystemClock(),
             checkpoint_path=settings.audit_checkpoint_path,
         )
+        privacy = Privacy.from_settings(settings)
+        store.seal_payloads(privacy.keyring)
         context = cls(
             settings,
             clock,
@@ -94,7 +77,8 @@ class ServiceContext:
             Accounts(store),
             tokens,
             audit,
-            Privacy.from_settings(settings),
+            privacy,
+            PatientVault(store, privacy),
         )
         context.warm()
         return context
@@ -118,7 +102,14 @@ class ServiceContext:
         priority: str = "normal",
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        """Append one audit entry; if it cannot be written the operation fails (AuditError)."""
+        """Append one audit entry; if it cannot be written the operation fails (AuditError).
+
+        The patient is recorded by pseudonym, so that erasing a patient's identity
+        leaves the audit chain intact and free of it.
+        """
+        if patient is not None:
+            known = self.store.patient(patient)
+            patient = known.pseudonym if known is not None else None
         self.audit.append(
             [
                 AuditEntry(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from medtwin.data.vault import Demographics, Identifier
 
 Band = Literal["low", "low-medium", "medium", "high"]
 Status = Literal["stored", "duplicate", "conflict", "rejected"]
@@ -110,9 +112,34 @@ class PatientOut(BaseModel):
 class PatientUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    spo2_scale: Literal[1, 2] = Field(
-        description="NEWS2 SpO2 scale; 2 for hypercapnic respiratory failure"
+    spo2_scale: Literal[1, 2] | None = Field(
+        None, description="NEWS2 SpO2 scale; 2 for hypercapnic respiratory failure"
     )
+    demographics: Demographics | None = Field(
+        None, description="Personal data, replaced whole; encrypted at rest"
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> PatientUpdate:
+        if self.spo2_scale is None and self.demographics is None:
+            raise ValueError("give spo2_scale or demographics")
+        return self
+
+
+class PatientSearch(BaseModel):
+    """Criteria of a patient search; every one given must match."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    identifier: Identifier | None = None
+    name: str | None = Field(None, max_length=200, description="name tokens, all must match")
+    birth_year: int | None = Field(None, ge=1, le=9999)
+
+    @model_validator(mode="after")
+    def _something(self) -> PatientSearch:
+        if self.identifier is None and not self.name and self.birth_year is None:
+            raise ValueError("give identifier, name or birth_year")
+        return self
 
 
 class HistoryItem(BaseModel):

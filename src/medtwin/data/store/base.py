@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import threading
@@ -18,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from medtwin.core.errors import NotFoundError, StoreError
 from medtwin.core.records import LOINC, Observation, Patient
+from medtwin.data.crypto import Keyring
 from medtwin.data.store import schema
 
 
@@ -171,9 +173,14 @@ class SqlStore:
     url: str
     engine: Engine
 
+    # Quarantined payloads are raw input and may carry names: with a keyring they are
+    # stored as this prefix + base64 of an AES-GCM blob.
+    SEALED_PREFIX = "sealed:"
+
     def __init__(self, url: str, engine: Engine) -> None:
         self.url = url
         self.engine = engine
+        self._keyring: Keyring | None = None
         # Serializes writers inside one process; the database serializes the rest.
         self._write_lock = threading.Lock()
 
@@ -443,6 +450,30 @@ class SqlStore:
 
     # -- quarantine -----------------------------------------------------------
 
+    def seal_payloads(self, keyring: Keyring) -> None:
+        """Encrypt quarantined payloads from now on (and decrypt sealed ones on read)."""
+        self._keyring = keyring
+
+    def sealed_payload(self, text: str) -> bytes | None:
+        """The AES-GCM blob of a sealed payload, None for a plaintext one."""
+        if not text.startswith(self.SEALED_PREFIX):
+            return None
+        return base64.urlsafe_b64decode(text[len(self.SEALED_PREFIX) :].encode())
+
+    def _seal(self, payload: str) -> str:
+        if self._keyring is None:
+            return payload
+        blob = self._keyring.encrypt(payload.encode(), aad=b"quarantine")
+        return self.SEALED_PREFIX + base64.urlsafe_b64encode(blob).decode()
+
+    def _unseal(self, payload: str) -> str:
+        blob = self.sealed_payload(payload)
+        if blob is None:
+            return payload
+        if self._keyring is None:
+            return "<sealed>"
+        return self._keyring.decrypt(blob, aad=b"quarantine").decode()
+
     def _insert_quarantine(self, conn: Connection, entries: Sequence[QuarantineEntry]) -> None:
         conn.execute(
             sa.insert(schema.quarantine),
@@ -453,7 +484,7 @@ class SqlStore:
                     "source": e.source,
                     "location": e.location,
                     "reason": e.reason,
-                    "payload": e.payload,
+                    "payload": self._seal(e.payload),
                 }
                 for e in entries
             ],
@@ -474,7 +505,7 @@ class SqlStore:
                 channel=r.channel,
                 location=r.location,
                 reason=r.reason,
-                payload=r.payload,
+                payload=self._unseal(r.payload),
                 source=r.source,
                 received_us=r.received_us,
                 row_id=r.row_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated
 
@@ -10,16 +11,24 @@ from starlette.concurrency import run_in_threadpool
 
 from medtwin.apps.api.auth import Policy, Principal, visible
 from medtwin.apps.api.deps import Context, guard
-from medtwin.apps.api.schemas import ErrorAnswer, HistoryAnswer, PatientOut, PatientUpdate
+from medtwin.apps.api.schemas import (
+    ErrorAnswer,
+    HistoryAnswer,
+    PatientOut,
+    PatientSearch,
+    PatientUpdate,
+)
 from medtwin.core.clock import from_us, to_us
 from medtwin.core.errors import InputError, NotFoundError
 from medtwin.core.records import Patient, QualityFlag
 from medtwin.data.accounts import Role
+from medtwin.data.vault import Demographics
 
 router = APIRouter(prefix="/api/v1/patients", tags=["patients"])
 SEARCH = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="search")
 READ = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="read", patient_scoped=True)
 UPDATE = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="update", patient_scoped=True)
+ERASE = Policy.allow(Role.ADMIN, action="erase", patient_scoped=True)
 _404: dict[int | str, dict[str, object]] = {404: {"model": ErrorAnswer}}
 
 
@@ -59,6 +68,25 @@ async def list_patients(
     return [_out(p) for p in patients if p.id in allowed]
 
 
+@router.post("/search", response_model=list[PatientOut])
+async def search_patients(
+    query: PatientSearch, context: Context, principal: Annotated[Principal, guard(SEARCH)]
+) -> list[PatientOut]:
+    """Find patients by identifier, name tokens or birth year, through the blind indexes.
+
+    A POST, so that personal data never appears in URLs (and so in access logs).
+    """
+    identifier = (query.identifier.kind, query.identifier.value) if query.identifier else None
+    found = await run_in_threadpool(
+        lambda: context.vault.find(
+            identifier=identifier, name=query.name, birth_year=query.birth_year
+        )
+    )
+    patients = [p for p in await run_in_threadpool(context.store.patients) if p.id in found]
+    allowed = set(visible(principal, [p.id for p in patients], context.accounts))
+    return [_out(p) for p in patients if p.id in allowed]
+
+
 @router.get("/{patient}", response_model=PatientOut, responses=_404, dependencies=[guard(READ)])
 async def get_patient(patient: str, context: Context) -> PatientOut:
     found = await run_in_threadpool(context.store.patient, patient)
@@ -69,12 +97,50 @@ async def get_patient(patient: str, context: Context) -> PatientOut:
 
 @router.put("/{patient}", response_model=PatientOut, responses=_404, dependencies=[guard(UPDATE)])
 async def update_patient(patient: str, change: PatientUpdate, context: Context) -> PatientOut:
-    """Set the patient's NEWS2 SpO2 scale (2 for hypercapnic respiratory failure)."""
-    updated = await run_in_threadpool(context.store.set_spo2_scale, patient, change.spo2_scale)
-    update = context.runtime.set_spo2_scale(patient, change.spo2_scale)
-    if context.bus.has_subscribers:
-        context.bus.publish(context.runtime.events(update))
+    """Set the NEWS2 SpO2 scale (2 for hypercapnic respiratory failure) and/or demographics."""
+    if change.demographics is not None:
+        demographics = change.demographics
+        await run_in_threadpool(
+            lambda: context.vault.put(patient, demographics, now_us=time.time_ns() // 1000)
+        )
+    if change.spo2_scale is not None:
+        await run_in_threadpool(context.store.set_spo2_scale, patient, change.spo2_scale)
+        update = context.runtime.set_spo2_scale(patient, change.spo2_scale)
+        if context.bus.has_subscribers:
+            context.bus.publish(context.runtime.events(update))
+    updated = await run_in_threadpool(context.store.patient, patient)
+    if updated is None:
+        raise NotFoundError(f"no patient {patient!r}")
     return _out(updated)
+
+
+@router.get(
+    "/{patient}/demographics",
+    response_model=Demographics,
+    responses=_404,
+    dependencies=[guard(READ)],
+)
+async def get_demographics(patient: str, context: Context) -> Demographics:
+    """The patient's personal data (decrypted for this authorized, audited read)."""
+    found = await run_in_threadpool(context.vault.get, patient)
+    if found is None:
+        raise NotFoundError(f"no demographics for patient {patient!r}")
+    return found
+
+
+@router.delete(
+    "/{patient}/personal-data",
+    status_code=200,
+    responses=_404,
+    dependencies=[guard(ERASE)],
+)
+async def erase_patient(patient: str, context: Context) -> dict[str, str]:
+    """Erase the patient's personal data (crypto-shredding); the id becomes the pseudonym."""
+    pseudonym = await run_in_threadpool(
+        lambda: context.vault.erase(patient, now_us=time.time_ns() // 1000)
+    )
+    context.runtime.rename(patient, pseudonym)
+    return {"patient": pseudonym, "status": "erased"}
 
 
 @router.get(
