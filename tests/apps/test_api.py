@@ -288,10 +288,12 @@ def test_future_time_and_non_finite_values_are_rejected(live_server: LiveServer)
         + ","
         + json.dumps(near)
         + ","
-        + json.dumps({**NOW_ITEM, "id": "b3", "time": iso(datetime.now(UTC))}).replace("70", "NaN")
+        + json.dumps({**NOW_ITEM, "id": "b3", "time": iso(datetime.now(UTC))}).replace(
+            '"value": 70', '"value": NaN'
+        )
         + ","
         + json.dumps({**NOW_ITEM, "id": "b4", "time": iso(datetime.now(UTC))}).replace(
-            "70", "Infinity"
+            '"value": 70', '"value": Infinity'
         )
         + "]}"
     )

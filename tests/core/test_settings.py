@@ -110,6 +110,9 @@ def test_production_refuses_weak_sqlite_synchronous(
 def with_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEDTWIN_SECRET_KEY", "s" * 40)
     monkeypatch.setenv("MEDTWIN_AUDIT_KEY", "a" * 40)
+    monkeypatch.setenv("MEDTWIN_DATA_KEYS", "k1:" + "A" * 43 + "=")
+    monkeypatch.setenv("MEDTWIN_BLIND_INDEX_KEY", "B" * 43 + "=")
+    monkeypatch.setenv("MEDTWIN_PSEUDONYM_KEY", "p" * 40)
 
 
 @pytest.mark.parametrize("level", ["FULL", "EXTRA"])
@@ -164,7 +167,16 @@ def test_redacted_store_url_hides_credentials(url: str, redacted: str) -> None:
     assert "cret" not in shown
 
 
-@pytest.mark.parametrize("missing", ["MEDTWIN_SECRET_KEY", "MEDTWIN_AUDIT_KEY"])
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "MEDTWIN_SECRET_KEY",
+        "MEDTWIN_AUDIT_KEY",
+        "MEDTWIN_DATA_KEYS",
+        "MEDTWIN_BLIND_INDEX_KEY",
+        "MEDTWIN_PSEUDONYM_KEY",
+    ],
+)
 def test_production_refuses_to_start_without_secrets(
     monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
@@ -200,3 +212,22 @@ def test_secrets_from_the_environment_win(monkeypatch: pytest.MonkeyPatch, tmp_p
         not (tmp_path / "secrets.json").exists()
         or "secret_key" not in (tmp_path / "secrets.json").read_text()
     )
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", ""])
+def test_production_refuses_plain_http_beyond_loopback(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    with_secrets(monkeypatch)
+    monkeypatch.setenv("MEDTWIN_ENVIRONMENT", "production")
+    monkeypatch.setenv("MEDTWIN_STORE_URL", "postgresql://medtwin@db:5432/medtwin")
+    monkeypatch.setenv("MEDTWIN_HOST", host)
+    with pytest.raises(ConfigurationError, match="refuses plain HTTP"):
+        Settings()
+    monkeypatch.setenv("MEDTWIN_HOST", "::1")
+    assert Settings().host == "::1"
+
+
+def test_tls_key_without_certificate_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="TLS_KEYFILE is set without"):
+        Settings(tls_keyfile=Path("key.pem"))

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from medtwin import __version__
 from medtwin.apps.commands.audit import app as audit_app
+from medtwin.apps.commands.privacy import keys_app, patients_app
 from medtwin.apps.commands.users import app as users_app
 from medtwin.core.errors import ConfigurationError, MedtwinError
 from medtwin.core.settings import Settings
@@ -22,6 +23,8 @@ from medtwin.core.settings import Settings
 app = typer.Typer(help="medtwin: live, personal digital twins of patients.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
+app.add_typer(patients_app, name="patients")
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 
@@ -36,9 +39,16 @@ def _settings(**overrides: Any) -> Settings:
 def _serve(application: Any, settings: Settings) -> None:
     import uvicorn
 
+    from medtwin.apps.tls import ssl_options
+
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        tls = ssl_options(settings)  # {} when TLS is off; TLS 1.2+ only when on
+    except ConfigurationError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     # No access log: request paths carry patient ids, which stay out of logs.
     uvicorn.run(
         application,
@@ -46,6 +56,7 @@ def _serve(application: Any, settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        **tls,
     )
 
 

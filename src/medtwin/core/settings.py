@@ -6,6 +6,7 @@ Production mode refuses unsafe defaults instead of running with them.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import re
@@ -31,6 +32,16 @@ _GENERATORS = {
     "blind_index_key": lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
 }
 MIN_SECRET_LENGTH = 32
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only reaches this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _load_secrets(path: Path) -> dict[str, str]:
@@ -95,6 +106,16 @@ class Settings(BaseSettings):
     access_token_ttl_s: int = Field(900, gt=0, le=86_400)
     refresh_token_ttl_s: int = Field(8 * 3600, gt=0)
     session_ttl_s: int = Field(8 * 3600, gt=0, description="dashboard sign-in lifetime (a shift)")
+    # TLS of the HTTP server (TLS 1.2+, see medtwin.apps.tls). Without a certificate the
+    # server speaks plain HTTP, which production allows on loopback only (behind a proxy).
+    tls_certfile: Path | None = Field(None, description="PEM certificate chain of the server")
+    tls_keyfile: Path | None = Field(
+        None, description="PEM private key (omit when the certificate file holds it)"
+    )
+    tls_keyfile_password: SecretStr | None = None
+    # Rate limiting (medtwin.apps.api.ratelimit): per client, requests per second and burst.
+    rate_limit_per_s: float = Field(50.0, gt=0)
+    rate_limit_burst: int = Field(200, ge=1)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -108,6 +129,12 @@ class Settings(BaseSettings):
                     "production mode refuses MEDTWIN_SQLITE_SYNCHRONOUS below FULL: "
                     "acknowledged data could be lost on power failure"
                 )
+            if self.tls_certfile is None and not is_loopback(self.host):
+                raise ConfigurationError(
+                    f"production mode refuses plain HTTP on {self.host!r}: set "
+                    "MEDTWIN_TLS_CERTFILE and MEDTWIN_TLS_KEYFILE, or bind a loopback "
+                    "MEDTWIN_HOST behind a TLS-terminating proxy"
+                )
             for name in SECRETS:
                 value = getattr(self, name)
                 if value is None:
@@ -115,6 +142,8 @@ class Settings(BaseSettings):
                         f"production mode needs MEDTWIN_{name.upper()} set (at least "
                         f"{MIN_SECRET_LENGTH} random characters); no default secret is used"
                     )
+        if self.tls_keyfile is not None and self.tls_certfile is None:
+            raise ConfigurationError("MEDTWIN_TLS_KEYFILE is set without MEDTWIN_TLS_CERTFILE")
         for name in SECRETS:
             value = getattr(self, name)
             if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:

@@ -15,7 +15,17 @@ from starlette.concurrency import run_in_threadpool
 from medtwin import __version__
 from medtwin.apps.api import errors
 from medtwin.apps.api.context import ServiceContext
-from medtwin.apps.api.routes import auth, events, health, observations, patients, twins
+from medtwin.apps.api.ratelimit import RateLimit
+from medtwin.apps.api.routes import (
+    auth,
+    consents,
+    events,
+    health,
+    observations,
+    patients,
+    research,
+    twins,
+)
 from medtwin.core.clock import Clock
 from medtwin.core.settings import Settings
 from medtwin.data.store import SqlStore
@@ -70,7 +80,8 @@ def create_app(
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (auth, observations, patients, twins, health, events):
+    app.add_middleware(RateLimit, rate=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
+    for module in (auth, observations, patients, consents, twins, research, health, events):
         app.include_router(module.router)
     from medtwin.apps import dashboard
 

@@ -12,6 +12,7 @@ from medtwin.core.clock import Clock, SystemClock
 from medtwin.core.settings import Settings
 from medtwin.data.accounts import Accounts
 from medtwin.data.audit import AuditEntry, AuditLog
+from medtwin.data.consent import ConsentStore
 from medtwin.data.store import SqlStore, open_store
 from medtwin.data.vault import PatientVault, Privacy
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
@@ -33,6 +34,7 @@ class ServiceContext:
     audit: AuditLog
     privacy: Privacy
     vault: PatientVault
+    consents: ConsentStore
     extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -79,6 +81,7 @@ class ServiceContext:
             audit,
             privacy,
             PatientVault(store, privacy),
+            ConsentStore(store, privacy.keyring),
         )
         context.warm()
         return context

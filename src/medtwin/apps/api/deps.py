@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
@@ -21,6 +22,8 @@ from medtwin.apps.api.auth import (
 from medtwin.apps.api.context import ServiceContext
 from medtwin.core.errors import NotFoundError
 from medtwin.data.accounts import Role
+from medtwin.data.consent import Decision, decide
+from medtwin.data.consent import Request as ConsentRequest
 
 
 def get_context(request: Request) -> ServiceContext:
@@ -79,13 +82,33 @@ class Guard:
             raise HTTPException(403, f"role {principal.role.value} may not {policy.action} here")
         patient = connection.path_params.get("patient") if policy.patient_scoped else None
         priority = "normal"
-        if patient is not None and not may_see(principal, patient, context.accounts):
-            reason = (connection.headers.get(BREAK_GLASS_HEADER) or "").strip()
-            if principal.role is Role.CLINICIAN and reason:
-                principal = principal.for_break_glass(reason[:500])
-                priority = "high"
-                where["break_glass"] = principal.break_glass or ""
-            else:
+        reason = (connection.headers.get(BREAK_GLASS_HEADER) or "").strip()
+        if patient is not None and principal.role is Role.CLINICIAN and reason:
+            # Breaking the glass opens patients outside the care team and turns the consent
+            # check into an emergency one; either way it is audited with high priority.
+            principal = principal.for_break_glass(reason[:500])
+            priority = "high"
+            where["break_glass"] = principal.break_glass or ""
+        if (
+            patient is not None
+            and principal.break_glass is None
+            and not may_see(principal, patient, context.accounts)
+        ):
+            context.record(
+                principal.name,
+                principal.role,
+                policy.action,
+                "denied",
+                patient=patient,
+                address=address,
+                priority="high",
+                detail={**where, "reason": "not visible"},
+            )
+            # The same answer as for a patient that does not exist: no enumeration.
+            raise NotFoundError(f"no patient {patient!r}")
+        if patient is not None and policy.action == "read":
+            decision = consent_decision(context, principal, patient)
+            if not decision.permitted:
                 context.record(
                     principal.name,
                     principal.role,
@@ -94,10 +117,12 @@ class Guard:
                     patient=patient,
                     address=address,
                     priority="high",
-                    detail={**where, "reason": "not visible"},
+                    detail={**where, "reason": f"consent: {decision.reason}"[:500]},
                 )
-                # The same answer as for a patient that does not exist: no enumeration.
                 raise NotFoundError(f"no patient {patient!r}")
+            if decision.overridden:
+                priority = "high"
+                where["consent_overridden"] = decision.consent_id or ""
         context.record(
             principal.name,
             principal.role,
@@ -109,6 +134,22 @@ class Guard:
             detail=where,
         )
         return principal
+
+
+def consent_decision(context: ServiceContext, principal: Principal, patient: str) -> Decision:
+    """What the patient's consents say about this caller reading their record now."""
+    consents = context.consents.for_patient(patient)
+    if not consents:
+        return Decision(True, "no consent on file", None)
+    request = ConsentRequest(
+        patient=patient,
+        actor=principal.name,
+        role=principal.role.value,
+        purpose="emergency" if principal.break_glass else "treatment",
+        action="read",
+        at_us=time.time_ns() // 1000,
+    )
+    return decide(consents, request)
 
 
 def guard(policy: Policy) -> Any:
