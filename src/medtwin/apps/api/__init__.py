@@ -27,6 +27,7 @@ from medtwin.apps.api.routes import (
     twins,
 )
 from medtwin.core.clock import Clock
+from medtwin.core.errors import MedtwinError
 from medtwin.core.settings import Settings
 from medtwin.data.store import SqlStore
 
@@ -71,8 +72,10 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             # Anchor the audit chain's head outside the database at every shutdown.
-            with contextlib.suppress(Exception):
-                context.audit.checkpoint()
+            try:
+                await run_in_threadpool(context.audit.checkpoint)
+            except MedtwinError:
+                log.exception("could not anchor the audit chain at shutdown")
             if store is None:
                 context.store.close()
 
