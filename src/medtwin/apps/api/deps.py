@@ -49,6 +49,26 @@ class Guard:
         address = connection.client.host if connection.client else None
         route = connection.scope.get("route")
         where = {"route": getattr(route, "path", connection.url.path)}
+
+        def audit(
+            who: Principal | None,
+            outcome: str,
+            *,
+            patient: str | None = None,
+            priority: str = "normal",
+            detail: dict[str, str] | None = None,
+        ) -> None:
+            context.record(
+                who.name if who else "anonymous",
+                who.role if who else "anonymous",
+                policy.action,
+                outcome,
+                patient=patient,
+                address=address,
+                priority=priority,
+                detail={**where, **(detail or {})},
+            )
+
         try:
             principal = authenticate(
                 connection,
@@ -57,82 +77,42 @@ class Guard:
                 allow_cookie=websocket or connection.scope.get("method") in ("GET", "HEAD"),
             )
         except AuthenticationFailed as exc:
-            context.record(
-                "anonymous",
-                "anonymous",
-                policy.action,
-                "denied",
-                address=address,
-                detail={**where, "reason": str(exc.detail)},
-            )
+            audit(None, "denied", detail={"reason": str(exc.detail)})
             if websocket:
                 raise WebSocketException(status.WS_1008_POLICY_VIOLATION, str(exc.detail)) from exc
             raise
         if principal.role not in policy.roles:
-            context.record(
-                principal.name,
-                principal.role,
-                policy.action,
-                "denied",
-                address=address,
-                detail={**where, "reason": "role not allowed"},
-            )
+            audit(principal, "denied", detail={"reason": "role not allowed"})
             if websocket:
                 raise WebSocketException(status.WS_1008_POLICY_VIOLATION, "role not allowed")
             raise HTTPException(403, f"role {principal.role.value} may not {policy.action} here")
         patient = connection.path_params.get("patient") if policy.patient_scoped else None
+        if patient is None:
+            audit(principal, "success")
+            return principal
         priority = "normal"
         reason = (connection.headers.get(BREAK_GLASS_HEADER) or "").strip()
-        if patient is not None and principal.role is Role.CLINICIAN and reason:
+        if principal.role is Role.CLINICIAN and reason:
             # Breaking the glass opens patients outside the care team and turns the consent
             # check into an emergency one; either way it is audited with high priority.
             principal = principal.for_break_glass(reason[:500])
             priority = "high"
             where["break_glass"] = principal.break_glass or ""
-        if (
-            patient is not None
-            and principal.break_glass is None
-            and not may_see(principal, patient, context.accounts)
-        ):
-            context.record(
-                principal.name,
-                principal.role,
-                policy.action,
-                "denied",
-                patient=patient,
-                address=address,
-                priority="high",
-                detail={**where, "reason": "not visible"},
-            )
-            # The same answer as for a patient that does not exist: no enumeration.
-            raise NotFoundError(f"no patient {patient!r}")
-        if patient is not None and policy.action == "read":
+        denial = None
+        if principal.break_glass is None and not may_see(principal, patient, context.accounts):
+            denial = "not visible"
+        elif policy.action == "read":
             decision = consent_decision(context, principal, patient)
             if not decision.permitted:
-                context.record(
-                    principal.name,
-                    principal.role,
-                    policy.action,
-                    "denied",
-                    patient=patient,
-                    address=address,
-                    priority="high",
-                    detail={**where, "reason": f"consent: {decision.reason}"[:500]},
-                )
-                raise NotFoundError(f"no patient {patient!r}")
-            if decision.overridden:
+                denial = f"consent: {decision.reason}"[:500]
+            elif decision.overridden:
                 priority = "high"
                 where["consent_overridden"] = decision.consent_id or ""
-        context.record(
-            principal.name,
-            principal.role,
-            policy.action,
-            "success",
-            patient=patient,
-            address=address,
-            priority=priority,
-            detail=where,
-        )
+        if denial is not None:
+            audit(principal, "denied", patient=patient, priority="high", detail={"reason": denial})
+            # The same answer as for a patient that does not exist: no enumeration.
+            raise NotFoundError(f"no patient {patient!r}")
+        audit(principal, "success", patient=patient, priority=priority)
         return principal
 
 
