@@ -7,20 +7,24 @@ is given only once that transaction has committed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from medtwin.core.clock import Clock
+from medtwin.core.errors import StoreError
 from medtwin.core.records import Observation, Patient, QualityFlag
 from medtwin.data.codes import DEFAULT_REGISTRY, CodeRegistry
 from medtwin.data.store import AppendStatus, QuarantineEntry, Store
+from medtwin.data.store.writer import WriterProcess
 from medtwin.data.validation import Rejection, Validated, storable, validate_items
 from medtwin.twins.events import EventBus
 from medtwin.twins.runtime import TwinRuntime, TwinUpdate
@@ -190,14 +194,129 @@ class Ingestor:
                 channel=batch.channel,
                 care_team=care_team,
             )
-            stored_status = AppendStatus.STORED
-            stored = [
-                obs
-                for obs, status in zip(batch.observations, statuses, strict=True)
-                if status is stored_status
-            ]
-            update = self.runtime.observe(stored)
-            self._publish(update)
+            self._observe_stored(batch, statuses)
+        return self._finish(batch, statuses)
+
+    def ingest_stream(
+        self,
+        batches: Iterable[Sequence[Any]],
+        *,
+        channel: str = "api",
+        writer: WriterProcess | None = None,
+    ) -> Iterator[list[IngestResult]]:
+        """Ingest batches in turn; yield each batch's results, in order, once it is committed.
+
+        Without ``writer`` this is :meth:`ingest` batch after batch. With a
+        :class:`WriterProcess` writing to this ingestor's store, the two halves run at
+        once on two cores: batch N+1 is validated here (against the clock at that
+        moment, as :meth:`ingest` does) and sent to the writer while it stores batch N,
+        so the writer goes from one batch to the next without waiting; then N's
+        statuses come back and N's twins, events and results are done here. Each
+        batch is still one transaction, and the results, store contents and twins
+        are those of :meth:`ingest` called batch by batch.
+
+        The ingestion locks are held from the first batch until the stream is
+        exhausted or closed, so that the twins see batches in the order the store
+        took them: other threads' :meth:`ingest` and :meth:`commit` wait meanwhile,
+        and the loop consuming this stream must not call them (it would wait for
+        itself).
+
+        Failures: when batch k cannot be stored, the error (StoreError) is raised
+        here after the results of batches 0..k-1, which are stored and in the
+        twins, with a note naming k; batch k and every later one are not stored
+        (the writer does not carry out what was sent after a failed batch) and the
+        stream ends. To resume, send the batches from k on again: appends are
+        idempotent. (If the writer process itself dies, the outcome of the batches
+        in flight is unknown, and sending them again is just as safe.) Ending the
+        stream early (``break``) lets the writer finish the batch already sent
+        after the last one yielded: it is stored and in the twins, its results are
+        not given, and sending it again answers ``duplicate``.
+        """
+        if writer is None:
+            for position, items in enumerate(batches):
+                try:
+                    results = self.ingest(items, channel=channel)
+                except Exception as exc:
+                    exc.add_note(_stream_note(position))
+                    raise
+                yield results
+            return
+        writer.check_serves(self.store)
+        if writer.pending:
+            raise RuntimeError("the writer has requests pending")
+        depth = min(2, writer.max_pending)  # batches sent to the writer, not answered yet
+        with self._lock, self._commit_lock:
+            given = 0
+            flying: deque[PreparedBatch] = deque()
+            try:
+                for items in batches:
+                    prepared = self.prepare(items, channel=channel)
+                    if len(flying) == depth:
+                        yield self._land(writer, flying, given)
+                        given += 1
+                    # New patients that a batch in flight already brings are left out:
+                    # that batch stores them, and if it fails, this one is skipped too.
+                    self._send(writer, prepared, flying)
+                    flying.append(prepared)
+                while flying:
+                    yield self._land(writer, flying, given)
+                    given += 1
+            finally:
+                # Ended early (closed, or an error here): what the writer stores must
+                # reach the twins too; its results are not given.
+                while flying:
+                    batch = flying.popleft()
+                    try:
+                        self._observe_stored(batch, writer.result())
+                    except StoreError:
+                        # Not stored, and neither are the ones after it: let them go.
+                        while flying:
+                            flying.popleft()
+                            with contextlib.suppress(StoreError):
+                                writer.result()
+
+    def _send(
+        self, writer: WriterProcess, batch: PreparedBatch, flying: Iterable[PreparedBatch]
+    ) -> None:
+        """Send ``batch`` to the writer, less the new patients of the batches in ``flying``."""
+        patients = batch.new_patients
+        known = {patient.id for sent in flying for patient in sent.new_patients}
+        if known and patients:
+            patients = [patient for patient in patients if patient.id not in known]
+        writer.submit(
+            batch.observations,
+            received_us=batch.received_us,
+            new_patients=patients,
+            rejected=batch.quarantine,
+            channel=batch.channel,
+        )
+
+    def _land(
+        self, writer: WriterProcess, flying: deque[PreparedBatch], position: int
+    ) -> list[IngestResult]:
+        """Take the oldest batch in flight from the writer: twins, events, its results."""
+        batch = flying.popleft()
+        try:
+            statuses = writer.result()
+        except StoreError as exc:
+            exc.add_note(_stream_note(position))
+            raise
+        self._observe_stored(batch, statuses)
+        return self._finish(batch, statuses)
+
+    def _observe_stored(self, batch: PreparedBatch, statuses: Sequence[AppendStatus]) -> None:
+        """Fold the observations the store took into the twins and publish their updates."""
+        stored_status = AppendStatus.STORED
+        stored = [
+            obs
+            for obs, status in zip(batch.observations, statuses, strict=True)
+            if status is stored_status
+        ]
+        update = self.runtime.observe(stored)
+        self._publish(update)
+
+    def _finish(self, batch: PreparedBatch, statuses: Sequence[AppendStatus]) -> list[IngestResult]:
+        """The batch's results, counted in the metrics."""
         results = self._results(batch.items, batch.accepted, statuses, batch.rejections)
         self._count(batch.channel, results, time.perf_counter() - batch.started)
         return results
@@ -250,6 +369,13 @@ class Ingestor:
             self.metrics.items.labels(channel, status).inc(n)
         self.metrics.seconds.labels(channel).observe(seconds)
         self.metrics.twins.set(len(self.runtime))
+
+
+def _stream_note(position: int) -> str:
+    return (
+        f"ingest_stream: batch {position} (counted from 0) failed; the {position} "
+        "before it were stored and their results given, no later batch was stored"
+    )
 
 
 def _only_sources(validated: Validated, sources: frozenset[str]) -> Validated:

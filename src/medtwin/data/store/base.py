@@ -176,6 +176,8 @@ class SqlStore:
     # Quarantined payloads are raw input and may carry names: with a keyring they are
     # stored as this prefix + base64 of an AES-GCM blob.
     SEALED_PREFIX = "sealed:"
+    # Errors of the raw driver calls on the bulk path, translated like SQLAlchemy's.
+    driver_errors: tuple[type[Exception], ...] = ()
 
     def __init__(self, url: str, engine: Engine) -> None:
         self.url = url
@@ -218,13 +220,14 @@ class SqlStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
+        errors: tuple[type[Exception], ...] = (SQLAlchemyError, *self.driver_errors)
         with self._write_lock:
             try:
                 with self.engine.connect() as conn:
                     conn.execution_options(write=True)
                     with conn.begin():
                         yield conn
-            except SQLAlchemyError as exc:
+            except errors as exc:
                 raise StoreError(f"write failed: {type(exc).__name__}: {exc}") from exc
 
     @contextmanager

@@ -39,6 +39,8 @@ def normalize_url(url: str) -> str:
 class PostgresStore(SqlStore):
     """Store in a PostgreSQL database given by URL (``postgresql://user@host:port/db``)."""
 
+    driver_errors = (psycopg.Error,)
+
     def __init__(self, url: str) -> None:
         engine = sa.create_engine(normalize_url(url), pool_pre_ping=True, pool_size=5)
         super().__init__(url, engine)

@@ -24,9 +24,12 @@ _INSERT_OBSERVATIONS = (
 # Checkpoint the WAL every ~40 MB instead of every ~4 MB: ingestion rewrites the same
 # index pages batch after batch, and a rarer checkpoint copies each page once.
 # journal_size_limit truncates the WAL file back after a checkpoint.
+# A 64 MiB page cache (allocated as used) keeps the hot index pages of a ward's
+# patients in memory across batches.
 TUNING = (
     "PRAGMA wal_autocheckpoint=10000",
     "PRAGMA journal_size_limit=67108864",
+    "PRAGMA cache_size=-65536",
 )
 
 
@@ -36,6 +39,8 @@ class SQLiteStore(SqlStore):
     ``synchronous`` is the SQLite durability level: FULL (default) makes every
     acknowledged batch survive power loss; NORMAL survives a process crash only.
     """
+
+    driver_errors = (sqlite3.Error,)
 
     def __init__(self, path: Path | str, *, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
