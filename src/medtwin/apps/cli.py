@@ -113,6 +113,16 @@ def _ingest(paths: list[Path], settings: Settings, batch: int) -> dict[str, int]
     from medtwin.apps.ingest_files import ingest_files
 
     context = ServiceContext.build(settings)
+    # On SQLite a writer process stores each batch while the next one is validated here.
+    writer = None
+    if settings.store_url.startswith("sqlite:///"):
+        from medtwin.data.store.writer import WriterProcess
+
+        writer = WriterProcess(
+            settings.store_url,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            keyring_spec=settings.secret("data_keys").decode(),
+        )
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -132,8 +142,11 @@ def _ingest(paths: list[Path], settings: Settings, batch: int) -> dict[str, int]
                     text, soft_wrap=True, markup=False, highlight=False
                 ),
                 progress=lambda path, n: bar.advance(tasks[path], n),
+                writer=writer,
             )
     finally:
+        if writer is not None:
+            writer.close()
         context.store.close()
 
 
