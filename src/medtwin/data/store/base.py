@@ -284,17 +284,7 @@ class SqlStore:
     ) -> None:
         """Mark rows that were not inserted as duplicate or conflict against what is stored."""
         table = schema.observations
-        query = sa.select(
-            table.c.patient_id,
-            table.c.system,
-            table.c.code,
-            table.c.value_num,
-            table.c.value_text,
-            table.c.unit,
-            table.c.effective_us,
-            table.c.status,
-            table.c.received_us,
-        ).where(
+        query = sa.select(table).where(
             table.c.source == sa.bindparam("s"),
             table.c.source_id == sa.bindparam("i"),
             table.c.version == sa.bindparam("v"),
@@ -303,19 +293,7 @@ class SqlStore:
             if position in fresh:
                 continue
             row = conn.execute(query, {"s": obs.source, "i": obs.source_id, "v": obs.version}).one()
-            stored = Observation(
-                obs.source,
-                obs.source_id,
-                row.patient_id,
-                row.system,
-                row.code,
-                row.value_num,
-                row.value_text,
-                row.unit,
-                row.effective_us,
-                row.status,
-                obs.version,
-            )
+            stored = _stored(row).observation
             statuses[index] = (
                 AppendStatus.DUPLICATE if obs.same_content(stored) else AppendStatus.CONFLICT
             )
