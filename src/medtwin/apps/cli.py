@@ -19,6 +19,7 @@ from medtwin.apps.commands.privacy import keys_app, patients_app
 from medtwin.apps.commands.users import app as users_app
 from medtwin.core.errors import ConfigurationError, MedtwinError
 from medtwin.core.settings import Settings
+from medtwin.data.store import store_for
 
 app = typer.Typer(help="medtwin: live, personal digital twins of patients.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
@@ -168,25 +169,27 @@ def ingest(
         raise typer.Exit(1)
 
 
+def _on_store(action: str, run: Any) -> None:
+    """Run ``run(store)`` on the configured store; a failure exits 1 naming ``action``."""
+    store = store_for(_settings())
+    try:
+        run(store)
+    except MedtwinError as exc:
+        console.print(f"[red]{action} failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
+
+
 @app.command()
 def backup(
     path: Annotated[Path, typer.Argument(help="Backup file to write (SQLite format)")],
 ) -> None:
     """Write a consistent copy of the store, safe while the server runs."""
-    from medtwin.data.store import open_store
-
     if path.exists():
         console.print(f"[red]{path} exists[/red]; refusing to overwrite a backup")
         raise typer.Exit(2)
-    settings = _settings()
-    store = open_store(settings.store_url, sqlite_synchronous=settings.sqlite_synchronous)
-    try:
-        store.backup(path)
-    except MedtwinError as exc:
-        console.print(f"[red]backup failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
+    _on_store("backup", lambda store: store.backup(path))
     typer.echo(f"backup written to {path}")
 
 
@@ -195,17 +198,7 @@ def restore(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Backup file")],
 ) -> None:
     """Replace the store's content with a backup made by ``medtwin backup``."""
-    from medtwin.data.store import open_store
-
-    settings = _settings()
-    store = open_store(settings.store_url, sqlite_synchronous=settings.sqlite_synchronous)
-    try:
-        store.restore(path)
-    except MedtwinError as exc:
-        console.print(f"[red]restore failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    finally:
-        store.close()
+    _on_store("restore", lambda store: store.restore(path))
     typer.echo(f"store restored from {path}")
 
 

@@ -21,7 +21,7 @@ from medtwin.apps.commands.users import new_password
 from medtwin.core.clock import AcceleratedClock, from_us
 from medtwin.core.settings import Settings
 from medtwin.data.accounts import Accounts, Role
-from medtwin.data.store import SqlStore, open_store
+from medtwin.data.store import SqlStore, store_for
 from medtwin.devices.simulated import VirtualWard, WardConfig
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def create_demo_app(settings: Settings) -> tuple[FastAPI, tuple[str, str]]:
 
     The clock starts after anything already stored, so new readings update the twins.
     """
-    store = open_store(settings.store_url, sqlite_synchronous=settings.sqlite_synchronous)
+    store = store_for(settings)
     credentials = demo_credentials(store)
     newest = store.newest_time()
     start = None

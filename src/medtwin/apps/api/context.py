@@ -13,7 +13,7 @@ from medtwin.core.settings import Settings
 from medtwin.data.accounts import Accounts
 from medtwin.data.audit import AuditEntry, AuditLog
 from medtwin.data.consent import ConsentStore
-from medtwin.data.store import SqlStore, open_store
+from medtwin.data.store import SqlStore, store_for
 from medtwin.data.vault import PatientVault, Privacy
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
 
@@ -46,9 +46,7 @@ class ServiceContext:
         store: SqlStore | None = None,
     ) -> ServiceContext:
         clock = clock or SystemClock()
-        store = store or open_store(
-            settings.store_url, sqlite_synchronous=settings.sqlite_synchronous
-        )
+        store = store or store_for(settings)
         runtime = TwinRuntime(clock, news2_window_s=settings.news2_window_s)
         bus = EventBus()
         ingestor = Ingestor(store, runtime, bus, clock, max_future_s=settings.max_future_s)

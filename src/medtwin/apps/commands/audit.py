@@ -23,7 +23,7 @@ from medtwin.core.clock import SystemClock, to_us
 from medtwin.core.errors import ConfigurationError, MedtwinError
 from medtwin.core.settings import Settings
 from medtwin.data.audit import AuditEntry, AuditLog
-from medtwin.data.store import open_store
+from medtwin.data.store import store_for
 
 app = typer.Typer(
     help="The tamper-evident audit trail: verify its hash chain, export it as FHIR.",
@@ -67,9 +67,7 @@ def _audit_log() -> Iterator[AuditLog]:
         raise _fail("configuration error: no audit key (set MEDTWIN_AUDIT_KEY)", 2)
     checkpoint = getattr(settings, "audit_checkpoint_path", None)
     try:
-        store = open_store(
-            settings.store_url, migrate=False, sqlite_synchronous=settings.sqlite_synchronous
-        )
+        store = store_for(settings, migrate=False)
     except MedtwinError as exc:
         raise _fail(f"store error: {exc}", 2) from exc
     try:

@@ -13,7 +13,7 @@ import typer
 from medtwin.core.errors import MedtwinError
 from medtwin.core.settings import Settings
 from medtwin.data.accounts import Accounts, Role
-from medtwin.data.store import open_store
+from medtwin.data.store import store_for
 
 app = typer.Typer(help="Users and API keys.", no_args_is_help=True)
 
@@ -21,7 +21,7 @@ app = typer.Typer(help="Users and API keys.", no_args_is_help=True)
 @contextmanager
 def _accounts() -> Iterator[Accounts]:
     settings = Settings()
-    store = open_store(settings.store_url, sqlite_synchronous=settings.sqlite_synchronous)
+    store = store_for(settings)
     try:
         yield Accounts(store)
     except MedtwinError as exc:

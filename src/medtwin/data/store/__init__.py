@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medtwin.core.errors import ConfigurationError
+from medtwin.core.settings import Settings
 from medtwin.data.store.base import (
     AppendStatus,
     DerivedValue,
@@ -28,7 +29,15 @@ __all__ = [
     "Store",
     "StoredObservation",
     "open_store",
+    "store_for",
 ]
+
+
+def store_for(settings: Settings, *, migrate: bool = True) -> SqlStore:
+    """The store the settings name (``MEDTWIN_STORE_URL``), with their durability level."""
+    return open_store(
+        settings.store_url, migrate=migrate, sqlite_synchronous=settings.sqlite_synchronous
+    )
 
 
 def open_store(url: str, *, migrate: bool = True, sqlite_synchronous: str = "FULL") -> SqlStore:
