@@ -158,3 +158,28 @@ def test_demo_ward_feeds_twins_the_demo_clinician_sees(tmp_path: Path) -> None:
         clock = client.app.state.context.clock  # type: ignore[attr-defined]
         assert clock.now_us() > newest
         assert client.get("/api/v1/twins/ward-01").status_code == httpx.codes.OK
+
+
+def test_account_changes_are_audited_without_secrets(tmp_path: Path, store_url: str) -> None:
+    env = {
+        "MEDTWIN_SECRETS_FILE": str(tmp_path / "secrets.json"),
+        "MEDTWIN_AUDIT_CHECKPOINT_PATH": str(tmp_path / "checkpoints.jsonl"),
+    }
+    added = runner.invoke(
+        app, ["users", "add", "nurse.jo", "--role", "clinician", "--care-team", "ward"], env=env
+    )
+    assert added.exit_code == 0, added.output
+    password = added.output.rsplit("password: ", 1)[1].strip()
+    key = runner.invoke(app, ["users", "add-key", "monitor-7", "--source", "monitor-7"], env=env)
+    assert key.exit_code == 0, key.output
+    secret = key.output.rsplit(": ", 1)[1].strip()
+    assert runner.invoke(app, ["users", "disable", "nurse.jo"], env=env).exit_code == 0
+    assert runner.invoke(app, ["users", "list"], env=env).output.strip().endswith("disabled")
+    assert runner.invoke(app, ["users", "disable", "ghost"], env=env).exit_code == 1
+    verified = runner.invoke(app, ["audit", "verify"], env=env)
+    assert verified.exit_code == 0, verified.output
+    exported = runner.invoke(app, ["audit", "export"], env=env).output
+    for action in ("user-add", "device-add", "user-disable", "user-list"):
+        assert action in exported
+    assert password not in exported
+    assert secret not in exported

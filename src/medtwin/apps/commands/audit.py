@@ -8,7 +8,6 @@ settings. Exit codes: 0 done (chain intact), 1 chain tampered or export failed,
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import IO, Annotated
 
 import typer
 
+from medtwin.apps.commands import operator
 from medtwin.core.clock import SystemClock, to_us
 from medtwin.core.errors import ConfigurationError, MedtwinError
 from medtwin.core.settings import Settings
@@ -114,13 +114,6 @@ def verify() -> None:
     raise typer.Exit(1)
 
 
-def _operator() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):
-        return "cli"
-
-
 @app.command()
 def export(
     output: Annotated[
@@ -145,7 +138,7 @@ def export(
             audit.append(
                 [
                     AuditEntry(
-                        actor=_operator(),
+                        actor=operator(),
                         role="system",
                         action="export",
                         outcome="success",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +9,7 @@ from contextlib import contextmanager
 import typer
 
 from medtwin.apps.api.context import ServiceContext
+from medtwin.apps.commands import operator
 from medtwin.core.errors import MedtwinError
 from medtwin.core.settings import Settings
 from medtwin.data.crypto import generate_key
@@ -34,15 +34,11 @@ def _context() -> Iterator[ServiceContext]:
         context.store.close()
 
 
-def _operator() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
 @patients_app.command()
 def erase(patient: str) -> None:
     """Erase a patient's personal data by destroying their data key; audited."""
     with _context() as context:
-        context.record(_operator(), "system", "erase", "success", patient=patient)
+        context.record(operator(), "system", "erase", "success", patient=patient)
         pseudonym = context.vault.erase(patient, now_us=time.time_ns() // 1000)
     typer.echo(f"patient erased; now known as {pseudonym}")
 
@@ -59,7 +55,7 @@ def rotate() -> None:
     with _context() as context:
         report = context.vault.rotate()
         context.record(
-            _operator(),
+            operator(),
             "system",
             "rotate-keys",
             "success",
