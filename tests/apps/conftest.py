@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -61,6 +62,46 @@ def user_token(
         )
     token, _, _ = context.tokens.issue(user, "access")
     return token
+
+
+NEWS2_ZERO = [  # every NEWS2 parameter present and normal: NEWS2 0
+    ("9279-1", 16, "/min"),
+    ("59408-5", 97, "%"),
+    ("3150-0", 21, "%"),
+    ("8480-6", 120, "mm[Hg]"),
+    ("8462-4", 80, "mm[Hg]"),
+    ("8867-4", 70, "/min"),
+    ("8310-5", 37.0, "Cel"),
+    ("80288-4", "A", ""),
+]
+
+
+def post_values(
+    server: LiveServer,
+    patient: str,
+    values: list[tuple[str, float | str, str]],
+    *,
+    prefix: str = "o",
+    time: datetime | None = None,
+    source: str = "test",
+) -> None:
+    """Post one observation per (code, value, unit) for ``patient`` (default: a minute ago)."""
+    moment = time or datetime.now(UTC) - timedelta(minutes=1)
+    items = [
+        {
+            "id": f"{prefix}-{patient}-{i}",
+            "source": source,
+            "patient": patient,
+            "code": code,
+            "value": value,
+            "unit": unit,
+            "time": moment.isoformat().replace("+00:00", "Z"),
+        }
+        for i, (code, value, unit) in enumerate(values)
+    ]
+    answer = server.admin.post("/api/v1/observations", json={"observations": items})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["summary"]["stored"] == len(items), answer.text
 
 
 def _free_port() -> int:

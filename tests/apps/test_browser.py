@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from medtwin.data.accounts import Role
-from tests.apps.conftest import LiveServer
+from tests.apps.conftest import NEWS2_ZERO, LiveServer, post_values
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -42,16 +42,7 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 15_000
 
-FULL = [  # NEWS2 0
-    ("9279-1", 16, "/min"),
-    ("59408-5", 97, "%"),
-    ("3150-0", 21, "%"),
-    ("8480-6", 120, "mm[Hg]"),
-    ("8462-4", 80, "mm[Hg]"),
-    ("8867-4", 70, "/min"),
-    ("8310-5", 37.0, "Cel"),
-    ("80288-4", "A", ""),
-]
+FULL = NEWS2_ZERO
 
 
 def _unavailable(reason: str) -> None:
@@ -152,22 +143,8 @@ def _wake_event_handlers(server: LiveServer, timeout_s: float = 5.0) -> None:
 def post(
     server: LiveServer, patient: str, values: list[tuple[str, float | str, str]], prefix: str
 ) -> None:
-    time = (datetime.now(UTC) - timedelta(seconds=90)).isoformat().replace("+00:00", "Z")
-    items = [
-        {
-            "id": f"{prefix}-{patient}-{i}",
-            "source": "browser-test",
-            "patient": patient,
-            "code": code,
-            "value": value,
-            "unit": unit,
-            "time": time,
-        }
-        for i, (code, value, unit) in enumerate(values)
-    ]
-    answer = server.admin.post("/api/v1/observations", json={"observations": items})
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["summary"]["stored"] == len(items), answer.text
+    moment = datetime.now(UTC) - timedelta(seconds=90)
+    post_values(server, patient, values, prefix=prefix, time=moment, source="browser-test")
 
 
 def news2_cell(page: Page, patient: str) -> Any:

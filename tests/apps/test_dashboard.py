@@ -18,7 +18,7 @@ import pytest
 
 from medtwin.apps.dashboard import STATIC_DIR, TEMPLATES_DIR
 from medtwin.apps.dashboard.routes import news2_cell, round_half_away
-from tests.apps.conftest import LiveServer
+from tests.apps.conftest import NEWS2_ZERO, LiveServer, post_values
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = STATIC_DIR.parent
@@ -26,16 +26,7 @@ VENDOR = ("vendor/htmx.min.js", "vendor/uPlot.iife.min.js", "vendor/uPlot.min.cs
 OURS = ("dashboard.js", "dashboard.css")
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
-FULL = [  # NEWS2 0: every parameter present and normal
-    ("9279-1", 16, "/min"),
-    ("59408-5", 97, "%"),
-    ("3150-0", 21, "%"),
-    ("8480-6", 120, "mm[Hg]"),
-    ("8462-4", 80, "mm[Hg]"),
-    ("8867-4", 70, "/min"),
-    ("8310-5", 37.0, "Cel"),
-    ("80288-4", "A", ""),
-]
+FULL = NEWS2_ZERO
 
 
 def _iso(moment: datetime) -> str:
@@ -46,23 +37,7 @@ def post(
     server: LiveServer, patient: str, values: list[tuple[str, float | str, str]], **kw: Any
 ) -> None:
     """Post one observation per (code, value, unit) for ``patient``, a minute ago."""
-    time = _iso(kw.get("time", datetime.now(UTC) - timedelta(minutes=1)))
-    prefix = kw.get("prefix", "o")
-    items = [
-        {
-            "id": f"{prefix}-{patient}-{i}",
-            "source": "test",
-            "patient": patient,
-            "code": code,
-            "value": value,
-            "unit": unit,
-            "time": time,
-        }
-        for i, (code, value, unit) in enumerate(values)
-    ]
-    answer = server.admin.post("/api/v1/observations", json={"observations": items})
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["summary"]["stored"] == len(items), answer.text
+    post_values(server, patient, values, prefix=kw.get("prefix", "o"), time=kw.get("time"))
 
 
 class Node:

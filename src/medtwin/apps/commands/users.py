@@ -85,22 +85,24 @@ def list_users() -> None:
             typer.echo(f"{user.username}\t{user.role.value}\t{user.care_team or '-'}\t{state}")
 
 
+def _set_disabled(username: str, disabled: bool) -> None:
+    action, word = ("user-disable", "disabled") if disabled else ("user-enable", "enabled")
+    with _accounts() as admin:
+        admin.accounts.set_disabled(username, disabled)
+        admin.record(action, user=username)
+    typer.echo(f"user {username} {word}")
+
+
 @app.command()
 def disable(username: str) -> None:
     """Disable a user: sign-in and every open session stop working."""
-    with _accounts() as admin:
-        admin.accounts.set_disabled(username, True)
-        admin.record("user-disable", user=username)
-    typer.echo(f"user {username} disabled")
+    _set_disabled(username, True)
 
 
 @app.command()
 def enable(username: str) -> None:
     """Enable a disabled user again."""
-    with _accounts() as admin:
-        admin.accounts.set_disabled(username, False)
-        admin.record("user-enable", user=username)
-    typer.echo(f"user {username} enabled")
+    _set_disabled(username, False)
 
 
 @app.command()
