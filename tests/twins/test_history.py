@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,37 +11,19 @@ import pytest
 
 from medtwin.core.clock import FixedClock, from_us, to_us
 from medtwin.core.records import LOINC, Observation, ObservationStatus, Patient, QualityFlag
-from medtwin.data.store import SqlStore, open_store
+from medtwin.data.store import SqlStore
 from medtwin.models.scores import ACVPU
 from medtwin.twins.events import EventBus
 from medtwin.twins.history import news2_series
 from medtwin.twins.ingest import Ingestor
 from medtwin.twins.runtime import TwinRuntime
+from tests.twins.vitals import ACVPU_CODE, FIO2, HR, RR, SBP, SPO2, TEMP, UNITS
 
 T0 = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 T0_US = to_us(T0)
 S = 1_000_000
 HOUR = 3600 * S
 
-RR, SPO2, FIO2, SBP, HR, ACVPU_CODE, TEMP = (
-    "9279-1",
-    "59408-5",
-    "3150-0",
-    "8480-6",
-    "8867-4",
-    "80288-4",
-    "8310-5",
-)
-UNITS = {
-    RR: "/min",
-    SPO2: "%",
-    FIO2: "%",
-    SBP: "mm[Hg]",
-    HR: "/min",
-    ACVPU_CODE: "",
-    TEMP: "Cel",
-    "2339-0": "mg/dL",
-}
 SIX = {RR: 22, SPO2: 95, FIO2: 21, SBP: 105, HR: 95, ACVPU_CODE: "A", TEMP: 38.2}
 
 
@@ -53,13 +34,6 @@ def iso(us: int) -> str:
 @pytest.fixture
 def clock() -> FixedClock:
     return FixedClock(T0)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
-    yield store
-    store.close()
 
 
 @pytest.fixture

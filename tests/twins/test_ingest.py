@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from medtwin.core.clock import FixedClock, to_us
 from medtwin.core.records import LOINC
-from medtwin.data.store import SqlStore, open_store
+from medtwin.data.store import SqlStore
 from medtwin.twins.events import Event, EventBus
 from medtwin.twins.ingest import IngestMetrics, Ingestor, IngestResult
 from medtwin.twins.runtime import TwinRuntime
+from tests.twins.vitals import ACVPU_CODE, FIO2, HR, RR, SBP, SPO2, TEMP
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 T0_US = to_us(T0)
 T_TEXT = "2026-01-01T11:59:00Z"
 T_US = T0_US - 60_000_000
-
-RR, SPO2, FIO2, SBP, HR, ACVPU_CODE, TEMP = (
-    "9279-1",
-    "59408-5",
-    "3150-0",
-    "8480-6",
-    "8867-4",
-    "80288-4",
-    "8310-5",
-)
 
 
 def item(**fields: Any) -> dict[str, Any]:
@@ -93,13 +83,6 @@ class RecordingBus(EventBus):
 @pytest.fixture
 def clock() -> FixedClock:
     return FixedClock(T0)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
-    yield store
-    store.close()
 
 
 @pytest.fixture

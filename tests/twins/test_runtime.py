@@ -12,31 +12,12 @@ from medtwin.core.clock import FixedClock, to_us
 from medtwin.core.records import LOINC, Observation, ObservationStatus, QualityFlag
 from medtwin.models.scores import ACVPU, PARAMETERS, news2
 from medtwin.twins.runtime import TwinRuntime
+from tests.twins.vitals import ACVPU_CODE, FIO2, GLUCOSE, HR, RR, SBP, SPO2, TEMP, UNITS
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 T0_US = to_us(T0)
 S = 1_000_000  # µs per second
 
-RR, SPO2, FIO2, SBP, HR, ACVPU_CODE, TEMP = (
-    "9279-1",
-    "59408-5",
-    "3150-0",
-    "8480-6",
-    "8867-4",
-    "80288-4",
-    "8310-5",
-)
-GLUCOSE = "2339-0"
-UNITS = {
-    RR: "/min",
-    SPO2: "%",
-    FIO2: "%",
-    SBP: "mm[Hg]",
-    HR: "/min",
-    ACVPU_CODE: "",
-    TEMP: "Cel",
-    GLUCOSE: "mg/dL",
-}
 
 Vitals = dict[str, float | str]
 
