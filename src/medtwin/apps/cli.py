@@ -220,6 +220,37 @@ def schemas(
 
 
 @app.command()
+def simulate(
+    scenario: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="Scenario JSON file")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write")],
+    solver: Annotated[str, typer.Option(help="rk4 (fixed step) or dopri5 (adaptive)")] = "rk4",
+) -> None:
+    """Simulate a scenario (UVA/Padova or PK/PD) and write one CSV row per patient-minute."""
+    from medtwin.models.physiology import RK4, Dopri5, Solver
+    from medtwin.models.physiology.scenario import load_scenario, run_scenario, write_csv
+
+    solvers: dict[str, Solver] = {"rk4": RK4(), "dopri5": Dopri5()}
+    if solver not in solvers:
+        console.print(f"[red]unknown solver {solver!r}[/red] (rk4 or dopri5)")
+        raise typer.Exit(2)
+    try:
+        checked = load_scenario(scenario)
+    except MedtwinError as exc:
+        console.print(f"[red]invalid scenario:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    result = run_scenario(checked, solver=solvers[solver])
+    with out.open("w", encoding="utf-8", newline="") as fh:
+        rows = write_csv(result, fh)
+    failed = [p for p, s in zip(checked.patients, result.solution.status, strict=True) if s]
+    typer.echo(f"wrote {rows} rows for {len(checked.patients)} patients to {out}")
+    if failed:
+        console.print(f"[yellow]simulation failed for:[/yellow] {', '.join(failed)}")
+        raise typer.Exit(1)
+
+
+@app.command()
 def bench(
     name: Annotated[str, typer.Argument(help="Benchmark in bench/ (file stem), or 'all'")] = "all",
     quick: Annotated[bool, typer.Option(help="Smaller workload, for a smoke run")] = False,

@@ -1,0 +1,603 @@
+"""Integrate a model for many patients at once: the fast (Numba) path.
+
+``simulate(model, solver=..., x0=..., params=..., inputs=...)`` is the one
+entry point. Patients run in blocks of SIMD lanes; each has its own
+parameters, initial state and input schedule, and its own status, so a
+patient whose state blows up or who runs out of steps is reported, not
+raised, and the rest of the cohort carries on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+from medtwin.core.errors import InputError
+from medtwin.models.physiology.model import FloatArray, Model
+from medtwin.models.physiology.solvers import RK4, Solver
+
+__all__ = ["Inputs", "Solution", "Status", "prepare", "simulate"]
+
+# Lanes per block: a multiple of the widest SIMD register (8 doubles), small
+# enough that a block's states and stages stay in L1/L2 cache.
+BLOCK = 64
+
+
+class Status(IntEnum):
+    """Outcome per patient."""
+
+    OK = 0
+    MAX_STEPS = 1
+    NONFINITE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """Piecewise-constant inputs on a uniform grid.
+
+    ``values`` is ``(patients, intervals, inputs)``, or ``(1, intervals,
+    inputs)`` for a schedule every patient shares; interval ``k`` covers
+    ``[t0 + k*dt_min, t0 + (k+1)*dt_min)``.
+    """
+
+    values: FloatArray
+    dt_min: float = 1.0
+
+    @property
+    def intervals(self) -> int:
+        return int(self.values.shape[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Solution:
+    """Trajectories and per-patient outcome.
+
+    ``y[i, j, q]`` is output ``outputs[q]`` of patient ``i`` at ``t_min[j]``,
+    taken at the start of an interval after its jump (so inputs in ``y`` are
+    the rates applied over that interval). Patients that failed have NaN from
+    the failure on.
+    """
+
+    t_min: FloatArray
+    y: FloatArray
+    outputs: tuple[str, ...]
+    x_final: FloatArray
+    z_final: FloatArray
+    status: NDArray[np.int8]
+    steps: NDArray[np.int64]
+
+    def output(self, name: str) -> FloatArray:
+        """One output, ``(patients, times)``."""
+        try:
+            return self.y[:, :, self.outputs.index(name)]
+        except ValueError:
+            raise InputError(f"no output {name!r} was recorded", "outputs") from None
+
+    @property
+    def ok(self) -> NDArray[np.bool_]:
+        return np.asarray(self.status == Status.OK)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Validated arrays for one run, shared by the fast and reference paths."""
+
+    x0: FloatArray
+    z0: FloatArray
+    params: FloatArray
+    inputs: Inputs
+    t0_min: float
+    save_every: int
+    output_index: NDArray[np.int64]
+    output_names: tuple[str, ...]
+
+    @property
+    def patients(self) -> int:
+        return int(self.x0.shape[0])
+
+    @property
+    def saved(self) -> int:
+        return -(-self.inputs.intervals // self.save_every)
+
+    @property
+    def t_saved(self) -> FloatArray:
+        k = np.arange(0, self.inputs.intervals, self.save_every, dtype=np.float64)
+        return self.t0_min + k * self.inputs.dt_min
+
+
+def prepare(
+    model: Model,
+    *,
+    x0: FloatArray,
+    params: FloatArray,
+    inputs: Inputs,
+    t0_min: float = 0.0,
+    save_every: int = 1,
+    outputs: Sequence[str] | None = None,
+) -> Problem:
+    """Check shapes and values; name the first fault."""
+    x0 = _matrix(x0, "x0", len(model.states))
+    params = _matrix(params, "params", len(model.params))
+    n = x0.shape[0]
+    if params.shape[0] != n:
+        raise InputError(f"params has {params.shape[0]} patients, x0 has {n}", "params")
+    values = np.ascontiguousarray(inputs.values, dtype=np.float64)
+    if values.ndim != 3 or values.shape[2] != len(model.inputs) or values.shape[0] not in (1, n):
+        raise InputError(
+            f"inputs must be (patients or 1, intervals, {len(model.inputs)}), got {values.shape}",
+            "inputs.values",
+        )
+    if values.shape[1] < 1:
+        raise InputError("inputs need at least one interval", "inputs.values")
+    if not (inputs.dt_min > 0 and math.isfinite(inputs.dt_min)):
+        raise InputError("dt_min must be a positive number of minutes", "inputs.dt_min")
+    if save_every < 1:
+        raise InputError("save_every must be at least 1", "save_every")
+    names = [o.name for o in model.outputs]
+    chosen = tuple(outputs) if outputs is not None else tuple(names)
+    for name in chosen:
+        if name not in names:
+            raise InputError(f"{model.name} has no output {name!r}", "outputs")
+    index = np.array([names.index(c) for c in chosen], dtype=np.int64)
+    z0 = np.ascontiguousarray(model.initial_discrete(x0.T, params.T).T, dtype=np.float64)
+    return Problem(
+        x0=x0,
+        z0=z0.reshape(n, len(model.discrete)),
+        params=params,
+        inputs=Inputs(values, float(inputs.dt_min)),
+        t0_min=float(t0_min),
+        save_every=int(save_every),
+        output_index=index,
+        output_names=chosen,
+    )
+
+
+def simulate(
+    model: Model,
+    *,
+    solver: Solver | None = None,
+    x0: FloatArray,
+    params: FloatArray,
+    inputs: Inputs,
+    t0_min: float = 0.0,
+    save_every: int = 1,
+    outputs: Sequence[str] | None = None,
+) -> Solution:
+    """Integrate ``model`` for every patient with the compiled solver.
+
+    ``x0`` is ``(patients, states)``, ``params`` ``(patients, params)``, in
+    the units the model declares; time is in minutes. ``solver`` defaults to
+    ``RK4()`` (one step per input interval).
+    """
+    problem = prepare(
+        model,
+        x0=x0,
+        params=params,
+        inputs=inputs,
+        t0_min=t0_min,
+        save_every=save_every,
+        outputs=outputs,
+    )
+    return run_compiled(model, solver or RK4(), problem)
+
+
+def run_compiled(model: Model, solver: Solver, problem: Problem) -> Solution:
+    """The fast path on a prepared problem."""
+    n = problem.patients
+    y = np.full((n, problem.saved, problem.output_index.size), np.nan)
+    x_final = np.empty_like(problem.x0)
+    z_final = np.empty_like(problem.z0)
+    status = np.zeros(n, dtype=np.int8)
+    steps = np.zeros(n, dtype=np.int64)
+    common = (
+        problem.x0,
+        problem.z0,
+        problem.params,
+        problem.inputs.values,
+        problem.t0_min,
+        problem.inputs.dt_min,
+        problem.save_every,
+        problem.output_index,
+        len(model.outputs),
+        y,
+        x_final,
+        z_final,
+        status,
+        steps,
+    )
+    if isinstance(solver, RK4):
+        _kernel(model, "rk4")(*common, solver.substeps)
+    else:
+        _kernel(model, "dopri5")(
+            *common,
+            solver.rtol,
+            solver.atol,
+            solver.max_steps,
+            solver.safety,
+            solver.min_factor,
+            solver.max_factor,
+        )
+    return Solution(
+        t_min=problem.t_saved,
+        y=y,
+        outputs=problem.output_names,
+        x_final=x_final,
+        z_final=z_final,
+        status=status,
+        steps=steps,
+    )
+
+
+def _matrix(a: FloatArray, name: str, width: int) -> FloatArray:
+    m = np.ascontiguousarray(a, dtype=np.float64)
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.ndim != 2 or m.shape[1] != width:
+        raise InputError(f"{name} must be (patients, {width}), got {np.shape(a)}", name)
+    if m.shape[0] < 1:
+        raise InputError(f"{name} needs at least one patient", name)
+    bad = np.argwhere(~np.isfinite(m))
+    if bad.size:
+        i, j = bad[0]
+        raise InputError(f"{name}[{i}, {j}] is not a finite number", f"{name}[{i}][{j}]")
+    return m
+
+
+_KERNELS: dict[tuple[type[Model], str], Callable[..., None]] = {}
+
+
+def _kernel(model: Model, method: str) -> Callable[..., None]:
+    key = (type(model), method)
+    if key not in _KERNELS:
+        build = _build_rk4 if method == "rk4" else _build_dopri5
+        _KERNELS[key] = build(model.rhs_kernel, model.jump_kernel, model.observe_kernel)
+    return _KERNELS[key]
+
+
+# The kernels below share one layout: a block holds BLOCK lanes, arrays are
+# (quantity, lane); lanes past the last patient repeat the block's first
+# patient so every lane holds valid numbers, and are never stored.
+
+
+def _build_rk4(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
+    @njit(error_model="numpy", boundscheck=False, nogil=True)
+    def run(
+        x0: Any,
+        z0: Any,
+        params: Any,
+        useq: Any,
+        t0: float,
+        dt: float,
+        save_every: int,
+        out_idx: Any,
+        n_out: int,
+        y: Any,
+        x_final: Any,
+        z_final: Any,
+        status: Any,
+        steps: Any,
+        substeps: int,
+    ) -> None:
+        n_pat, nx = x0.shape
+        nz = z0.shape[1]
+        npar = params.shape[1]
+        n_int = useq.shape[1]
+        nu = useq.shape[2]
+        shared = useq.shape[0] == 1
+        b = BLOCK
+        x = np.empty((nx, b))
+        xt = np.empty((nx, b))
+        k1 = np.empty((nx, b))
+        k2 = np.empty((nx, b))
+        k3 = np.empty((nx, b))
+        k4 = np.empty((nx, b))
+        z = np.zeros((max(nz, 1), b))
+        p = np.empty((npar, b))
+        u = np.empty((nu, b))
+        yb = np.empty((n_out, b))
+        tv = np.empty(b)
+        alive = np.empty(b, dtype=np.bool_)
+        h = dt / substeps
+        for s in range(0, n_pat, b):
+            n = min(b, n_pat - s)
+            for lane in range(b):
+                i = s + lane if lane < n else s
+                for j in range(npar):
+                    p[j, lane] = params[i, j]
+                for j in range(nx):
+                    x[j, lane] = x0[i, j]
+                for j in range(nz):
+                    z[j, lane] = z0[i, j]
+                alive[lane] = True
+            for k in range(n_int):
+                t = t0 + k * dt
+                for lane in range(b):
+                    iu = 0 if shared else (s + lane if lane < n else s)
+                    for j in range(nu):
+                        u[j, lane] = useq[iu, k, j]
+                    tv[lane] = t
+                jump(k, tv, x, u, z, p, n)
+                if k % save_every == 0:
+                    observe(tv, x, u, z, p, yb, n)
+                    row = k // save_every
+                    for lane in range(n):
+                        if alive[lane]:
+                            for q in range(out_idx.size):
+                                y[s + lane, row, q] = yb[out_idx[q], lane]
+                for m in range(substeps):
+                    tm = t + m * h
+                    for lane in range(b):
+                        tv[lane] = tm
+                    rhs(tv, x, u, z, p, k1, n)
+                    for j in range(nx):
+                        for lane in range(b):
+                            xt[j, lane] = x[j, lane] + 0.5 * h * k1[j, lane]
+                    for lane in range(b):
+                        tv[lane] = tm + 0.5 * h
+                    rhs(tv, xt, u, z, p, k2, n)
+                    for j in range(nx):
+                        for lane in range(b):
+                            xt[j, lane] = x[j, lane] + 0.5 * h * k2[j, lane]
+                    rhs(tv, xt, u, z, p, k3, n)
+                    for j in range(nx):
+                        for lane in range(b):
+                            xt[j, lane] = x[j, lane] + h * k3[j, lane]
+                    for lane in range(b):
+                        tv[lane] = tm + h
+                    rhs(tv, xt, u, z, p, k4, n)
+                    for j in range(nx):
+                        for lane in range(b):
+                            x[j, lane] += (h / 6.0) * (
+                                k1[j, lane] + 2.0 * k2[j, lane] + 2.0 * k3[j, lane] + k4[j, lane]
+                            )
+                for lane in range(n):
+                    if alive[lane]:
+                        steps[s + lane] += substeps
+                        for j in range(nx):
+                            if not np.isfinite(x[j, lane]):
+                                alive[lane] = False
+                                status[s + lane] = 2
+                                break
+            for lane in range(n):
+                for j in range(nx):
+                    x_final[s + lane, j] = x[j, lane] if alive[lane] else np.nan
+                for j in range(nz):
+                    z_final[s + lane, j] = z[j, lane]
+
+    return run
+
+
+# Dormand-Prince 5(4) tableau (Dormand and Prince 1980; Hairer et al. II.5).
+_C2, _C3, _C4, _C5 = 1 / 5, 3 / 10, 4 / 5, 8 / 9
+_A21 = 1 / 5
+_A31, _A32 = 3 / 40, 9 / 40
+_A41, _A42, _A43 = 44 / 45, -56 / 15, 32 / 9
+_A51, _A52, _A53, _A54 = 19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729
+_A61, _A62, _A63, _A64, _A65 = 9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656
+_B1, _B3, _B4, _B5, _B6 = 35 / 384, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84
+# Fifth- minus fourth-order weights: the local error estimate.
+_E1, _E3, _E4, _E5, _E6, _E7 = (
+    71 / 57600,
+    -71 / 16695,
+    71 / 1920,
+    -17253 / 339200,
+    22 / 525,
+    -1 / 40,
+)
+
+
+def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
+    @njit(error_model="numpy", boundscheck=False, nogil=True)
+    def run(
+        x0: Any,
+        z0: Any,
+        params: Any,
+        useq: Any,
+        t0: float,
+        dt: float,
+        save_every: int,
+        out_idx: Any,
+        n_out: int,
+        y: Any,
+        x_final: Any,
+        z_final: Any,
+        status: Any,
+        steps: Any,
+        rtol: float,
+        atol: float,
+        max_steps: int,
+        safety: float,
+        min_factor: float,
+        max_factor: float,
+    ) -> None:
+        n_pat, nx = x0.shape
+        nz = z0.shape[1]
+        npar = params.shape[1]
+        n_int = useq.shape[1]
+        nu = useq.shape[2]
+        shared = useq.shape[0] == 1
+        b = BLOCK
+        x = np.empty((nx, b))
+        xt = np.empty((nx, b))
+        x5 = np.empty((nx, b))
+        k1 = np.empty((nx, b))
+        k2 = np.empty((nx, b))
+        k3 = np.empty((nx, b))
+        k4 = np.empty((nx, b))
+        k5 = np.empty((nx, b))
+        k6 = np.empty((nx, b))
+        k7 = np.empty((nx, b))
+        z = np.zeros((max(nz, 1), b))
+        p = np.empty((npar, b))
+        u = np.empty((nu, b))
+        yb = np.empty((n_out, b))
+        tv = np.empty(b)
+        tl = np.empty(b)
+        hh = np.empty(b)
+        hs = np.empty(b)
+        alive = np.empty(b, dtype=np.bool_)
+        done = np.empty(b, dtype=np.bool_)
+        end = dt * (1.0 - 1e-12)
+        for s in range(0, n_pat, b):
+            n = min(b, n_pat - s)
+            for lane in range(b):
+                i = s + lane if lane < n else s
+                for j in range(npar):
+                    p[j, lane] = params[i, j]
+                for j in range(nx):
+                    x[j, lane] = x0[i, j]
+                for j in range(nz):
+                    z[j, lane] = z0[i, j]
+                alive[lane] = lane < n
+                hs[lane] = dt
+            for k in range(n_int):
+                t = t0 + k * dt
+                for lane in range(b):
+                    iu = 0 if shared else (s + lane if lane < n else s)
+                    for j in range(nu):
+                        u[j, lane] = useq[iu, k, j]
+                    tv[lane] = t
+                    tl[lane] = 0.0
+                    done[lane] = not alive[lane]
+                jump(k, tv, x, u, z, p, n)
+                if k % save_every == 0:
+                    observe(tv, x, u, z, p, yb, n)
+                    row = k // save_every
+                    for lane in range(n):
+                        if alive[lane]:
+                            for q in range(out_idx.size):
+                                y[s + lane, row, q] = yb[out_idx[q], lane]
+                while True:
+                    active = False
+                    for lane in range(b):
+                        if done[lane]:
+                            hh[lane] = 0.0
+                        else:
+                            active = True
+                            hh[lane] = min(hs[lane], dt - tl[lane])
+                        tv[lane] = t + tl[lane]
+                    if not active:
+                        break
+                    rhs(tv, x, u, z, p, k1, n)
+                    for j in range(nx):
+                        for lane in range(b):
+                            xt[j, lane] = x[j, lane] + hh[lane] * _A21 * k1[j, lane]
+                    for lane in range(b):
+                        tv[lane] = t + tl[lane] + _C2 * hh[lane]
+                    rhs(tv, xt, u, z, p, k2, n)
+                    for j in range(nx):
+                        for lane in range(b):
+                            xt[j, lane] = x[j, lane] + hh[lane] * (
+                                _A31 * k1[j, lane] + _A32 * k2[j, lane]
+                            )
+                    for lane in range(b):
+                        tv[lane] = t + tl[lane] + _C3 * hh[lane]
+                    rhs(tv, xt, u, z, p, k3, n)
+                    for j in range(nx):
+                        for lane in range(b):
+                            xt[j, lane] = x[j, lane] + hh[lane] * (
+                                _A41 * k1[j, lane] + _A42 * k2[j, lane] + _A43 * k3[j, lane]
+                            )
+                    for lane in range(b):
+                        tv[lane] = t + tl[lane] + _C4 * hh[lane]
+                    rhs(tv, xt, u, z, p, k4, n)
+                    for j in range(nx):
+                        for lane in range(b):
+                            xt[j, lane] = x[j, lane] + hh[lane] * (
+                                _A51 * k1[j, lane]
+                                + _A52 * k2[j, lane]
+                                + _A53 * k3[j, lane]
+                                + _A54 * k4[j, lane]
+                            )
+                    for lane in range(b):
+                        tv[lane] = t + tl[lane] + _C5 * hh[lane]
+                    rhs(tv, xt, u, z, p, k5, n)
+                    for j in range(nx):
+                        for lane in range(b):
+                            xt[j, lane] = x[j, lane] + hh[lane] * (
+                                _A61 * k1[j, lane]
+                                + _A62 * k2[j, lane]
+                                + _A63 * k3[j, lane]
+                                + _A64 * k4[j, lane]
+                                + _A65 * k5[j, lane]
+                            )
+                    for lane in range(b):
+                        tv[lane] = t + tl[lane] + hh[lane]
+                    rhs(tv, xt, u, z, p, k6, n)
+                    for j in range(nx):
+                        for lane in range(b):
+                            x5[j, lane] = x[j, lane] + hh[lane] * (
+                                _B1 * k1[j, lane]
+                                + _B3 * k3[j, lane]
+                                + _B4 * k4[j, lane]
+                                + _B5 * k5[j, lane]
+                                + _B6 * k6[j, lane]
+                            )
+                    rhs(tv, x5, u, z, p, k7, n)
+                    for lane in range(b):
+                        if done[lane]:
+                            continue
+                        if steps[s + lane] >= max_steps:
+                            status[s + lane] = 1
+                            alive[lane] = False
+                            done[lane] = True
+                            continue
+                        acc = 0.0
+                        for j in range(nx):
+                            err = hh[lane] * (
+                                _E1 * k1[j, lane]
+                                + _E3 * k3[j, lane]
+                                + _E4 * k4[j, lane]
+                                + _E5 * k5[j, lane]
+                                + _E6 * k6[j, lane]
+                                + _E7 * k7[j, lane]
+                            )
+                            scale = atol + rtol * max(abs(x[j, lane]), abs(x5[j, lane]))
+                            acc += (err / scale) ** 2
+                        norm = np.sqrt(acc / nx)
+                        steps[s + lane] += 1
+                        if not np.isfinite(norm):
+                            finite = True
+                            for j in range(nx):
+                                if not np.isfinite(k1[j, lane]):
+                                    finite = False
+                            if not finite:
+                                # The derivative at an accepted state is not finite:
+                                # no step size can help.
+                                status[s + lane] = 2
+                                alive[lane] = False
+                                done[lane] = True
+                                continue
+                            hs[lane] = hh[lane] * min_factor
+                        elif norm <= 1.0:
+                            for j in range(nx):
+                                x[j, lane] = x5[j, lane]
+                            tl[lane] += hh[lane]
+                            grow = (
+                                max_factor
+                                if norm == 0.0
+                                else min(max_factor, safety * norm ** (-0.2))
+                            )
+                            if hh[lane] < hs[lane]:
+                                # Cut short by the interval's end: keep the longer step.
+                                hs[lane] = max(hs[lane], hh[lane] * grow)
+                            else:
+                                hs[lane] = hh[lane] * grow
+                            if tl[lane] >= end:
+                                done[lane] = True
+                        else:
+                            hs[lane] = hh[lane] * max(min_factor, safety * norm ** (-0.2))
+            for lane in range(n):
+                for j in range(nx):
+                    x_final[s + lane, j] = x[j, lane] if alive[lane] else np.nan
+                for j in range(nz):
+                    z_final[s + lane, j] = z[j, lane]
+
+    return run
