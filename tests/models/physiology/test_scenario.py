@@ -1,0 +1,148 @@
+"""Scenario files: checking, running, and the ``medtwin simulate`` CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medtwin.apps.cli import app
+from medtwin.core.errors import InputError
+from medtwin.models.physiology.scenario import (
+    UVA_COLUMNS,
+    parse_scenario,
+    run_scenario,
+    write_csv,
+)
+
+ISSUE_EXAMPLE: dict[str, Any] = {
+    "model": "uva-padova",
+    "patients": ["adult#001", "child#004"],
+    "duration_min": 1440,
+    "events": [
+        {"at_min": 420, "meal_g": 45},
+        {"at_min": 420, "bolus_u": 4.5},
+        {"at_min": 0, "basal_u_per_h": 0.9},
+    ],
+    "controller": "none",
+}
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    return {**json.loads(json.dumps(ISSUE_EXAMPLE)), **changes}
+
+
+def _rows(scenario: dict[str, Any]) -> list[dict[str, str]]:
+    out = io.StringIO()
+    write_csv(run_scenario(parse_scenario(scenario)), out)
+    return list(csv.DictReader(io.StringIO(out.getvalue())))
+
+
+def test_issue_example_writes_one_row_per_patient_minute() -> None:
+    rows = _rows(ISSUE_EXAMPLE)
+    assert tuple(rows[0]) == UVA_COLUMNS
+    assert len(rows) == 2 * 1440
+    assert [r["patient"] for r in rows[::1440]] == ["adult#001", "child#004"]
+    assert [r["time_min"] for r in rows[:3]] == ["0", "1", "2"]
+    adult = rows[:1440]
+    # 0.9 U/h basal all day; the 4.5 U bolus within minute 420.
+    assert float(adult[0]["insulin_u_per_min"]) == pytest.approx(0.015)
+    assert float(adult[420]["insulin_u_per_min"]) == pytest.approx(4.515)
+    # 45 g eaten at 5 g/min from minute 420: nine minutes.
+    carbs = [float(r["carbs_g_per_min"]) for r in adult]
+    assert carbs[420:429] == [5.0] * 9
+    assert sum(carbs) == pytest.approx(45.0)
+    # No sensor configured: the CGM column is empty.
+    assert {r["cgm_mg_dl"] for r in rows} == {""}
+    glucose = np.array([float(r["glucose_mg_dl"]) for r in adult])
+    assert glucose[0] == pytest.approx(138.56)
+    assert glucose[440:600].max() > glucose[419] + 20  # the meal shows
+
+
+def test_patient_basal_and_closed_loop_with_a_sensor() -> None:
+    scenario = _with(
+        events=[{"at_min": 60, "meal_g": 50}],
+        controller="basal-bolus",
+        sensor={"preset": "Dexcom", "noise": True},
+        seed=3,
+        duration_min=240,
+    )
+    rows = _rows(scenario)
+    cgm = [float(r["cgm_mg_dl"]) for r in rows[:240]]
+    assert all(39 <= v <= 600 for v in cgm)
+    # Held for three minutes between Dexcom samples, and noisy.
+    assert cgm[0] == cgm[1] == cgm[2] != cgm[3]
+    glucose = [float(r["sc_glucose_mg_dl"]) for r in rows[:240]]
+    assert cgm[:60] != pytest.approx(glucose[:60], abs=1e-6)
+    # The controller boluses for the meal in the sample period after it is announced.
+    insulin = [float(r["insulin_u_per_min"]) for r in rows[:240]]
+    assert max(insulin[63:66]) > 10 * insulin[30]
+    # Same seed, same readings.
+    assert _rows(scenario) == rows
+
+
+def test_patient_steady_state_basal() -> None:
+    scenario = _with(events=[{"at_min": 0, "basal_u_per_h": "patient"}], duration_min=30)
+    rows = _rows(scenario)
+    assert float(rows[0]["insulin_u_per_min"]) == pytest.approx(0.021122675, rel=1e-6)
+    glucose = {round(float(r["glucose_mg_dl"]), 6) for r in rows[:30]}
+    assert glucose == {138.56}
+
+
+@pytest.mark.parametrize(
+    ("change", "location"),
+    [
+        ({"patients": ["adult#011"]}, "patients[0]"),
+        ({"patients": []}, "patients"),
+        ({"events": [{"at_min": 10, "bolus_u": -1}]}, "events[0].bolus_u"),
+        ({"events": [{"at_min": 1440, "meal_g": 20}]}, "events[0].at_min"),
+        ({"events": [{"at_min": 5, "meal_g": 20, "bolus_u": 2}]}, "events[0]"),
+        ({"events": [{"at_min": 5, "meal": 20}]}, "events[0].meal"),
+        ({"events": [{"at_min": 2.5, "meal_g": 20}]}, "events[0].at_min"),
+        ({"events": [{"at_min": 0, "basal_u_per_h": "lots"}]}, "events[0].basal_u_per_h"),
+        ({"colour": "blue"}, "colour"),
+        ({"controller": "pid"}, "controller"),
+        ({"duration_min": 0}, "duration_min"),
+        ({"model": "bergman"}, "model"),
+        ({"sensor": {"preset": "Libre"}}, "sensor.preset"),
+        ({"sensor": {"preset": "Dexcom", "drift": 1}}, "sensor.drift"),
+        ({"pump": {"max_bolus_u": 0}}, "pump.max_bolus_u"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_invalid_scenarios_name_the_field(change: dict[str, Any], location: str) -> None:
+    with pytest.raises(InputError) as err:
+        parse_scenario(_with(**change))
+    assert err.value.location == location
+
+
+def test_cli_writes_the_csv_and_rejects_bad_files(tmp_path: Path) -> None:
+    runner = CliRunner()
+    good = tmp_path / "scenario.json"
+    good.write_text(json.dumps(_with(duration_min=480)))
+    out = tmp_path / "result.csv"
+    for solver in ("rk4", "dopri5"):
+        result = runner.invoke(app, ["simulate", str(good), "--out", str(out), "--solver", solver])
+        assert result.exit_code == 0, result.output
+        lines = out.read_text().splitlines()
+        assert lines[0] == ",".join(UVA_COLUMNS)
+        assert len(lines) == 1 + 2 * 480
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_with(patients=["adult#001", "teen#001"])))
+    result = runner.invoke(app, ["simulate", str(bad), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "patients[1]" in result.output
+    assert "unknown virtual patient" in result.output
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"model": "uva-padova",\n "patients": [}')
+    result = runner.invoke(app, ["simulate", str(broken), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "broken.json:2" in result.output
+    result = runner.invoke(app, ["simulate", str(good), "--out", str(out), "--solver", "euler"])
+    assert result.exit_code == 2
