@@ -266,6 +266,28 @@ def _kernel(model: Model, method: str) -> Callable[..., None]:
 # patient so every lane holds valid numbers, and are never stored.
 
 
+# RK4, the fast path for cohorts, is written out stage by stage (one inlined
+# right-hand side per stage vectorizes best). The adaptive solver calls ``rhs``
+# from one place in a loop over its seven stages, so the model is inlined once
+# and compiling stays a matter of seconds.
+# Dormand-Prince 5(4) (Dormand and Prince 1980; Hairer et al., Solving ODEs I, II.5).
+# The seventh stage is taken at the fifth-order solution (its row of A is B).
+_DP_A = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [1 / 5, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [3 / 40, 9 / 40, 0.0, 0.0, 0.0, 0.0],
+        [44 / 45, -56 / 15, 32 / 9, 0.0, 0.0, 0.0],
+        [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729, 0.0, 0.0],
+        [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656, 0.0],
+        [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84],
+    ]
+)
+_DP_C = np.array([0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0])
+# Fifth- minus fourth-order weights: the local error estimate.
+_DP_E = np.array([71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40])
+
+
 def _build_rk4(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
     @njit(error_model="numpy", boundscheck=False, nogil=True)
     def run(
@@ -374,26 +396,10 @@ def _build_rk4(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
     return run
 
 
-# Dormand-Prince 5(4) tableau (Dormand and Prince 1980; Hairer et al. II.5).
-_C2, _C3, _C4, _C5 = 1 / 5, 3 / 10, 4 / 5, 8 / 9
-_A21 = 1 / 5
-_A31, _A32 = 3 / 40, 9 / 40
-_A41, _A42, _A43 = 44 / 45, -56 / 15, 32 / 9
-_A51, _A52, _A53, _A54 = 19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729
-_A61, _A62, _A63, _A64, _A65 = 9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656
-_B1, _B3, _B4, _B5, _B6 = 35 / 384, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84
-# Fifth- minus fourth-order weights: the local error estimate.
-_E1, _E3, _E4, _E5, _E6, _E7 = (
-    71 / 57600,
-    -71 / 16695,
-    71 / 1920,
-    -17253 / 339200,
-    22 / 525,
-    -1 / 40,
-)
-
-
 def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
+    a_mat, c_vec, e_vec = _DP_A, _DP_C, _DP_E
+    stages = 7
+
     @njit(error_model="numpy", boundscheck=False, nogil=True)
     def run(
         x0: Any,
@@ -426,14 +432,7 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
         b = BLOCK
         x = np.empty((nx, b))
         xt = np.empty((nx, b))
-        x5 = np.empty((nx, b))
-        k1 = np.empty((nx, b))
-        k2 = np.empty((nx, b))
-        k3 = np.empty((nx, b))
-        k4 = np.empty((nx, b))
-        k5 = np.empty((nx, b))
-        k6 = np.empty((nx, b))
-        k7 = np.empty((nx, b))
+        kk = np.empty((stages, nx, b))
         z = np.zeros((max(nz, 1), b))
         p = np.empty((npar, b))
         u = np.empty((nu, b))
@@ -482,65 +481,23 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
                         else:
                             active = True
                             hh[lane] = min(hs[lane], dt - tl[lane])
-                        tv[lane] = t + tl[lane]
                     if not active:
                         break
-                    rhs(tv, x, u, z, p, k1, n)
-                    for j in range(nx):
+                    for st in range(stages):
+                        xt[:, :] = 0.0
+                        for r in range(st):
+                            coef = a_mat[st, r]
+                            if coef != 0.0:
+                                for j in range(nx):
+                                    for lane in range(b):
+                                        xt[j, lane] += coef * kk[r, j, lane]
+                        for j in range(nx):
+                            for lane in range(b):
+                                xt[j, lane] = x[j, lane] + hh[lane] * xt[j, lane]
                         for lane in range(b):
-                            xt[j, lane] = x[j, lane] + hh[lane] * _A21 * k1[j, lane]
-                    for lane in range(b):
-                        tv[lane] = t + tl[lane] + _C2 * hh[lane]
-                    rhs(tv, xt, u, z, p, k2, n)
-                    for j in range(nx):
-                        for lane in range(b):
-                            xt[j, lane] = x[j, lane] + hh[lane] * (
-                                _A31 * k1[j, lane] + _A32 * k2[j, lane]
-                            )
-                    for lane in range(b):
-                        tv[lane] = t + tl[lane] + _C3 * hh[lane]
-                    rhs(tv, xt, u, z, p, k3, n)
-                    for j in range(nx):
-                        for lane in range(b):
-                            xt[j, lane] = x[j, lane] + hh[lane] * (
-                                _A41 * k1[j, lane] + _A42 * k2[j, lane] + _A43 * k3[j, lane]
-                            )
-                    for lane in range(b):
-                        tv[lane] = t + tl[lane] + _C4 * hh[lane]
-                    rhs(tv, xt, u, z, p, k4, n)
-                    for j in range(nx):
-                        for lane in range(b):
-                            xt[j, lane] = x[j, lane] + hh[lane] * (
-                                _A51 * k1[j, lane]
-                                + _A52 * k2[j, lane]
-                                + _A53 * k3[j, lane]
-                                + _A54 * k4[j, lane]
-                            )
-                    for lane in range(b):
-                        tv[lane] = t + tl[lane] + _C5 * hh[lane]
-                    rhs(tv, xt, u, z, p, k5, n)
-                    for j in range(nx):
-                        for lane in range(b):
-                            xt[j, lane] = x[j, lane] + hh[lane] * (
-                                _A61 * k1[j, lane]
-                                + _A62 * k2[j, lane]
-                                + _A63 * k3[j, lane]
-                                + _A64 * k4[j, lane]
-                                + _A65 * k5[j, lane]
-                            )
-                    for lane in range(b):
-                        tv[lane] = t + tl[lane] + hh[lane]
-                    rhs(tv, xt, u, z, p, k6, n)
-                    for j in range(nx):
-                        for lane in range(b):
-                            x5[j, lane] = x[j, lane] + hh[lane] * (
-                                _B1 * k1[j, lane]
-                                + _B3 * k3[j, lane]
-                                + _B4 * k4[j, lane]
-                                + _B5 * k5[j, lane]
-                                + _B6 * k6[j, lane]
-                            )
-                    rhs(tv, x5, u, z, p, k7, n)
+                            tv[lane] = t + tl[lane] + c_vec[st] * hh[lane]
+                        rhs(tv, xt, u, z, p, kk[st], n)
+                    # xt now holds the fifth-order solution.
                     for lane in range(b):
                         if done[lane]:
                             continue
@@ -551,22 +508,17 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
                             continue
                         acc = 0.0
                         for j in range(nx):
-                            err = hh[lane] * (
-                                _E1 * k1[j, lane]
-                                + _E3 * k3[j, lane]
-                                + _E4 * k4[j, lane]
-                                + _E5 * k5[j, lane]
-                                + _E6 * k6[j, lane]
-                                + _E7 * k7[j, lane]
-                            )
-                            scale = atol + rtol * max(abs(x[j, lane]), abs(x5[j, lane]))
-                            acc += (err / scale) ** 2
+                            err = 0.0
+                            for r in range(stages):
+                                err += e_vec[r] * kk[r, j, lane]
+                            scale = atol + rtol * max(abs(x[j, lane]), abs(xt[j, lane]))
+                            acc += (hh[lane] * err / scale) ** 2
                         norm = np.sqrt(acc / nx)
                         steps[s + lane] += 1
                         if not np.isfinite(norm):
                             finite = True
                             for j in range(nx):
-                                if not np.isfinite(k1[j, lane]):
+                                if not np.isfinite(kk[0, j, lane]):
                                     finite = False
                             if not finite:
                                 # The derivative at an accepted state is not finite:
@@ -578,7 +530,7 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
                             hs[lane] = hh[lane] * min_factor
                         elif norm <= 1.0:
                             for j in range(nx):
-                                x[j, lane] = x5[j, lane]
+                                x[j, lane] = xt[j, lane]
                             tl[lane] += hh[lane]
                             grow = (
                                 max_factor
@@ -600,4 +552,4 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
                 for j in range(nz):
                     z_final[s + lane, j] = z[j, lane]
 
-    return run
+    return run  # type: ignore[no-any-return]
