@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from medtwin.apps.cli import app
 from medtwin.core.errors import InputError
+from medtwin.models.physiology import Dopri5
 from medtwin.models.physiology.scenario import (
     UVA_COLUMNS,
     parse_scenario,
@@ -146,3 +147,75 @@ def test_cli_writes_the_csv_and_rejects_bad_files(tmp_path: Path) -> None:
     assert "broken.json:2" in result.output
     result = runner.invoke(app, ["simulate", str(good), "--out", str(out), "--solver", "euler"])
     assert result.exit_code == 2
+
+
+PK_EXAMPLE: dict[str, Any] = {
+    "model": "pk-2cmt",
+    "params": {"CL": 5.0, "V1": 20.0, "Q2": 10.0, "V2": 40.0, "ka": 1.0, "EC50": 5.0,
+               "Emax": 100.0, "ke0": 0.5},
+    "duration_min": 720,
+    "events": [{"at_min": 0, "dose_mg": 1000, "route": "iv-infusion", "duration_min": 60}],
+}  # fmt: skip
+
+
+def test_pk_scenario_writes_concentration_and_effect() -> None:
+    rows = _rows(PK_EXAMPLE)
+    assert tuple(rows[0]) == ("patient", "time_min", "conc_mg_l", "effect")
+    assert len(rows) == 720
+    conc = np.array([float(r["conc_mg_l"]) for r in rows])
+    assert conc[0] == 0.0
+    assert int(np.argmax(conc)) == 60  # the end of the one-hour infusion
+    effect = np.array([float(r["effect"]) for r in rows])
+    assert int(np.argmax(effect)) > 60  # the effect site lags the plasma
+
+
+def test_pk_iv_bolus_scenario_matches_the_closed_form() -> None:
+    scenario = {
+        "model": "pk-1cmt",
+        "patients": [
+            {"id": "a", "params": {"CL": 6.0, "V1": 30.0, "ka": 1.0, "EC50": 1.0, "Emax": 1.0,
+                                   "ke0": 1.0}},
+            {"id": "b", "params": {"CL": 2.0, "V1": 10.0, "ka": 1.0, "EC50": 1.0, "Emax": 1.0,
+                                   "ke0": 1.0}},
+        ],
+        "duration_min": 600,
+        "events": [{"at_min": 0, "dose_mg": 500, "route": "iv-bolus"}],
+    }  # fmt: skip
+    result = run_scenario(parse_scenario(scenario), solver=Dopri5(rtol=1e-10, atol=1e-12))
+    t_h = result.solution.t_min / 60
+    for i, (cl, v) in enumerate([(6.0, 30.0), (2.0, 10.0)]):
+        exact = 500 / v * np.exp(-cl / v * t_h)
+        np.testing.assert_allclose(result.solution.output("conc_mg_l")[i], exact, rtol=1e-7)
+    assert result.scenario.patients == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("change", "location"),
+    [
+        ({"events": [{"at_min": 0, "dose_mg": -5, "route": "oral"}]}, "events[0].dose_mg"),
+        ({"events": [{"at_min": 0, "dose_mg": 5, "route": "im"}]}, "events[0].route"),
+        ({"events": [{"at_min": 0, "dose_mg": 5, "route": "iv-infusion"}]},
+         "events[0].duration_min"),
+        ({"events": [{"at_min": 720, "dose_mg": 5, "route": "oral"}]}, "events[0].at_min"),
+        ({"events": [{"at_min": 0, "dose_mg": 5, "route": "oral", "rate": 1}]}, "events[0].rate"),
+        ({"params": {"CL": 5.0, "V1": 20.0}}, "params.Q2"),
+        ({"params": {**PK_EXAMPLE["params"], "V2": -1}}, "params.V2"),
+        ({"params": {**PK_EXAMPLE["params"], "Vmax": 1}}, "params.Vmax"),
+        ({"params": {**PK_EXAMPLE["params"], "F": 1.5}}, "params.F"),
+        ({"params": {**PK_EXAMPLE["params"], "tlag": 0.01}}, "params.tlag"),
+        ({"patients": [{"id": "x", "params": PK_EXAMPLE["params"]}]}, "params"),
+    ],
+)  # fmt: skip
+def test_invalid_pk_scenarios_name_the_field(change: dict[str, Any], location: str) -> None:
+    with pytest.raises(InputError) as err:
+        parse_scenario({**PK_EXAMPLE, **change})
+    assert err.value.location == location
+
+
+def test_pk_oral_lag_time_shifts_the_curve() -> None:
+    base = {**PK_EXAMPLE, "events": [{"at_min": 0, "dose_mg": 100, "route": "oral"}]}
+    lagged = {**base, "params": {**PK_EXAMPLE["params"], "tlag": 0.5}}
+    plain = [float(r["conc_mg_l"]) for r in _rows(base)]
+    late = [float(r["conc_mg_l"]) for r in _rows(lagged)]
+    assert late[:31] == [0.0] * 31
+    np.testing.assert_allclose(late[30:], plain[: 720 - 30], rtol=1e-12)

@@ -552,4 +552,4 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
                 for j in range(nz):
                     z_final[s + lane, j] = z[j, lane]
 
-    return run  # type: ignore[no-any-return]
+    return run

@@ -18,16 +18,17 @@ interval it is given in, and the jump at the start of that interval adds it
 to the central compartment, or ``F`` times it to the depot, so a bolus is an
 exact jump, not a short infusion. ``dose_inputs`` turns a list of ``Dose``
 into that schedule. An oral lag time is applied there (``tlag_min``): a dose
-taken at ``t`` enters the depot at ``t + tlag``, which is exact when the lag
-is a whole number of intervals; it is not a model parameter because the
-inputs are the only place that knows when a dose was taken.
+taken at ``t`` enters the depot at ``t + tlag``; the lag must be a whole
+number of intervals, so the shift is exact. It is not a model parameter
+because the inputs are the only place that knows when a dose was taken (a
+cohort with different lags gets one schedule per patient).
 
 States per model: ``depot`` (mg), ``central`` (mg), ``peripheral2`` and
 ``peripheral3`` (mg, as the model has them), ``ce`` (effect-site
 concentration, mg/L) and ``eliminated`` (mg removed by CL since the start,
 so ``depot + central + peripherals + eliminated`` is the bioavailable dose:
 a mass balance every Runge-Kutta method keeps to rounding, and
-``eliminated / CL`` is the AUC).
+``eliminated / CL`` is the AUC in mg h/L).
 """
 
 from __future__ import annotations
@@ -119,22 +120,22 @@ def _hill(ce: float, ec50: float, hill: float) -> float:
     return 1.0 / (1.0 + math.pow(ec50 / ce, hill))
 
 
-def _kernels(peripherals: int) -> tuple[Any, Any, Any]:
-    """Numba rhs, jump and observe kernels for ``peripherals`` peripheral compartments.
+def _kernels(states: tuple[Quantity, ...], params: tuple[Quantity, ...]) -> tuple[Any, Any, Any]:
+    """Numba rhs, jump and observe kernels for the layout ``_declare`` gave.
 
-    The layout is fixed per model, so the indices and the compartment count
-    are closure constants: Numba freezes them and LLVM drops the branches
-    for compartments the model does not have.
+    The layout is fixed per model, so the indices and which peripherals
+    exist are closure constants: Numba freezes them and LLVM drops the
+    branches for compartments the model does not have (their indices, 0
+    then, are never used).
     """
-    two = peripherals >= 1
-    three = peripherals >= 2
-    s_depot, s_central, s_p2, s_p3 = 0, 1, 2, 3
-    s_ce = 2 + peripherals
-    s_elim = s_ce + 1
-    p_cl, p_v1, p_q2, p_v2, p_q3, p_v3 = 0, 1, 2, 3, 4, 5
-    p_ka = 2 + 2 * peripherals
-    p_f = p_ka + 1
-    p_e0, p_emax, p_ec50, p_hill, p_ke0 = range(p_f + 1, p_f + 6)
+    st = {v.name: i for i, v in enumerate(states)}
+    pa = {v.name: i for i, v in enumerate(params)}
+    two, three = "peripheral2" in st, "peripheral3" in st
+    s_depot, s_central, s_ce, s_elim = st["depot"], st["central"], st["ce"], st["eliminated"]
+    s_p2, s_p3 = st.get("peripheral2", 0), st.get("peripheral3", 0)
+    p_cl, p_v1, p_ka, p_f = pa["CL"], pa["V1"], pa["ka"], pa["F"]
+    p_q2, p_v2, p_q3, p_v3 = (pa.get(name, 0) for name in ("Q2", "V2", "Q3", "V3"))
+    p_e0, p_emax, p_ec50, p_hill, p_ke0 = (pa[n] for n in ("E0", "Emax", "EC50", "hill", "ke0"))
     hpm = _H_PER_MIN
 
     @njit(inline="always", error_model="numpy")
@@ -192,19 +193,35 @@ class Compartmental(Model):
     inputs = INPUTS
     outputs = OUTPUTS
 
-    @classmethod
-    def _state(cls, name: str) -> int:
-        return cls.index("states")[name]
+    _state_at: ClassVar[dict[str, int]] = {}
+    _param_at: ClassVar[dict[str, int]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._state_at = {q.name: i for i, q in enumerate(getattr(cls, "states", ()))}
+        cls._param_at = {q.name: i for i, q in enumerate(getattr(cls, "params", ()))}
 
     @classmethod
-    def _param(cls, name: str) -> int:
-        return cls.index("params")[name]
+    def state(cls, name: str) -> int:
+        """Row of state ``name`` in ``(state, patient)`` arrays (column of ``x0``)."""
+        try:
+            return cls._state_at[name]
+        except KeyError:
+            raise InputError(f"{cls.name} has no state {name!r}", "state") from None
+
+    @classmethod
+    def param(cls, name: str) -> int:
+        """Row of parameter ``name`` in ``(param, patient)`` arrays (column of ``params``)."""
+        try:
+            return cls._param_at[name]
+        except KeyError:
+            raise InputError(f"{cls.name} has no parameter {name!r}", "param") from None
 
     def rhs(
         self, t: float, x: FloatArray, u: FloatArray, z: FloatArray, p: FloatArray
     ) -> FloatArray:
         """Mass flows over ``(state, patient)`` arrays: mg/min, and mg/L/min for ``ce``."""
-        s, q = self._state, self._param
+        s, q = self.state, self.param
         dx = np.empty_like(x)
         c = x[s("central")] / p[q("V1")]
         absorbed = p[q("ka")] * _H_PER_MIN * x[s("depot")]
@@ -225,22 +242,22 @@ class Compartmental(Model):
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Give the interval's IV bolus and oral dose: new ``(x, z, u)``."""
         x = x.copy()
-        x[self._state("central")] += u[_U_BOLUS]
-        x[self._state("depot")] += p[self._param("F")] * u[_U_ORAL]
+        x[self.state("central")] += u[_U_BOLUS]
+        x[self.state("depot")] += p[self.param("F")] * u[_U_ORAL]
         return x, z, u
 
     def observe(
         self, t: float, x: FloatArray, u: FloatArray, z: FloatArray, p: FloatArray
     ) -> FloatArray:
         """Concentration (mg/L) and effect, ``(output, patient)``."""
-        q = self._param
+        q = self.param
         # Rounding can leave Ce a hair below 0, where a real power is undefined.
-        ce = np.maximum(x[self._state("ce")], 0.0)
+        ce = np.maximum(x[self.state("ce")], 0.0)
         ec50, hill = p[q("EC50")], p[q("hill")]
         with np.errstate(divide="ignore"):
             frac = np.where(hill == 1.0, ce / (ec50 + ce), 1.0 / (1.0 + (ec50 / ce) ** hill))
         effect = p[q("E0")] + p[q("Emax")] * frac
-        return np.stack([x[self._state("central")] / p[q("V1")], effect])
+        return np.stack([x[self.state("central")] / p[q("V1")], effect])
 
     def initial_state(self, patients: int = 1) -> FloatArray:
         """Drug-free start, ``(patients, states)``."""
@@ -305,11 +322,11 @@ class Compartmental(Model):
 
 
 _S1, _P1 = _declare(0)
-_RHS1, _JUMP1, _OBS1 = _kernels(0)
+_RHS1, _JUMP1, _OBS1 = _kernels(_S1, _P1)
 _S2, _P2 = _declare(1)
-_RHS2, _JUMP2, _OBS2 = _kernels(1)
+_RHS2, _JUMP2, _OBS2 = _kernels(_S2, _P2)
 _S3, _P3 = _declare(2)
-_RHS3, _JUMP3, _OBS3 = _kernels(2)
+_RHS3, _JUMP3, _OBS3 = _kernels(_S3, _P3)
 
 
 class OneCompartment(Compartmental):
@@ -366,8 +383,8 @@ def regimen(dose: Dose, every_min: float, count: int) -> tuple[Dose, ...]:
     """``count`` copies of ``dose``, every ``every_min`` minutes from ``dose.at_min``."""
     if not (math.isfinite(every_min) and every_min > 0):
         raise InputError("must be a positive number of minutes", "every_min")
-    if count < 1:
-        raise InputError("must be at least 1", "count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise InputError("must be a whole number, at least 1", "count")
     return tuple(replace(dose, at_min=dose.at_min + j * every_min) for j in range(count))
 
 
@@ -421,6 +438,9 @@ def dose_inputs(
         if d.duration_min is not None:
             raise InputError(f"a {d.route} dose takes no duration", f"{where}.duration_min")
         k = _on_grid(d.at_min, dt_min, f"{where}.at_min")
+        if k >= intervals:
+            # Within rounding of the end: the grid has no interval for it.
+            raise InputError("is at the end of the schedule", f"{where}.at_min")
         if d.route == "iv-bolus":
             values[0, k, _U_BOLUS] += d.amount_mg
             continue

@@ -39,6 +39,15 @@ import numpy as np
 from medtwin.core.errors import InputError
 from medtwin.models.physiology.engine import Inputs, Solution, simulate
 from medtwin.models.physiology.model import FloatArray, Model
+from medtwin.models.physiology.pkpd import (
+    ROUTES,
+    Compartmental,
+    Dose,
+    OneCompartment,
+    ThreeCompartment,
+    TwoCompartment,
+    dose_inputs,
+)
 from medtwin.models.physiology.sensor import SENSOR_PRESETS, CgmSensor
 from medtwin.models.physiology.solvers import Solver
 from medtwin.models.physiology.uva_padova.model import UvaPadova
@@ -52,6 +61,7 @@ from medtwin.models.physiology.uva_padova.therapy import (
 __all__ = [
     "EAT_RATE_G_PER_MIN",
     "MAX_DURATION_MIN",
+    "PK_COLUMNS",
     "UVA_COLUMNS",
     "Scenario",
     "ScenarioResult",
@@ -77,6 +87,12 @@ UVA_COLUMNS = (
 _UVA_KEYS = {"model", "patients", "duration_min", "events", "controller", "sensor", "pump", "seed"}
 _UVA_EVENTS = {"meal_g", "bolus_u", "basal_u_per_h"}
 _CONTROLLERS = ("none", "basal-bolus")
+PK_COLUMNS = ("patient", "time_min", "conc_mg_l", "effect")
+_PK_MODELS: dict[str, type[Compartmental]] = {
+    m.name: m for m in (OneCompartment, TwoCompartment, ThreeCompartment)
+}
+_PK_KEYS = {"model", "params", "patients", "duration_min", "events"}
+_DOSE_KEYS = {"at_min", "dose_mg", "route", "duration_min"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +133,8 @@ def parse_scenario(raw: Any) -> Scenario:
     model = raw.get("model")
     if model == "uva-padova":
         return _uva(raw)
-    if isinstance(model, str) and model.startswith("pk-"):
-        from medtwin.models.physiology.pkpd import parse_pk_scenario
-
-        return parse_pk_scenario(raw)
+    if model in _PK_MODELS:
+        return _pk(raw, _PK_MODELS[model]())
     raise InputError(
         f"unknown model {model!r} (known: uva-padova, pk-1cmt, pk-2cmt, pk-3cmt)", "model"
     )
@@ -265,6 +279,94 @@ def _uva(raw: Mapping[str, Any]) -> Scenario:
         columns=UVA_COLUMNS,
         outputs=outputs,
     )
+
+
+def _pk(raw: Mapping[str, Any], model: Compartmental) -> Scenario:
+    _no_unknown(raw, _PK_KEYS, "")
+    duration = _int(raw.get("duration_min"), "duration_min", low=1, high=MAX_DURATION_MIN)
+    if ("params" in raw) == ("patients" in raw):
+        raise InputError("give either params (one subject) or patients, not both", "params")
+    subjects: list[tuple[str, Any, str]] = []
+    if "params" in raw:
+        subjects.append(("subject-1", raw["params"], "params"))
+    else:
+        listed = raw["patients"]
+        if not isinstance(listed, list) or not listed:
+            raise InputError("patients must be a non-empty list", "patients")
+        for i, entry in enumerate(listed):
+            where = f"patients[{i}]"
+            if not isinstance(entry, Mapping):
+                raise InputError('a patient is {"id": ..., "params": {...}}', where)
+            _no_unknown(entry, {"id", "params"}, where)
+            if not isinstance(entry.get("id"), str) or not entry["id"]:
+                raise InputError("id must be a non-empty string", f"{where}.id")
+            subjects.append((entry["id"], entry.get("params"), f"{where}.params"))
+    if len({sid for sid, _, _ in subjects}) != len(subjects):
+        raise InputError("patient ids must be unique", "patients")
+    doses = _doses(raw.get("events", []), duration)
+    names = {q.name for q in model.params}
+    rows: list[FloatArray] = []
+    schedules: list[FloatArray] = []
+    for _, values, where in subjects:
+        if not isinstance(values, Mapping):
+            raise InputError("params is an object of parameter values", where)
+        _no_unknown(values, names | {"tlag"}, where)
+        numbers = {k: _number(v, f"{where}.{k}") for k, v in values.items()}
+        tlag_min = numbers.pop("tlag", 0.0) * 60.0
+        if tlag_min < 0 or abs(tlag_min - round(tlag_min)) > 1e-9:
+            raise InputError(
+                "lag time (h) must be a non-negative whole number of minutes", f"{where}.tlag"
+            )
+        try:
+            rows.append(model.parameters(**numbers)[0])
+        except InputError as exc:
+            field = exc.location.rsplit(".", 1)[-1]
+            raise InputError(exc.reason, f"{where}.{field}") from None
+        schedules.append(dose_inputs(doses, duration_min=duration, tlag_min=round(tlag_min))[0])
+    n = len(subjects)
+    return Scenario(
+        model=model,
+        patients=tuple(sid for sid, _, _ in subjects),
+        duration_min=duration,
+        x0=model.initial_state(n),
+        params=np.array(rows),
+        inputs=Inputs(np.array(schedules), 1.0),
+        columns=PK_COLUMNS,
+        outputs=PK_COLUMNS[2:],
+    )
+
+
+def _doses(events: Any, duration: int) -> list[Dose]:
+    if not isinstance(events, list):
+        raise InputError("events must be a list", "events")
+    doses = []
+    for i, ev in enumerate(events):
+        where = f"events[{i}]"
+        if not isinstance(ev, Mapping):
+            raise InputError("an event is a JSON object", where)
+        _no_unknown(ev, _DOSE_KEYS, where)
+        at = _int(
+            ev.get("at_min"),
+            f"{where}.at_min",
+            low=0,
+            high=duration - 1,
+            why=" (events must fall before duration_min)",
+        )
+        amount = _number(ev.get("dose_mg"), f"{where}.dose_mg", low=0.0)
+        route = ev.get("route")
+        if route not in ROUTES:
+            raise InputError(f"route must be one of {', '.join(ROUTES)}", f"{where}.route")
+        length = None
+        if route == "iv-infusion":
+            length = _number(ev.get("duration_min"), f"{where}.duration_min")
+            if length <= 0:
+                raise InputError(
+                    "an infusion lasts a positive number of minutes", f"{where}.duration_min"
+                )
+        elif "duration_min" in ev:
+            raise InputError(f"a {route} dose takes no duration", f"{where}.duration_min")
+        doses.append(Dose(at_min=at, amount_mg=amount, route=route, duration_min=length))
+    return doses
 
 
 def _sensor(raw: Any, *, closed_loop: bool) -> CgmSensor | None:
