@@ -37,7 +37,7 @@ import numpy as np
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from medtwin.models.physiology import RK4, Dopri5, Inputs, Solver, simulate
+from medtwin.models.physiology import RK4, Dopri5, Inputs, SaveAt, Solver, simulate
 from medtwin.models.physiology.scenario import parse_scenario
 from medtwin.models.physiology.sensor import CgmSensor
 from medtwin.models.physiology.uva_padova.patients import (
@@ -129,7 +129,12 @@ def medtwin_cohort(patient_days: int, solver: Solver) -> float:
     shared = Inputs(base.inputs.values[:1], 1.0)
     began = time.perf_counter()
     sol = simulate(
-        base.model, solver=solver, x0=x0, params=params, inputs=shared, outputs=["sc_glucose_mg_dl"]
+        base.model,
+        solver=solver,
+        x0=x0,
+        params=params,
+        inputs=shared,
+        saveat=SaveAt(outputs=["sc_glucose_mg_dl"]),
     )
     elapsed = time.perf_counter() - began
     failed = int((sol.status != 0).sum())
@@ -162,7 +167,7 @@ def main() -> None:
         x0=shipped.x0,
         params=shipped.params,
         inputs=shipped.inputs,
-        outputs=["sc_glucose_mg_dl"],
+        saveat=SaveAt(outputs=["sc_glucose_mg_dl"]),
     ).y[:, :, 0]
     diff = max(float(np.abs(ours[i] - trace).max()) for i, (_, trace) in enumerate(baseline))
 

@@ -231,7 +231,7 @@ def simulate(
     from medtwin.models.physiology import RK4, Dopri5, Solver
     from medtwin.models.physiology.scenario import load_scenario, run_scenario, write_csv
 
-    solvers: dict[str, Solver] = {"rk4": RK4(), "dopri5": Dopri5()}
+    solvers: dict[str, Solver] = {"rk4": RK4(), "dopri5": Dopri5()}  # dopri5: adaptive steps
     if solver not in solvers:
         console.print(f"[red]unknown solver {solver!r}[/red] (rk4 or dopri5)")
         raise typer.Exit(2)

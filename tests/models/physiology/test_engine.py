@@ -11,11 +11,14 @@ from numba import njit
 from medtwin.core.errors import InputError
 from medtwin.models.physiology import (
     RK4,
+    AdaptiveStep,
+    ConstantStep,
     Dopri5,
     Inputs,
     Model,
     Output,
     Quantity,
+    SaveAt,
     Status,
     simulate,
     simulate_reference,
@@ -70,7 +73,9 @@ def test_rk4_is_exactly_the_classical_scheme() -> None:
     # On x' = -k x one RK4 step multiplies x by R(-kh) = 1 - kh + (kh)^2/2 - (kh)^3/6 + (kh)^4/24.
     # 150 patients: more than two blocks, the last one partly filled.
     x0, params, inputs = _decay(150, 60)
-    sol = simulate(Power(), solver=RK4(substeps=4), x0=x0, params=params, inputs=inputs)
+    sol = simulate(
+        Power(), solver=RK4(), stepsize=ConstantStep(4), x0=x0, params=params, inputs=inputs
+    )
     q = -params[:, 1:2] * 0.25
     growth = 1 + q + q**2 / 2 + q**3 / 6 + q**4 / 24
     exact = x0 * growth ** (4 * sol.t_min[None, :])
@@ -84,7 +89,12 @@ def test_rk4_is_exactly_the_classical_scheme() -> None:
 def test_adaptive_solver_meets_its_tolerance() -> None:
     x0, params, inputs = _decay(150, 60)
     sol = simulate(
-        Power(), solver=Dopri5(rtol=1e-10, atol=1e-12), x0=x0, params=params, inputs=inputs
+        Power(),
+        solver=Dopri5(),
+        stepsize=AdaptiveStep(rtol=1e-10, atol=1e-12),
+        x0=x0,
+        params=params,
+        inputs=inputs,
     )
     exact = x0 * np.exp(-params[:, 1:2] * sol.t_min[None, :])
     np.testing.assert_allclose(sol.output("x"), exact, rtol=1e-8, atol=1e-11)
@@ -131,7 +141,14 @@ def test_one_blowing_up_patient_does_not_stop_the_cohort() -> None:
 
 def test_adaptive_solver_reports_max_steps() -> None:
     x0, params, inputs = _decay(3, 30)
-    sol = simulate(Power(), solver=Dopri5(max_steps=10), x0=x0, params=params, inputs=inputs)
+    sol = simulate(
+        Power(),
+        solver=Dopri5(),
+        stepsize=AdaptiveStep(max_steps=10),
+        x0=x0,
+        params=params,
+        inputs=inputs,
+    )
     assert (sol.status == Status.MAX_STEPS).all()
     assert (sol.steps == 10).all()
 
@@ -142,8 +159,11 @@ def test_fast_path_equals_reference_path() -> None:
     u = np.zeros((20, 40, 1))
     u[:, 5:9, 0] = 0.3
     inputs = Inputs(u)
-    fast = simulate(Power(), solver=RK4(substeps=2), x0=x0, params=params, inputs=inputs)
-    ref = simulate_reference(Power(), solver=RK4(substeps=2), x0=x0, params=params, inputs=inputs)
+    two = ConstantStep(2)
+    fast = simulate(Power(), solver=RK4(), stepsize=two, x0=x0, params=params, inputs=inputs)
+    ref = simulate_reference(
+        Power(), solver=RK4(), stepsize=two, x0=x0, params=params, inputs=inputs
+    )
     np.testing.assert_allclose(fast.y, ref.y, rtol=1e-12)
     fast = simulate(Power(), solver=Dopri5(), x0=x0, params=params, inputs=inputs)
     ref = simulate_reference(Power(), solver=Dopri5(), x0=x0, params=params, inputs=inputs)
@@ -152,7 +172,8 @@ def test_fast_path_equals_reference_path() -> None:
 
 def test_save_every_and_output_selection() -> None:
     x0, params, inputs = _decay(4, 60)
-    sol = simulate(Power(), x0=x0, params=params, inputs=inputs, save_every=15, outputs=["u"])
+    saveat = SaveAt(every=15, outputs=["u"])
+    sol = simulate(Power(), x0=x0, params=params, inputs=inputs, saveat=saveat)
     np.testing.assert_array_equal(sol.t_min, [0, 15, 30, 45])
     assert sol.outputs == ("u",)
     assert sol.y.shape == (4, 4, 1)
@@ -168,8 +189,8 @@ def test_save_every_and_output_selection() -> None:
         ({"params": np.array([[0.0, np.nan]] * 3)}, "params[0][1]"),
         ({"inputs": Inputs(np.zeros((2, 10, 1)))}, "inputs.values"),
         ({"inputs": Inputs(np.zeros((1, 10, 1)), dt_min=0.0)}, "inputs.dt_min"),
-        ({"outputs": ["glucose"]}, "outputs"),
-        ({"save_every": 0}, "save_every"),
+        ({"saveat": SaveAt(outputs=["glucose"])}, "saveat.outputs"),
+        ({"solver": RK4(), "stepsize": AdaptiveStep()}, "stepsize"),
     ],
 )
 def test_bad_arguments_name_the_field(kwargs: dict[str, Any], location: str) -> None:
@@ -186,6 +207,29 @@ def test_bad_arguments_name_the_field(kwargs: dict[str, Any], location: str) -> 
 
 def test_solver_settings_are_checked() -> None:
     with pytest.raises(InputError, match="substeps"):
-        RK4(substeps=0)
+        ConstantStep(substeps=0)
     with pytest.raises(InputError, match="rtol"):
-        Dopri5(rtol=0.0)
+        AdaptiveStep(rtol=0.0)
+    with pytest.raises(InputError, match="every"):
+        SaveAt(every=0)
+
+
+def test_dormand_prince_at_constant_steps_is_exactly_the_tableau() -> None:
+    # On x' = -k x one Dormand-Prince step (the fifth-order solution) multiplies x by
+    # R(z) = 1 + z + z^2/2 + z^3/6 + z^4/24 + z^5/120 + z^6/600, z = -kh.
+    x0, params, inputs = _decay(5, 30)
+    for substeps in (1, 3):
+        sol = simulate(
+            Power(),
+            solver=Dopri5(),
+            stepsize=ConstantStep(substeps),
+            x0=x0,
+            params=params,
+            inputs=inputs,
+        )
+        assert (sol.steps == 30 * substeps).all()
+        z = -params[:, 1] / substeps
+        growth = 1 + z + z**2 / 2 + z**3 / 6 + z**4 / 24 + z**5 / 120 + z**6 / 600
+        np.testing.assert_allclose(
+            sol.x_final[:, 0], x0[:, 0] * growth ** (30 * substeps), rtol=1e-12
+        )

@@ -24,6 +24,8 @@ from scipy.linalg import expm
 from medtwin.core.errors import InputError
 from medtwin.models.physiology import (
     RK4,
+    AdaptiveStep,
+    ConstantStep,
     Dopri5,
     Inputs,
     Solution,
@@ -48,8 +50,8 @@ MODELS = [pytest.param(m, id=m.name) for m in (ONE, TWO, THREE)]
 # RK4 with 4 substeps per 1-min interval: the largest rate below is ~3.5/h,
 # so lambda*h <= 0.015 and the global error stays near 1e-8 relative.
 SOLVERS = [
-    pytest.param(Dopri5(rtol=1e-10, atol=1e-12), id="dopri5"),
-    pytest.param(RK4(substeps=4), id="rk4"),
+    pytest.param((Dopri5(), AdaptiveStep(rtol=1e-10, atol=1e-12)), id="dopri5"),
+    pytest.param((RK4(), ConstantStep(4)), id="rk4"),
 ]
 PD = {"E0": 5.0, "Emax": 20.0, "EC50": 1.5, "ke0": 0.7}
 PK1 = {"CL": 6.0, "V1": 40.0, "ka": 1.2, "F": 0.8}  # k = 0.15/h
@@ -74,7 +76,7 @@ def run(
     doses: Sequence[Dose],
     *,
     minutes: int,
-    solver: Any,
+    solver: tuple[Any, Any],
     dt: float = 1.0,
     tlag: float = 0.0,
     x0: FloatArray | None = None,
@@ -83,7 +85,8 @@ def run(
     n = params.shape[0]
     sol = simulate(
         model,
-        solver=solver,
+        solver=solver[0],
+        stepsize=solver[1],
         x0=model.initial_state(n) if x0 is None else x0,
         params=params,
         inputs=Inputs(values, dt),
@@ -348,7 +351,7 @@ def test_effect_is_the_hill_curve_of_the_effect_site(hills: tuple[float, ...]) -
     p = params_for(ONE, hill=hill)
     x0 = ONE.initial_state(ce.size)
     x0[:, positions(ONE.states)["ce"]] = ce
-    sol = run(ONE, p, [], minutes=1, solver=RK4(), x0=x0)
+    sol = run(ONE, p, [], minutes=1, solver=(RK4(), None), x0=x0)
     e0, emax, ec50 = PD["E0"], PD["Emax"], PD["EC50"]
     want = e0 + emax * ce**hill / (ec50**hill + ce**hill)
     np.testing.assert_allclose(sol.output("effect")[:, 0], want, rtol=1e-14)
@@ -387,7 +390,7 @@ def test_effect_lags_concentration_after_an_oral_dose() -> None:
     # Hysteresis: the effect peaks after the concentration, and at equal concentrations
     # it is larger on the falling limb than on the rising one (counter-clockwise loop).
     p = params_for(ONE, ke0=0.3)
-    sol = run(ONE, p, [Dose(0, 250.0, "oral")], minutes=1440, solver=RK4(substeps=4))
+    sol = run(ONE, p, [Dose(0, 250.0, "oral")], minutes=1440, solver=(RK4(), ConstantStep(4)))
     c, e = sol.output("conc_mg_l")[0], sol.output("effect")[0]
     assert np.argmax(e) > np.argmax(c) + 30
     peak = int(np.argmax(c))
@@ -417,9 +420,13 @@ def test_fast_path_matches_the_reference(model: Compartmental) -> None:
         "params": p,
         "inputs": Inputs(values, 2.0),
     }
-    for solver, rtol in ((RK4(substeps=2), 1e-9), (Dopri5(rtol=1e-10, atol=1e-12), 1e-7)):
-        fast = simulate(model, solver=solver, **kwargs)
-        ref = simulate_reference(model, solver=solver, **kwargs)
+    methods = (
+        (RK4(), ConstantStep(2), 1e-9),
+        (Dopri5(), AdaptiveStep(rtol=1e-10, atol=1e-12), 1e-7),
+    )
+    for solver, stepsize, rtol in methods:
+        fast = simulate(model, solver=solver, stepsize=stepsize, **kwargs)
+        ref = simulate_reference(model, solver=solver, stepsize=stepsize, **kwargs)
         np.testing.assert_allclose(fast.y, ref.y, rtol=rtol, atol=1e-12)
         np.testing.assert_allclose(fast.x_final, ref.x_final, rtol=rtol, atol=1e-12)
 
@@ -435,7 +442,14 @@ def test_many_patients_with_their_own_parameters_and_doses(solver: Any) -> None:
     f, dose = rng.uniform(0.3, 1, n), rng.uniform(50, 500, n)
     p = params_for(ONE, CL=cl, V1=v, ka=ka, F=f)
     values = np.concatenate([dose_inputs([Dose(0, d, "oral")], duration_min=1440) for d in dose])
-    sol = simulate(ONE, solver=solver, x0=ONE.initial_state(n), params=p, inputs=Inputs(values))
+    sol = simulate(
+        ONE,
+        solver=solver[0],
+        stepsize=solver[1],
+        x0=ONE.initial_state(n),
+        params=p,
+        inputs=Inputs(values),
+    )
     assert (sol.status == Status.OK).all()
     t = sol.t_min / H
     for i in range(n):

@@ -7,7 +7,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from medtwin.models.physiology import RK4, Dopri5, Status, simulate, simulate_reference
+from medtwin.models.physiology import (
+    RK4,
+    AdaptiveStep,
+    Dopri5,
+    Status,
+    simulate,
+    simulate_reference,
+)
 from medtwin.models.physiology.glycemic import glycemic_outcomes
 from medtwin.models.physiology.scenario import Scenario, meal_intake, parse_scenario, run_scenario
 from medtwin.models.physiology.uva_padova.model import PHYSIOLOGY, UvaPadova
@@ -123,10 +130,10 @@ def test_rk4_fast_path_equals_numpy_reference(open_loop: Scenario) -> None:
 
 
 def test_adaptive_fast_path_agrees_with_scipy_reference(open_loop: Scenario) -> None:
-    solver = Dopri5(rtol=1e-8, atol=1e-10)
+    step = AdaptiveStep(rtol=1e-8, atol=1e-10)
     args = {"x0": open_loop.x0, "params": open_loop.params, "inputs": open_loop.inputs}
-    fast = simulate(UvaPadova(), solver=solver, **args)
-    ref = simulate_reference(UvaPadova(), solver=solver, **args)
+    fast = simulate(UvaPadova(), solver=Dopri5(), stepsize=step, **args)
+    ref = simulate_reference(UvaPadova(), solver=Dopri5(), stepsize=step, **args)
     # Both control local error to 1e-8; what accumulates over a day, with the renal
     # threshold and meal starts as kinks, stays far below a thousandth of a mg/dL.
     diff = np.abs(fast.output("glucose_mg_dl") - ref.output("glucose_mg_dl"))

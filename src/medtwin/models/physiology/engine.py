@@ -10,7 +10,7 @@ raised, and the rest of the cohort carries on.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -21,9 +21,20 @@ from numpy.typing import NDArray
 
 from medtwin.core.errors import InputError
 from medtwin.models.physiology.model import FloatArray, Model
-from medtwin.models.physiology.solvers import RK4, Solver
+from medtwin.models.physiology.solvers import (
+    RK4,
+    AdaptiveStep,
+    ConstantStep,
+    Dopri5,
+    SaveAt,
+    Solver,
+    StepSize,
+)
 
 __all__ = ["Inputs", "Solution", "Status", "prepare", "simulate"]
+
+_RK4 = RK4()
+_ALL = SaveAt()
 
 # Lanes per block: a multiple of the widest SIMD register (8 doubles), small
 # enough that a block's states and stages stay in L1/L2 cache.
@@ -93,6 +104,8 @@ class Problem:
     z0: FloatArray
     params: FloatArray
     inputs: Inputs
+    solver: Solver
+    stepsize: StepSize
     t0_min: float
     save_every: int
     output_index: NDArray[np.int64]
@@ -118,11 +131,12 @@ def prepare(
     x0: FloatArray,
     params: FloatArray,
     inputs: Inputs,
-    t0_min: float = 0.0,
-    save_every: int = 1,
-    outputs: Sequence[str] | None = None,
+    solver: Solver,
+    stepsize: StepSize | None,
+    saveat: SaveAt,
+    t0_min: float,
 ) -> Problem:
-    """Check shapes and values; name the first fault."""
+    """Check shapes, values and settings; name the first fault."""
     x0 = _matrix(x0, "x0", len(model.states))
     params = _matrix(params, "params", len(model.params))
     n = x0.shape[0]
@@ -138,13 +152,15 @@ def prepare(
         raise InputError("inputs need at least one interval", "inputs.values")
     if not (inputs.dt_min > 0 and math.isfinite(inputs.dt_min)):
         raise InputError("dt_min must be a positive number of minutes", "inputs.dt_min")
-    if save_every < 1:
-        raise InputError("save_every must be at least 1", "save_every")
+    if stepsize is None:
+        stepsize = AdaptiveStep() if isinstance(solver, Dopri5) else ConstantStep()
+    if isinstance(solver, RK4) and not isinstance(stepsize, ConstantStep):
+        raise InputError("RK4 has no error estimate: use Dopri5 for adaptive steps", "stepsize")
     names = [o.name for o in model.outputs]
-    chosen = tuple(outputs) if outputs is not None else tuple(names)
+    chosen = tuple(saveat.outputs) if saveat.outputs is not None else tuple(names)
     for name in chosen:
         if name not in names:
-            raise InputError(f"{model.name} has no output {name!r}", "outputs")
+            raise InputError(f"{model.name} has no output {name!r}", "saveat.outputs")
     index = np.array([names.index(c) for c in chosen], dtype=np.int64)
     z0 = np.ascontiguousarray(model.initial_discrete(x0.T, params.T).T, dtype=np.float64)
     return Problem(
@@ -152,8 +168,10 @@ def prepare(
         z0=z0.reshape(n, len(model.discrete)),
         params=params,
         inputs=Inputs(values, float(inputs.dt_min)),
+        solver=solver,
+        stepsize=stepsize,
         t0_min=float(t0_min),
-        save_every=int(save_every),
+        save_every=saveat.every,
         output_index=index,
         output_names=chosen,
     )
@@ -162,33 +180,35 @@ def prepare(
 def simulate(
     model: Model,
     *,
-    solver: Solver | None = None,
     x0: FloatArray,
     params: FloatArray,
     inputs: Inputs,
+    solver: Solver = _RK4,
+    stepsize: StepSize | None = None,
+    saveat: SaveAt = _ALL,
     t0_min: float = 0.0,
-    save_every: int = 1,
-    outputs: Sequence[str] | None = None,
 ) -> Solution:
-    """Integrate ``model`` for every patient with the compiled solver.
+    """Integrate ``model`` for every patient on the compiled fast path.
 
-    ``x0`` is ``(patients, states)``, ``params`` ``(patients, params)``, in
-    the units the model declares; time is in minutes. ``solver`` defaults to
-    ``RK4()`` (one step per input interval).
+    ``x0`` is ``(patients, states)`` and ``params`` ``(patients, params)``,
+    in the units the model declares; time is in minutes from ``t0_min``.
+    ``stepsize`` defaults to one constant step per input interval for RK4 and
+    to ``AdaptiveStep()`` for Dopri5.
     """
     problem = prepare(
         model,
         x0=x0,
         params=params,
         inputs=inputs,
+        solver=solver,
+        stepsize=stepsize,
+        saveat=saveat,
         t0_min=t0_min,
-        save_every=save_every,
-        outputs=outputs,
     )
-    return run_compiled(model, solver or RK4(), problem)
+    return run_compiled(model, problem)
 
 
-def run_compiled(model: Model, solver: Solver, problem: Problem) -> Solution:
+def run_compiled(model: Model, problem: Problem) -> Solution:
     """The fast path on a prepared problem."""
     n = problem.patients
     y = np.full((n, problem.saved, problem.output_index.size), np.nan)
@@ -212,17 +232,24 @@ def run_compiled(model: Model, solver: Solver, problem: Problem) -> Solution:
         status,
         steps,
     )
-    if isinstance(solver, RK4):
-        _kernel(model, "rk4")(*common, solver.substeps)
+    step = problem.stepsize
+    if isinstance(problem.solver, RK4):
+        assert isinstance(step, ConstantStep)
+        _kernel(model, "rk4")(*common, step.substeps)
+    elif isinstance(step, ConstantStep):
+        # Dormand-Prince at a fixed step: every step accepted, none counted against a limit.
+        _kernel(model, "dopri5")(*common, False, step.substeps, 1.0, 1.0, 2**62, 1.0, 0.5, 2.0)
     else:
         _kernel(model, "dopri5")(
             *common,
-            solver.rtol,
-            solver.atol,
-            solver.max_steps,
-            solver.safety,
-            solver.min_factor,
-            solver.max_factor,
+            True,
+            1,
+            step.rtol,
+            step.atol,
+            step.max_steps,
+            step.safety,
+            step.min_factor,
+            step.max_factor,
         )
     return Solution(
         t_min=problem.t_saved,
@@ -416,6 +443,8 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
         z_final: Any,
         status: Any,
         steps: Any,
+        adaptive: bool,
+        substeps: int,
         rtol: float,
         atol: float,
         max_steps: int,
@@ -455,7 +484,7 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
                 for j in range(nz):
                     z[j, lane] = z0[i, j]
                 alive[lane] = lane < n
-                hs[lane] = dt
+                hs[lane] = dt / substeps
             for k in range(n_int):
                 t = t0 + k * dt
                 for lane in range(b):
@@ -500,6 +529,17 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
                     # xt now holds the fifth-order solution.
                     for lane in range(b):
                         if done[lane]:
+                            continue
+                        if not adaptive:
+                            steps[s + lane] += 1
+                            for j in range(nx):
+                                x[j, lane] = xt[j, lane]
+                                if not np.isfinite(xt[j, lane]):
+                                    status[s + lane] = 2
+                                    alive[lane] = False
+                            tl[lane] += hh[lane]
+                            if tl[lane] >= end or not alive[lane]:
+                                done[lane] = True
                             continue
                         if steps[s + lane] >= max_steps:
                             status[s + lane] = 1

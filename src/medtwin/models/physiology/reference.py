@@ -8,43 +8,60 @@ against it; it is far slower and meant for that.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from medtwin.core.errors import InputError
 from medtwin.models.physiology.engine import Inputs, Problem, Solution, Status, prepare
 from medtwin.models.physiology.model import FloatArray, Model
-from medtwin.models.physiology.solvers import RK4, Solver
+from medtwin.models.physiology.solvers import (
+    RK4,
+    ConstantStep,
+    Dopri5,
+    SaveAt,
+    Solver,
+    StepSize,
+)
 
 __all__ = ["simulate_reference"]
+
+_RK4 = RK4()
+_ALL = SaveAt()
 
 
 def simulate_reference(
     model: Model,
     *,
-    solver: Solver | None = None,
     x0: FloatArray,
     params: FloatArray,
     inputs: Inputs,
+    solver: Solver = _RK4,
+    stepsize: StepSize | None = None,
+    saveat: SaveAt = _ALL,
     t0_min: float = 0.0,
-    save_every: int = 1,
-    outputs: Sequence[str] | None = None,
 ) -> Solution:
-    """Same arguments and result as ``engine.simulate``."""
+    """Same arguments and result as ``engine.simulate``.
+
+    Adaptive steps use SciPy's RK45 on the whole cohort as one system, so the
+    error control (and ``max_steps``) is shared, not per patient; constant
+    Dormand-Prince steps are not offered here.
+    """
     problem = prepare(
         model,
         x0=x0,
         params=params,
         inputs=inputs,
+        solver=solver,
+        stepsize=stepsize,
+        saveat=saveat,
         t0_min=t0_min,
-        save_every=save_every,
-        outputs=outputs,
     )
-    return _run(model, solver or RK4(), problem)
+    if isinstance(problem.solver, Dopri5) and isinstance(problem.stepsize, ConstantStep):
+        raise InputError("the reference path runs Dopri5 with adaptive steps only", "stepsize")
+    return _run(model, problem)
 
 
-def _run(model: Model, solver: Solver, problem: Problem) -> Solution:
+def _run(model: Model, problem: Problem) -> Solution:
     n = problem.patients
     nx = problem.x0.shape[1]
     x = problem.x0.T.copy()
@@ -63,11 +80,12 @@ def _run(model: Model, solver: Solver, problem: Problem) -> Solution:
             obs = model.observe(t, x, u, z, p)
             alive = status == Status.OK
             y[alive, k // problem.save_every, :] = obs[problem.output_index][:, alive].T
-        if isinstance(solver, RK4):
-            h = dt / solver.substeps
-            for m in range(solver.substeps):
+        step = problem.stepsize
+        if isinstance(step, ConstantStep):
+            h = dt / step.substeps
+            for m in range(step.substeps):
                 x = _rk4_step(model, t + m * h, h, x, u, z, p)
-            steps += solver.substeps
+            steps += step.substeps
         else:
             u_now, z_now = u, z
 
@@ -77,7 +95,7 @@ def _run(model: Model, solver: Solver, problem: Problem) -> Solution:
                 return model.rhs(tt, v.reshape(nx, n), u_now, z_now, p).ravel()
 
             sol = solve_ivp(
-                f, (t, t + dt), x.ravel(), method="RK45", rtol=solver.rtol, atol=solver.atol
+                f, (t, t + dt), x.ravel(), method="RK45", rtol=step.rtol, atol=step.atol
             )
             steps += sol.nfev // 6
             x = sol.y[:, -1].reshape(nx, n).copy()

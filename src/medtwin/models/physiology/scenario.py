@@ -49,7 +49,7 @@ from medtwin.models.physiology.pkpd import (
     dose_inputs,
 )
 from medtwin.models.physiology.sensor import SENSOR_PRESETS, CgmSensor
-from medtwin.models.physiology.solvers import Solver
+from medtwin.models.physiology.solvers import RK4, SaveAt, Solver, StepSize
 from medtwin.models.physiology.uva_padova.model import UvaPadova
 from medtwin.models.physiology.uva_padova.patients import cohort, virtual_patient
 from medtwin.models.physiology.uva_padova.therapy import (
@@ -87,6 +87,7 @@ UVA_COLUMNS = (
 _UVA_KEYS = {"model", "patients", "duration_min", "events", "controller", "sensor", "pump", "seed"}
 _UVA_EVENTS = {"meal_g", "bolus_u", "basal_u_per_h"}
 _CONTROLLERS = ("none", "basal-bolus")
+_RK4 = RK4()
 PK_COLUMNS = ("patient", "time_min", "conc_mg_l", "effect")
 _PK_MODELS: dict[str, type[Compartmental]] = {
     m.name: m for m in (OneCompartment, TwoCompartment, ThreeCompartment)
@@ -140,14 +141,17 @@ def parse_scenario(raw: Any) -> Scenario:
     )
 
 
-def run_scenario(scenario: Scenario, *, solver: Solver | None = None) -> ScenarioResult:
+def run_scenario(
+    scenario: Scenario, *, solver: Solver = _RK4, stepsize: StepSize | None = None
+) -> ScenarioResult:
     solution = simulate(
         scenario.model,
-        solver=solver,
         x0=scenario.x0,
         params=scenario.params,
         inputs=scenario.inputs,
-        outputs=scenario.outputs,
+        solver=solver,
+        stepsize=stepsize,
+        saveat=SaveAt(outputs=scenario.outputs),
     )
     return ScenarioResult(scenario, solution)
 
