@@ -315,6 +315,48 @@ _DP_C = np.array([0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0])
 _DP_E = np.array([71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40])
 
 
+@njit(inline="always")
+def _load_block(s: int, n: int, x0: Any, z0: Any, params: Any, x: Any, z: Any, p: Any) -> None:
+    """Copy patients ``s .. s+n-1`` into the block; spare lanes repeat patient ``s``."""
+    for lane in range(BLOCK):
+        i = s + lane if lane < n else s
+        for j in range(params.shape[1]):
+            p[j, lane] = params[i, j]
+        for j in range(x0.shape[1]):
+            x[j, lane] = x0[i, j]
+        for j in range(z0.shape[1]):
+            z[j, lane] = z0[i, j]
+
+
+@njit(inline="always")
+def _load_inputs(s: int, n: int, k: int, t: float, useq: Any, u: Any, tv: Any) -> None:
+    """Interval ``k``'s inputs into ``u``; every lane's time to ``t``."""
+    shared = useq.shape[0] == 1
+    for lane in range(BLOCK):
+        iu = 0 if shared else (s + lane if lane < n else s)
+        for j in range(useq.shape[2]):
+            u[j, lane] = useq[iu, k, j]
+        tv[lane] = t
+
+
+@njit(inline="always")
+def _record(s: int, n: int, row: int, yb: Any, out_idx: Any, alive: Any, y: Any) -> None:
+    """Chosen outputs of the live patients into row ``row`` of ``y``."""
+    for lane in range(n):
+        if alive[lane]:
+            for q in range(out_idx.size):
+                y[s + lane, row, q] = yb[out_idx[q], lane]
+
+
+@njit(inline="always")
+def _store_final(s: int, n: int, x: Any, z: Any, alive: Any, x_final: Any, z_final: Any) -> None:
+    for lane in range(n):
+        for j in range(x_final.shape[1]):
+            x_final[s + lane, j] = x[j, lane] if alive[lane] else np.nan
+        for j in range(z_final.shape[1]):
+            z_final[s + lane, j] = z[j, lane]
+
+
 def _build_rk4(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
     @njit(error_model="numpy", boundscheck=False, nogil=True)
     def run(
@@ -339,7 +381,6 @@ def _build_rk4(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
         npar = params.shape[1]
         n_int = useq.shape[1]
         nu = useq.shape[2]
-        shared = useq.shape[0] == 1
         b = BLOCK
         x = np.empty((nx, b))
         xt = np.empty((nx, b))
@@ -356,30 +397,15 @@ def _build_rk4(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
         h = dt / substeps
         for s in range(0, n_pat, b):
             n = min(b, n_pat - s)
-            for lane in range(b):
-                i = s + lane if lane < n else s
-                for j in range(npar):
-                    p[j, lane] = params[i, j]
-                for j in range(nx):
-                    x[j, lane] = x0[i, j]
-                for j in range(nz):
-                    z[j, lane] = z0[i, j]
-                alive[lane] = True
+            _load_block(s, n, x0, z0, params, x, z, p)
+            alive[:] = True
             for k in range(n_int):
                 t = t0 + k * dt
-                for lane in range(b):
-                    iu = 0 if shared else (s + lane if lane < n else s)
-                    for j in range(nu):
-                        u[j, lane] = useq[iu, k, j]
-                    tv[lane] = t
+                _load_inputs(s, n, k, t, useq, u, tv)
                 jump(k, tv, x, u, z, p, n)
                 if k % save_every == 0:
                     observe(tv, x, u, z, p, yb, n)
-                    row = k // save_every
-                    for lane in range(n):
-                        if alive[lane]:
-                            for q in range(out_idx.size):
-                                y[s + lane, row, q] = yb[out_idx[q], lane]
+                    _record(s, n, k // save_every, yb, out_idx, alive, y)
                 for m in range(substeps):
                     tm = t + m * h
                     for lane in range(b):
@@ -414,11 +440,7 @@ def _build_rk4(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
                                 alive[lane] = False
                                 status[s + lane] = 2
                                 break
-            for lane in range(n):
-                for j in range(nx):
-                    x_final[s + lane, j] = x[j, lane] if alive[lane] else np.nan
-                for j in range(nz):
-                    z_final[s + lane, j] = z[j, lane]
+            _store_final(s, n, x, z, alive, x_final, z_final)
 
     return run
 
@@ -457,7 +479,6 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
         npar = params.shape[1]
         n_int = useq.shape[1]
         nu = useq.shape[2]
-        shared = useq.shape[0] == 1
         b = BLOCK
         x = np.empty((nx, b))
         xt = np.empty((nx, b))
@@ -475,33 +496,20 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
         end = dt * (1.0 - 1e-12)
         for s in range(0, n_pat, b):
             n = min(b, n_pat - s)
+            _load_block(s, n, x0, z0, params, x, z, p)
             for lane in range(b):
-                i = s + lane if lane < n else s
-                for j in range(npar):
-                    p[j, lane] = params[i, j]
-                for j in range(nx):
-                    x[j, lane] = x0[i, j]
-                for j in range(nz):
-                    z[j, lane] = z0[i, j]
                 alive[lane] = lane < n
                 hs[lane] = dt / substeps
             for k in range(n_int):
                 t = t0 + k * dt
+                _load_inputs(s, n, k, t, useq, u, tv)
                 for lane in range(b):
-                    iu = 0 if shared else (s + lane if lane < n else s)
-                    for j in range(nu):
-                        u[j, lane] = useq[iu, k, j]
-                    tv[lane] = t
                     tl[lane] = 0.0
                     done[lane] = not alive[lane]
                 jump(k, tv, x, u, z, p, n)
                 if k % save_every == 0:
                     observe(tv, x, u, z, p, yb, n)
-                    row = k // save_every
-                    for lane in range(n):
-                        if alive[lane]:
-                            for q in range(out_idx.size):
-                                y[s + lane, row, q] = yb[out_idx[q], lane]
+                    _record(s, n, k // save_every, yb, out_idx, alive, y)
                 while True:
                     active = False
                     for lane in range(b):
@@ -586,10 +594,6 @@ def _build_dopri5(rhs: Any, jump: Any, observe: Any) -> Callable[..., None]:
                                 done[lane] = True
                         else:
                             hs[lane] = hh[lane] * max(min_factor, safety * norm ** (-0.2))
-            for lane in range(n):
-                for j in range(nx):
-                    x_final[s + lane, j] = x[j, lane] if alive[lane] else np.nan
-                for j in range(nz):
-                    z_final[s + lane, j] = z[j, lane]
+            _store_final(s, n, x, z, alive, x_final, z_final)
 
     return run

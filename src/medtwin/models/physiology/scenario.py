@@ -229,13 +229,7 @@ def _uva(raw: Mapping[str, Any]) -> Scenario:
         kinds = sorted(_UVA_EVENTS & set(ev))
         if len(kinds) != 1:
             raise InputError("an event has exactly one of meal_g, bolus_u, basal_u_per_h", where)
-        at = _int(
-            ev.get("at_min"),
-            f"{where}.at_min",
-            low=0,
-            high=duration - 1,
-            why=" (events must fall before duration_min)",
-        )
+        at = _at_min(ev, where, duration)
         kind = kinds[0]
         if kind == "basal_u_per_h" and ev[kind] == "patient":
             basal_changes.append((at, None))
@@ -349,13 +343,7 @@ def _doses(events: Any, duration: int) -> list[Dose]:
         if not isinstance(ev, Mapping):
             raise InputError("an event is a JSON object", where)
         _no_unknown(ev, _DOSE_KEYS, where)
-        at = _int(
-            ev.get("at_min"),
-            f"{where}.at_min",
-            low=0,
-            high=duration - 1,
-            why=" (events must fall before duration_min)",
-        )
+        at = _at_min(ev, where, duration)
         amount = _number(ev.get("dose_mg"), f"{where}.dose_mg", low=0.0)
         route = ev.get("route")
         if route not in ROUTES:
@@ -421,6 +409,16 @@ def _number(v: Any, where: str, *, low: float | None = None) -> float:
     if low is not None and v < low:
         raise InputError(f"must be at least {low:g}", where)
     return float(v)
+
+
+def _at_min(event: Mapping[str, Any], where: str, duration: int) -> int:
+    return _int(
+        event.get("at_min"),
+        f"{where}.at_min",
+        low=0,
+        high=duration - 1,
+        why=" (events must fall before duration_min)",
+    )
 
 
 def _int(v: Any, where: str, *, low: int, high: int | None = None, why: str = "") -> int:
