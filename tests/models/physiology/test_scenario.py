@@ -206,6 +206,10 @@ def test_pk_iv_bolus_scenario_matches_the_closed_form() -> None:
         ({"params": {**PK_EXAMPLE["params"], "F": 1.5}}, "params.F"),
         ({"params": {**PK_EXAMPLE["params"], "tlag": 0.01}}, "params.tlag"),
         ({"patients": [{"id": "x", "params": PK_EXAMPLE["params"]}]}, "params"),
+        ({"events": [{"at_min": 0, "dose_mg": 5, "route": "oral", "every_min": 300, "count": 4}]},
+         "events[0].count"),
+        ({"events": [{"at_min": 0, "dose_mg": 5, "route": "oral", "count": 2}]},
+         "events[0].every_min"),
     ],
 )  # fmt: skip
 def test_invalid_pk_scenarios_name_the_field(change: dict[str, Any], location: str) -> None:
@@ -221,3 +225,13 @@ def test_pk_oral_lag_time_shifts_the_curve() -> None:
     late = [float(r["conc_mg_l"]) for r in _rows(lagged)]
     assert late[:31] == [0.0] * 31
     np.testing.assert_allclose(late[30:], plain[: 720 - 30], rtol=1e-12)
+
+
+def test_pk_regimen_repeats_a_dose() -> None:
+    one = {"at_min": 0, "dose_mg": 100, "route": "iv-bolus"}
+    listed = {**PK_EXAMPLE, "events": [{**one, "at_min": m} for m in (0, 240, 480)]}
+    repeated = {**PK_EXAMPLE, "events": [{**one, "every_min": 240, "count": 3}]}
+    assert _rows(repeated) == _rows(listed)
+    conc = [float(r["conc_mg_l"]) for r in _rows(repeated)]
+    assert conc[240] > conc[239]  # each dose shows
+    assert conc[480] > conc[479]

@@ -18,7 +18,8 @@ or ``{"preset": ..., "noise": bool, "gain": ..., "offset_mg_dl": ...}``),
 
 PK/PD (``"model": "pk-1cmt" | "pk-2cmt" | "pk-3cmt"``): ``"params"`` for one
 subject or ``"patients": [{"id": ..., "params": {...}}]``, and dose events
-``{"at_min": 0, "dose_mg": 1000, "route": "iv-infusion", "duration_min": 60}``.
+``{"at_min": 0, "dose_mg": 1000, "route": "iv-infusion", "duration_min": 60}``;
+``"every_min"`` and ``"count"`` repeat a dose as a regimen.
 
 Every fault is an ``InputError`` whose location names the field, e.g.
 ``events[2].meal_g``.
@@ -47,6 +48,7 @@ from medtwin.models.physiology.pkpd import (
     ThreeCompartment,
     TwoCompartment,
     dose_inputs,
+    regimen,
 )
 from medtwin.models.physiology.sensor import SENSOR_PRESETS, CgmSensor
 from medtwin.models.physiology.solvers import RK4, SaveAt, Solver, StepSize
@@ -93,7 +95,7 @@ _PK_MODELS: dict[str, type[Compartmental]] = {
     m.name: m for m in (OneCompartment, TwoCompartment, ThreeCompartment)
 }
 _PK_KEYS = {"model", "params", "patients", "duration_min", "events"}
-_DOSE_KEYS = {"at_min", "dose_mg", "route", "duration_min"}
+_DOSE_KEYS = {"at_min", "dose_mg", "route", "duration_min", "every_min", "count"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +359,21 @@ def _doses(events: Any, duration: int) -> list[Dose]:
                 )
         elif "duration_min" in ev:
             raise InputError(f"a {route} dose takes no duration", f"{where}.duration_min")
-        doses.append(Dose(at_min=at, amount_mg=amount, route=route, duration_min=length))
+        dose = Dose(at_min=at, amount_mg=amount, route=route, duration_min=length)
+        if "every_min" not in ev and "count" not in ev:
+            doses.append(dose)
+            continue
+        # A repeated regimen: count doses, every_min apart, all inside the run.
+        every = _int(ev.get("every_min"), f"{where}.every_min", low=1)
+        count = ev.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise InputError("count must be a whole number, at least 1", f"{where}.count")
+        if at + (count - 1) * every >= duration:
+            raise InputError(
+                f"dose {count} would be at {at + (count - 1) * every} min, past duration_min",
+                f"{where}.count",
+            )
+        doses.extend(regimen(dose, every, count))
     return doses
 
 
