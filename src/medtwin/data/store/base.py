@@ -7,7 +7,7 @@ import enum
 import json
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -237,6 +237,18 @@ class SqlStore:
                 yield conn
         except SQLAlchemyError as exc:
             raise StoreError(f"read failed: {type(exc).__name__}: {exc}") from exc
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """One write transaction, serialized with the store's other writers.
+
+        For adapters that keep their own tables (FHIR resources, HL7 message
+        log, device bindings); errors come out as ``StoreError``.
+        """
+        return self._write()
+
+    def reading(self) -> AbstractContextManager[Connection]:
+        """A read connection; errors come out as ``StoreError``."""
+        return self._read()
 
     # -- observations ---------------------------------------------------------
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -213,4 +214,66 @@ OBSERVATION_COLUMNS = (
     "version",
     "flags",
     "received_us",
+)
+
+fhir_resources = Table(
+    "fhir_resources",
+    metadata,
+    Column("resource_type", Text, primary_key=True),
+    Column("id", Text, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("last_updated_us", BigInteger, nullable=False),
+    Column("patient_id", Text),
+    Column("deleted", Boolean, nullable=False, server_default=false()),
+    Column("content", Text, nullable=False),  # sealed JSON as received
+    Index("ix_fhir_resources_patient", "patient_id"),
+)
+
+fhir_search = Table(
+    "fhir_search",
+    metadata,
+    Column("resource_type", Text, primary_key=True),
+    Column("param", Text, primary_key=True),
+    Column("value", Text, primary_key=True),  # personal values as blind-index digests
+    Column("id", Text, primary_key=True),
+    Index("ix_fhir_search_resource", "resource_type", "id"),
+)
+
+fhir_bundles = Table(
+    "fhir_bundles",
+    metadata,
+    Column("digest", Text, primary_key=True),
+    Column("received_us", BigInteger, nullable=False),
+    Column("response", Text, nullable=False),
+)
+
+hl7_messages = Table(
+    "hl7_messages",
+    metadata,
+    Column("sender", Text, primary_key=True),
+    Column("control_id", Text, primary_key=True),
+    Column("digest", Text, primary_key=True),
+    Column("received_us", BigInteger, nullable=False),
+    Column("ack_code", Text, nullable=False),
+)
+
+device_bindings = Table(
+    "device_bindings",
+    metadata,
+    Column("row_id", RowId, primary_key=True, autoincrement=True),
+    Column("device_id", Text, nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("from_us", BigInteger, nullable=False),
+    Column("to_us", BigInteger),
+    Column("created_us", BigInteger, nullable=False),
+    Index("ix_device_bindings_device", "device_id", "from_us"),
+)
+
+code_mappings = Table(
+    "code_mappings",
+    metadata,
+    Column("source_system", Text, primary_key=True),
+    Column("local_code", Text, primary_key=True),
+    Column("code", Text, nullable=False),
+    Column("unit", Text),
 )
