@@ -116,6 +116,38 @@ class Settings(BaseSettings):
     # Rate limiting (medtwin.apps.api.ratelimit): per client, requests per second and burst.
     rate_limit_per_s: float = Field(50.0, gt=0)
     rate_limit_burst: int = Field(200, ge=1)
+    # FHIR (medtwin.devices.fhir).
+    fhir_max_entries: int = Field(10_000, gt=0, description="entries per Bundle")
+    fhir_max_depth: int = Field(64, gt=0, description="JSON nesting depth")
+    fhir_strict_references: bool = Field(
+        False, description="refuse literal references to resources the server does not hold"
+    )
+    # HL7 v2 over MLLP (medtwin.devices.hl7): off unless a port is set.
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int | None = Field(None, ge=0, le=65535)
+    mllp_idle_timeout_s: float = Field(30.0, gt=0, description="a silent connection is closed")
+    mllp_max_message_bytes: int = Field(1024 * 1024, gt=0)
+    mllp_allowed_senders: list[str] = Field(
+        default_factory=list, description="sending applications allowed (MSH-3); empty: any"
+    )
+    mllp_allowed_peers: list[str] = Field(
+        default_factory=list, description="client IP addresses allowed; empty: any"
+    )
+    mllp_client_ca: Path | None = Field(None, description="CA of client certificates (mutual TLS)")
+    hl7_time_zones: dict[str, str] = Field(
+        default_factory=dict, description="IANA time zone per sender for times without offset"
+    )
+    # MQTT devices (medtwin.devices.mqtt): off unless a host is set.
+    mqtt_host: str | None = None
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    mqtt_client_id: str = "medtwin-ingest"
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_tls_ca: Path | None = None
+    mqtt_password_file: Path | None = Field(
+        None, description="Mosquitto password file to provision"
+    )
+    mqtt_acl_file: Path | None = Field(None, description="Mosquitto ACL file to provision")
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
