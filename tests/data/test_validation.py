@@ -149,7 +149,27 @@ def test_null_required_field(name: str) -> None:
 
 def test_every_required_field_is_a_known_field() -> None:
     assert set(REQUIRED) <= FIELDS
-    assert FIELDS - set(REQUIRED) == {"unit", "system"}
+    assert FIELDS - set(REQUIRED) == {"unit", "system", "status", "version"}
+
+
+def test_a_correction_is_a_new_version_with_its_status() -> None:
+    obs = check(item(status="corrected", version=2))
+    assert isinstance(obs, Observation)
+    assert (obs.status, obs.version) == ("corrected", 2)
+    plain = check(item())
+    assert isinstance(plain, Observation)
+    assert (plain.status, plain.version) == ("final", 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"status": "draft"}, "status"), ({"version": 0}, "version"), ({"version": "2"}, "version"),
+     ({"version": True}, "version")],
+)  # fmt: skip
+def test_bad_status_or_version_is_rejected(change: dict[str, Any], field: str) -> None:
+    fault = check(item(**change))
+    assert isinstance(fault, Rejection)
+    assert fault.field == field
 
 
 # -- field types ----------------------------------------------------------------

@@ -21,10 +21,15 @@ from datetime import datetime
 from typing import Any
 
 from medtwin.core.clock import to_us
-from medtwin.core.records import LOINC, Observation, QualityFlag
+from medtwin.core.records import LOINC, Observation, ObservationStatus, QualityFlag
 from medtwin.data.codes import DEFAULT_REGISTRY, CodeRegistry
 
-FIELDS = frozenset({"id", "source", "patient", "code", "value", "unit", "time", "system"})
+FIELDS = frozenset(
+    {"id", "source", "patient", "code", "value", "unit", "time", "system", "status", "version"}
+)
+# A correction is a new version of the same (source, id) with one of these statuses.
+STATUSES = frozenset(s.value for s in ObservationStatus)
+MAX_VERSION = 1_000_000
 REQUIRED = ("id", "source", "patient", "code", "value", "time")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 MAX_TEXT = 256
@@ -101,6 +106,8 @@ def validate_items(
     future_reason = f"time is more than {max_future_us / 1e6:g} s ahead of the clock"
     for index, item in enumerate(items):
         fault = _check(item, index, latest_allowed, get_spec, times, future_reason)
+        if not isinstance(fault, Rejection) and ("status" in item or "version" in item):
+            fault = _revision(item, index, fault)
         if isinstance(fault, Rejection):
             rejected.append(fault)
         else:
@@ -255,6 +262,18 @@ def _check(
         effective_us,
         flags=flags,
     )
+
+
+def _revision(item: dict[str, Any], index: int, obs: Observation) -> Observation | Rejection:
+    """Status and version of a result: a correction is version > 1 of the same id."""
+    status = item.get("status", obs.status)
+    if status not in STATUSES:
+        allowed = ", ".join(sorted(STATUSES))
+        return Rejection(index, "status", f"status must be one of {allowed}", item)
+    version = item.get("version", 1)
+    if type(version) is not int or not 1 <= version <= MAX_VERSION:
+        return Rejection(index, "version", f"version must be a whole number 1-{MAX_VERSION}", item)
+    return obs._replace(status=status, version=version)
 
 
 def _kind(value: object) -> str:

@@ -25,6 +25,10 @@ class ObservationItem(BaseModel):
     unit: str = Field("", description="UCUM unit")
     time: str = Field(description="ISO 8601 time with zone, e.g. 2026-01-01T10:00:00Z")
     system: str = Field("http://loinc.org", description="Code system URI")
+    status: Literal["final", "amended", "corrected", "entered-in-error"] = Field(
+        "final", description="A correction sends the same id with a higher version"
+    )
+    version: int = Field(1, ge=1, le=1_000_000, description="Version of this result")
 
 
 class ObservationBatch(BaseModel):
