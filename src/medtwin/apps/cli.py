@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from medtwin import __version__
 from medtwin.apps.commands.audit import app as audit_app
 from medtwin.apps.commands.privacy import keys_app, patients_app
+from medtwin.apps.commands.quarantine import app as quarantine_app
 from medtwin.apps.commands.users import app as users_app
 from medtwin.core.errors import ConfigurationError, MedtwinError
 from medtwin.core.settings import Settings
@@ -26,6 +27,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
 app.add_typer(patients_app, name="patients")
 app.add_typer(keys_app, name="keys")
+app.add_typer(quarantine_app, name="quarantine")
 console = Console(stderr=True)
 
 

@@ -23,6 +23,7 @@ from medtwin.apps.api.routes import (
     health,
     observations,
     patients,
+    quarantine,
     research,
     twins,
 )
@@ -87,7 +88,17 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(RateLimit, rate=settings.rate_limit_per_s, burst=settings.rate_limit_burst)
-    for module in (auth, observations, patients, consents, twins, research, health, events):
+    for module in (
+        auth,
+        observations,
+        patients,
+        consents,
+        twins,
+        research,
+        quarantine,
+        health,
+        events,
+    ):
         app.include_router(module.router)
     from medtwin.apps import dashboard
 

@@ -16,6 +16,7 @@ from medtwin.data.consent import ConsentStore
 from medtwin.data.store import SqlStore, store_for
 from medtwin.data.vault import PatientVault, Privacy
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
+from medtwin.twins.replay import Replayers
 
 # Twins start from the newest values of this look-back when the service starts.
 WARM_START = timedelta(days=7)
@@ -35,6 +36,7 @@ class ServiceContext:
     privacy: Privacy
     vault: PatientVault
     consents: ConsentStore
+    replayers: Replayers
     extras: dict[str, object] = field(default_factory=dict)
 
     @classmethod
@@ -80,6 +82,7 @@ class ServiceContext:
             privacy,
             PatientVault(store, privacy),
             ConsentStore(store, privacy.keyring),
+            Replayers(store, ingestor, clock),
         )
         context.warm()
         return context

@@ -193,3 +193,21 @@ def json_schemas() -> dict[str, dict[str, object]]:
         schema["$id"] = f"https://medtwin.example/schemas/{name}.schema.json"
         out[name] = schema
     return out
+
+
+class QuarantineOut(BaseModel):
+    id: int
+    received: str
+    channel: str = Field(description="api, cli, fhir, mllp, mqtt, csv, replay")
+    source: str | None
+    location: str = Field(description="Where the fault is: JSON path, HL7 segment-field, file:line")
+    reason: str
+    payload: str = Field(description="The input as received")
+    resolved: str | None = Field(None, description="When a replay took it in")
+
+
+class ReplayAnswer(BaseModel):
+    id: int
+    taken: bool
+    reason: str | None = None
+    location: str | None = None

@@ -40,6 +40,7 @@ class QuarantineEntry:
     source: str | None = None
     received_us: int = 0
     row_id: int | None = None
+    resolved_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,18 @@ class Store(Protocol):
 
     def quarantine(self, entries: Sequence[QuarantineEntry]) -> None: ...
 
-    def quarantined(self, *, limit: int = 100, offset: int = 0) -> list[QuarantineEntry]: ...
+    def quarantined(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        channel: str | None = None,
+        resolved: bool | None = None,
+    ) -> list[QuarantineEntry]: ...
+
+    def quarantine_entry(self, row_id: int) -> QuarantineEntry | None: ...
+
+    def resolve_quarantine(self, row_ids: Sequence[int], at_us: int) -> None: ...
 
     def add_patients(self, patients: Sequence[Patient]) -> None:
         """Insert patients not yet known (existing ids are left as they are)."""
@@ -488,23 +500,54 @@ class SqlStore:
             with self._write() as conn:
                 self._insert_quarantine(conn, entries)
 
-    def quarantined(self, *, limit: int = 100, offset: int = 0) -> list[QuarantineEntry]:
+    def quarantined(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        channel: str | None = None,
+        resolved: bool | None = None,
+    ) -> list[QuarantineEntry]:
+        """Newest first; ``resolved`` False keeps only what no replay has taken in yet."""
         table = schema.quarantine
         query = sa.select(table).order_by(table.c.row_id.desc()).limit(limit).offset(offset)
+        if channel is not None:
+            query = query.where(table.c.channel == channel)
+        if resolved is not None:
+            column = table.c.resolved_us
+            query = query.where(column.is_not(None) if resolved else column.is_(None))
         with self._read() as conn:
             rows = conn.execute(query).all()
-        return [
-            QuarantineEntry(
-                channel=r.channel,
-                location=r.location,
-                reason=r.reason,
-                payload=self._unseal(r.payload),
-                source=r.source,
-                received_us=r.received_us,
-                row_id=r.row_id,
-            )
-            for r in rows
-        ]
+        return [self._quarantine_entry(r) for r in rows]
+
+    def quarantine_entry(self, row_id: int) -> QuarantineEntry | None:
+        table = schema.quarantine
+        with self._read() as conn:
+            row = conn.execute(sa.select(table).where(table.c.row_id == row_id)).first()
+        return None if row is None else self._quarantine_entry(row)
+
+    def resolve_quarantine(self, row_ids: Sequence[int], at_us: int) -> None:
+        """Mark entries as taken in by a replay; they stay, with their payload, for audit."""
+        if row_ids:
+            table = schema.quarantine
+            with self._write() as conn:
+                conn.execute(
+                    sa.update(table)
+                    .where(table.c.row_id.in_(list(row_ids)))
+                    .values(resolved_us=at_us)
+                )
+
+    def _quarantine_entry(self, r: Any) -> QuarantineEntry:
+        return QuarantineEntry(
+            channel=r.channel,
+            location=r.location,
+            reason=r.reason,
+            payload=self._unseal(r.payload),
+            source=r.source,
+            received_us=r.received_us,
+            row_id=r.row_id,
+            resolved_us=r.resolved_us,
+        )
 
     # -- derived values -------------------------------------------------------
 

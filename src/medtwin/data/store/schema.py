@@ -99,6 +99,7 @@ quarantine = Table(
     Column("location", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("payload", Text, nullable=False),
+    Column("resolved_us", BigInteger),  # a replay took it in
     Index("ix_quarantine_received", "received_us"),
 )
 

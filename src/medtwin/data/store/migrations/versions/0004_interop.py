@@ -16,6 +16,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("quarantine") as batch:
+        # Set when a replay (after a mapping was fixed) took the payload in.
+        batch.add_column(sa.Column("resolved_us", sa.BigInteger))
     op.create_table(
         "fhir_resources",
         sa.Column("resource_type", sa.Text, nullable=False),
@@ -83,3 +86,5 @@ def downgrade() -> None:
         "fhir_resources",
     ):
         op.drop_table(table)
+    with op.batch_alter_table("quarantine") as batch:
+        batch.drop_column("resolved_us")
