@@ -19,10 +19,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from medtwin.core.clock import Clock
+from medtwin.core.clock import Clock, from_us
 from medtwin.core.errors import StoreError
-from medtwin.core.records import Observation, Patient, QualityFlag
+from medtwin.core.records import Intervention, Observation, Patient, QualityFlag
 from medtwin.data.codes import DEFAULT_REGISTRY, CodeRegistry
+from medtwin.data.interventions import validate_interventions
 from medtwin.data.store import AppendStatus, QuarantineEntry, Store
 from medtwin.data.store.writer import WriterProcess
 from medtwin.data.validation import Rejection, Validated, storable, validate_items
@@ -197,6 +198,71 @@ class Ingestor:
             self._observe_stored(batch, statuses)
         return self._finish(batch, statuses)
 
+    def ingest_interventions(
+        self,
+        items: Sequence[Any],
+        *,
+        channel: str = "api",
+        sources: frozenset[str] | None = None,
+        care_team: str | None = None,
+    ) -> list[IngestResult]:
+        """Validate and store intervention items; publish ``twin.intervention`` events.
+
+        Interventions are the twins' model inputs (insulin, meals, drug doses);
+        refused items are quarantined with their location, like observations.
+        """
+        now = self.clock.now_us()
+        validated = validate_interventions(items, now_us=now, max_future_us=self.max_future_us)
+        rejections = list(validated.rejected)
+        accepted = validated.accepted
+        if sources is not None:
+            kept = [(i, v) for i, v in accepted if v.source in sources]
+            rejections += [
+                Rejection(i, "source", f"this key may not write for source {v.source!r}", items[i])
+                for i, v in accepted
+                if v.source not in sources
+            ]
+            accepted = kept
+        quarantine = [
+            QuarantineEntry(
+                channel=channel,
+                location=r.location("interventions"),
+                reason=r.reason,
+                payload=_raw_text(r.item),
+                source=_source_of(r.item),
+                received_us=now,
+            )
+            for r in rejections
+        ]
+        if quarantine:
+            self.store.quarantine(quarantine)
+        records = [v for _, v in accepted]
+        with self._commit_lock:
+            new = self._new_patients(records, now)
+            statuses = self.store.append_interventions(
+                records, received_us=now, new_patients=new, channel=channel, care_team=care_team
+            )
+            for patient in new:
+                self.runtime.add(patient.id)
+        stored = [v for v, st in zip(records, statuses, strict=True) if st is AppendStatus.STORED]
+        if stored and self.bus.has_subscribers:
+            self.bus.publish([_intervention_event(v) for v in stored])
+        pairs = zip(accepted, statuses, strict=True)
+        results = [IngestResult(i, v.source_id, st.value) for (i, v), st in pairs]
+        results += [
+            IngestResult(
+                r.index,
+                _id_of(r.item),
+                "rejected",
+                (),
+                r.reason,
+                r.field,
+                r.location("interventions"),
+            )
+            for r in rejections
+        ]
+        return sorted(results, key=lambda r: r.index)
+
     def ingest_stream(
         self,
         batches: Iterable[Sequence[Any]],
@@ -321,9 +387,11 @@ class Ingestor:
         self._count(batch.channel, results, time.perf_counter() - batch.started)
         return results
 
-    def _new_patients(self, observations: Sequence[Observation], now: int) -> list[Patient]:
+    def _new_patients(
+        self, records: Sequence[Observation | Intervention], now: int
+    ) -> list[Patient]:
         runtime = self.runtime
-        fresh = {obs.patient for obs in observations if obs.patient not in runtime}
+        fresh = {r.patient for r in records if r.patient not in runtime}
         return [Patient(p, "pt-" + secrets.token_hex(8), created_us=now) for p in sorted(fresh)]
 
     def _publish(self, update: TwinUpdate) -> None:
@@ -413,3 +481,20 @@ def _raw_text(item: Any) -> str:
         return json.dumps(item, allow_nan=True, default=repr)[:65_536]
     except (TypeError, ValueError):
         return repr(item)[:65_536]
+
+
+def _intervention_event(item: Intervention) -> dict[str, Any]:
+    return {
+        "type": "twin.intervention",
+        "patient": item.patient,
+        "kind": item.kind.value,
+        "amount": item.amount,
+        "unit": item.unit,
+        "time": from_us(item.start_us).isoformat().replace("+00:00", "Z"),
+        "duration_s": item.duration_s,
+    }
+
+
+def _id_of(item: Any) -> str | None:
+    value = item.get("id") if isinstance(item, dict) else None
+    return value if isinstance(value, str) else None

@@ -21,6 +21,7 @@ from medtwin.apps.api.routes import (
     consents,
     events,
     health,
+    interventions,
     observations,
     patients,
     quarantine,
@@ -91,6 +92,7 @@ def create_app(
     for module in (
         auth,
         observations,
+        interventions,
         patients,
         consents,
         twins,

@@ -211,3 +211,15 @@ class ReplayAnswer(BaseModel):
     taken: bool
     reason: str | None = None
     location: str | None = None
+
+
+class InterventionOut(BaseModel):
+    id: str
+    source: str
+    kind: str = Field(description="insulin-bolus, insulin-basal, meal, drug-dose, fluids, oxygen")
+    amount: float = Field(description="In unit")
+    unit: str
+    time: str
+    duration_s: float = Field(description="Infusion length, 0 for a bolus")
+    drug: str | None = None
+    route: str | None = None

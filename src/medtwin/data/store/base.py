@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from medtwin.core.errors import NotFoundError, StoreError
-from medtwin.core.records import LOINC, Observation, Patient
+from medtwin.core.records import LOINC, Intervention, InterventionKind, Observation, Patient
 from medtwin.data.crypto import Keyring
 from medtwin.data.store import schema
 
@@ -114,6 +114,20 @@ class Store(Protocol):
     ) -> list[QuarantineEntry]: ...
 
     def quarantine_entry(self, row_id: int) -> QuarantineEntry | None: ...
+
+    def append_interventions(
+        self,
+        interventions: Sequence[Intervention],
+        *,
+        received_us: int,
+        new_patients: Sequence[Patient] = (),
+        channel: str = "api",
+        care_team: str | None = None,
+    ) -> list[AppendStatus]: ...
+
+    def interventions_of(
+        self, patient: str, *, since_us: int | None = None, until_us: int | None = None
+    ) -> list[Intervention]: ...
 
     def resolve_quarantine(self, row_ids: Sequence[int], at_us: int) -> None: ...
 
@@ -549,6 +563,86 @@ class SqlStore:
             resolved_us=r.resolved_us,
         )
 
+    # -- interventions ----------------------------------------------------------
+
+    def append_interventions(
+        self,
+        interventions: Sequence[Intervention],
+        *,
+        received_us: int,
+        new_patients: Sequence[Patient] = (),
+        channel: str = "api",
+        care_team: str | None = None,
+    ) -> list[AppendStatus]:
+        """Store in one transaction; idempotent on (source, id) like observations.
+
+        A resend with the same content is a duplicate; different content under the
+        same id is a conflict, quarantined with both versions.
+        """
+        table = schema.interventions
+        statuses: list[AppendStatus] = []
+        conflicts: list[QuarantineEntry] = []
+        with self._write() as conn:
+            if new_patients:
+                self._insert_patients(conn, new_patients)
+            if care_team is not None and interventions:
+                self._join_team(conn, care_team, {i.patient for i in interventions})
+            for item in interventions:
+                row = _intervention_row(item)
+                existing = conn.execute(
+                    sa.select(table).where(
+                        table.c.source == item.source, table.c.source_id == item.source_id
+                    )
+                ).first()
+                if existing is None:
+                    conn.execute(sa.insert(table), [{**row, "received_us": received_us}])
+                    statuses.append(AppendStatus.STORED)
+                elif all(getattr(existing, k) == v for k, v in row.items()):
+                    statuses.append(AppendStatus.DUPLICATE)
+                else:
+                    statuses.append(AppendStatus.CONFLICT)
+                    conflicts.append(
+                        QuarantineEntry(
+                            channel=channel,
+                            location=f"interventions[{item.source}/{item.source_id}]",
+                            reason="id already stored with different content",
+                            payload=json.dumps(row, default=str),
+                            source=item.source,
+                            received_us=received_us,
+                        )
+                    )
+            if conflicts:
+                self._insert_quarantine(conn, conflicts)
+        return statuses
+
+    def interventions_of(
+        self, patient: str, *, since_us: int | None = None, until_us: int | None = None
+    ) -> list[Intervention]:
+        """A patient's interventions in start order."""
+        table = schema.interventions
+        query = sa.select(table).where(table.c.patient_id == patient).order_by(table.c.start_us)
+        if since_us is not None:
+            query = query.where(table.c.start_us >= since_us)
+        if until_us is not None:
+            query = query.where(table.c.start_us < until_us)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            Intervention(
+                source=r.source,
+                source_id=r.source_id,
+                patient=r.patient_id,
+                kind=InterventionKind(r.kind),
+                amount=r.amount,
+                unit=r.unit,
+                start_us=r.start_us,
+                duration_s=r.duration_s,
+                drug=r.drug,
+                route=r.route,
+            )
+            for r in rows
+        ]
+
     # -- derived values -------------------------------------------------------
 
     def append_derived(self, values: Sequence[DerivedValue]) -> None:
@@ -755,3 +849,18 @@ def _parse_cursor(cursor: str) -> tuple[int, int]:
         return int(time_part), int(row_part)
     except ValueError as exc:
         raise ValueError(f"invalid cursor {cursor!r}") from exc
+
+
+def _intervention_row(item: Intervention) -> dict[str, Any]:
+    return {
+        "source": item.source,
+        "source_id": item.source_id,
+        "patient_id": item.patient,
+        "kind": item.kind.value,
+        "amount": item.amount,
+        "unit": item.unit,
+        "start_us": item.start_us,
+        "duration_s": item.duration_s,
+        "drug": item.drug,
+        "route": item.route,
+    }

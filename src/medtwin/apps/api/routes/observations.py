@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from medtwin.apps.api.auth import Policy, Principal
+from medtwin.apps.api.context import ServiceContext
 from medtwin.apps.api.deps import Context, guard
 from medtwin.apps.api.errors import error_response
 from medtwin.apps.api.schemas import ErrorAnswer, IngestAnswer, ObservationBatch
@@ -63,6 +64,25 @@ async def post_observations(
     A device's API key writes only for the sources it owns; patients first seen
     through a key bound to a care team join that team.
     """
+    items = await read_batch(request, context, principal, "observations")
+    if isinstance(items, JSONResponse):
+        return items
+    sources = principal.sources if principal.role is Role.DEVICE else None
+    results = await run_in_threadpool(
+        lambda: context.ingestor.ingest(
+            items, channel="api", sources=sources, care_team=principal.care_team
+        )
+    )
+    summary = {"stored": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
+    for result in results:
+        summary[result.status] += 1
+    return JSONResponse({"results": [r.as_json() for r in results], "summary": summary})
+
+
+async def read_batch(
+    request: Request, context: ServiceContext, principal: Principal, key: str
+) -> list[Any] | JSONResponse:
+    """The items of a ``{key: [...]}`` body, or the refusal (kept in quarantine) to answer."""
     settings = context.settings
     source = principal.name
 
@@ -105,18 +125,18 @@ async def post_observations(
         )
     if not isinstance(document, dict):
         return await refuse(422, "invalid_request", "body must be a JSON object", "body", text)
-    unknown = sorted(set(document) - {"observations"})
+    unknown = sorted(set(document) - {key})
     if unknown:
         return await refuse(
             422, "invalid_request", f"unknown field {unknown[0]!r}", unknown[0], text
         )
-    items = document.get("observations")
+    items = document.get(key)
     if not isinstance(items, list):
         return await refuse(
             422,
             "invalid_request",
-            "'observations' must be an array of observations",
-            "observations",
+            f"{key!r} must be an array of items",
+            key,
             text,
         )
     if len(items) > settings.max_batch_items:
@@ -124,16 +144,7 @@ async def post_observations(
             413,
             "too_large",
             f"batch of {len(items)} items exceeds {settings.max_batch_items}",
-            "observations",
+            key,
             text,
         )
-    sources = principal.sources if principal.role is Role.DEVICE else None
-    results = await run_in_threadpool(
-        lambda: context.ingestor.ingest(
-            items, channel="api", sources=sources, care_team=principal.care_team
-        )
-    )
-    summary = {"stored": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
-    for result in results:
-        summary[result.status] += 1
-    return JSONResponse({"results": [r.as_json() for r in results], "summary": summary})
+    return items
