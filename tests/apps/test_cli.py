@@ -68,7 +68,7 @@ def test_ingest_jsonl_reports_faults_by_line(tmp_path: Path, store_url: str) -> 
 def test_ingest_refuses_unknown_format(tmp_path: Path, store_url: str) -> None:
     path = tmp_path / "x.csv"
     path.write_text("a,b\n")
-    result = runner.invoke(app, ["ingest", str(path), "--format", "csv"])
+    result = runner.invoke(app, ["ingest", str(path), "--format", "xml"])
     assert result.exit_code == 2
 
 

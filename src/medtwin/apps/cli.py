@@ -111,7 +111,7 @@ def demo(
     _serve(application, settings)
 
 
-def _ingest(paths: list[Path], settings: Settings, batch: int) -> dict[str, int]:
+def _ingest(paths: list[Path], settings: Settings, batch: int, read: Any = None) -> dict[str, int]:
     from medtwin.apps.api.context import ServiceContext
     from medtwin.apps.ingest_files import ingest_files
 
@@ -146,6 +146,7 @@ def _ingest(paths: list[Path], settings: Settings, batch: int) -> dict[str, int]
                 ),
                 progress=lambda path, n: bar.advance(tasks[path], n),
                 writer=writer,
+                **({"read": read} if read is not None else {}),
             )
     finally:
         if writer is not None:
@@ -158,17 +159,53 @@ def ingest(
     files: Annotated[
         list[Path], typer.Argument(exists=True, dir_okay=False, help="Files to ingest")
     ],
-    format: Annotated[str, typer.Option("--format", help="Input format")] = "jsonl",
+    format: Annotated[
+        str | None,
+        typer.Option("--format", help="jsonl or csv; detected from the content when omitted"),
+    ] = None,
+    mapping: Annotated[
+        Path | None,
+        typer.Option("--map", exists=True, dir_okay=False, help="TOML column mapping (CSV)"),
+    ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Items per transaction")] = 1000,
 ) -> None:
-    """Ingest observation files (JSON lines, one API item per line) into the store."""
-    if format != "jsonl":
-        console.print(f"[red]unknown format {format!r}[/red] (supported: jsonl)")
+    """Ingest observation files: JSON lines (one API item per line) or CSV with --map."""
+    from functools import partial
+
+    from medtwin.devices.csv import load_mapping, read_csv
+
+    kinds = {_detect(path) for path in files} if format is None else {format}
+    if len(kinds) != 1 or not kinds <= {"jsonl", "csv"}:
+        console.print(
+            f"[red]cannot ingest format {', '.join(sorted(kinds))}[/red] here "
+            "(supported: jsonl, csv); give one --format for all files"
+        )
         raise typer.Exit(2)
-    totals = _ingest(files, _settings(), batch)
+    read = None
+    if kinds == {"csv"}:
+        if mapping is None:
+            console.print("[red]CSV needs --map mapping.toml[/red] (columns, codes, units)")
+            raise typer.Exit(2)
+        try:
+            read = partial(read_csv, mapping=load_mapping(mapping))
+        except MedtwinError as exc:
+            console.print(f"[red]invalid mapping:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    totals = _ingest(files, _settings(), batch, read)
     typer.echo(" ".join(f"{k}={v}" for k, v in totals.items()))
     if totals["rejected"] or totals["conflict"]:
         raise typer.Exit(1)
+
+
+def _detect(path: Path) -> str:
+    """The format of a file from its first bytes: jsonl, csv, fhir (a Bundle) or hl7."""
+    with path.open("rb") as handle:
+        head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n\x0b")
+    if head.startswith(b"MSH|"):
+        return "hl7"
+    if head.startswith(b"{"):
+        return "fhir" if b'"resourceType"' in head and b'"Bundle"' in head else "jsonl"
+    return "csv"
 
 
 def _on_store(action: str, run: Any) -> None:

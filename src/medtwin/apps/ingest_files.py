@@ -1,4 +1,4 @@
-"""Ingest JSON-lines files through the same path as the API, in batches."""
+"""Ingest line-oriented files (JSON lines, mapped CSV) through the API's path, in batches."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from medtwin.data.store import QuarantineEntry
 from medtwin.data.store.writer import WriterProcess
-from medtwin.devices.jsonl import read_jsonl
+from medtwin.devices.jsonl import Line, read_jsonl
 from medtwin.twins import Ingestor
 
 Report = Callable[[str], None]
@@ -23,8 +23,12 @@ def ingest_files(
     report: Report | None = None,
     progress: Callable[[Path, int], None] | None = None,
     writer: WriterProcess | None = None,
+    read: Callable[[Path], Iterator[Line]] = read_jsonl,
 ) -> dict[str, int]:
     """Ingest every line of ``paths``; counts by outcome. Faults go to quarantine and ``report``.
+
+    ``read`` turns a file into lines, each an item or a fault with its place
+    (``read_jsonl``; ``functools.partial(read_csv, mapping=...)`` for CSV).
 
     With ``writer`` (a :class:`WriterProcess` on the ingestor's store), batches are
     stored by the writer while the next ones are read and validated here
@@ -41,7 +45,7 @@ def ingest_files(
         ) -> Iterator[list[Any]]:
             items: list[Any] = []
             numbers: list[int] = []
-            for line in read_jsonl(path):
+            for line in read(path):
                 if line.error is not None:
                     ingestor.store.quarantine(
                         [
