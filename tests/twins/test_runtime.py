@@ -519,3 +519,17 @@ def test_batch_equals_patient_by_patient(clock: FixedClock) -> None:
     assert len(batch) == len(single) == 300
     for patient in single.patient_ids:
         assert batch.view(patient) == single.view(patient)
+
+
+def test_corrections_replace_and_entered_in_error_retracts() -> None:
+    clock = FixedClock(datetime(2026, 1, 1, 12, tzinfo=UTC))
+    runtime = TwinRuntime(clock)
+    at = clock.now_us() - 60_000_000
+    first = Observation("m", "hr-1", "p1", LOINC, HR, 150.0, None, "/min", at)
+    runtime.observe([first])
+    assert runtime.view("p1")["vitals"][HR]["value"] == 150.0
+    corrected = first._replace(value_num=75.0, status="corrected", version=2)
+    runtime.observe([corrected])
+    assert runtime.view("p1")["vitals"][HR]["value"] == 75.0
+    runtime.observe([first._replace(status="entered-in-error", version=3)])
+    assert HR not in runtime.view("p1")["vitals"]

@@ -127,6 +127,7 @@ class TwinRuntime:
             values: list[float] = []
             flags: list[int] = []
             touched: set[int] = set()
+            retracted: list[tuple[int, int, int]] = []
             column_of = self._column.get
             row_of = self._row.get
             for obs in observations:
@@ -139,6 +140,7 @@ class TwinRuntime:
                     self._remember_unmapped(obs)
                     continue
                 if obs.status == _ENTERED_IN_ERROR:
+                    retracted.append((row, column, obs.effective_us))
                     continue
                 value = obs.value_num
                 if value is None:
@@ -156,6 +158,13 @@ class TwinRuntime:
                     np.array(values, dtype=np.float64),
                     np.array(flags, dtype=np.int32),
                 )
+            # A result entered in error stops counting: the twin forgets the value it held
+            # from that measurement (an older one comes back with the next warm start).
+            for row, column, at_us in retracted:
+                if self._times[row, column] == at_us:
+                    self._values[row, column] = np.nan
+                    self._times[row, column] = _NEVER
+                    self._flags[row, column] = 0
             return self._score(np.array(sorted(touched), dtype=np.intp))
 
     def _fold(

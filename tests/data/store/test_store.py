@@ -669,3 +669,12 @@ def test_bulk_append(store: SqlStore) -> None:
     # The same batch again: all duplicates, nothing added.
     assert store.append(items, received_us=RECEIVED + 1) == [DUPLICATE] * n
     assert store.count("observations") == n
+
+
+def test_latest_skips_results_entered_in_error(store: SqlStore) -> None:
+    base = Observation("m", "hr-9", "p9", LOINC, "8867-4", 150.0, None, "/min", 2_000_000)
+    older = base._replace(source_id="hr-8", value_num=70.0, effective_us=1_000_000)
+    store.append([older, base], received_us=3_000_000)
+    assert [o.value_num for o in store.latest(codes=["8867-4"], since_us=0)] == [150.0]
+    store.append([base._replace(status="entered-in-error", version=2)], received_us=4_000_000)
+    assert [o.value_num for o in store.latest(codes=["8867-4"], since_us=0)] == [70.0]

@@ -392,12 +392,20 @@ class SqlStore:
             )
             .label("newest_rank")
         )
+        # A result entered in error no longer counts, in any of its versions.
+        retracted = schema.observations.alias("retracted")
+        withdrawn = sa.exists().where(
+            retracted.c.source == table.c.source,
+            retracted.c.source_id == table.c.source_id,
+            retracted.c.status == "entered-in-error",
+        )
         ranked = (
             sa.select(table, rank)
             .where(
                 table.c.system == system,
                 table.c.code.in_(list(codes)),
                 table.c.effective_us >= since_us,
+                ~withdrawn,
             )
             .subquery()
         )
