@@ -28,7 +28,15 @@ from medtwin.data.crypto import BlindIndex, DataKeys, Keyring
 from medtwin.data.store import SqlStore, schema
 
 # Tables whose ``patient_id`` column follows a patient through erasure.
-_PATIENT_TABLES = ("observations", "interventions", "derived", "care_team_patients")
+_PATIENT_TABLES = (
+    "observations",
+    "interventions",
+    "derived",
+    "care_team_patients",
+    "device_bindings",
+)
+# Tables of personal data: the patient's rows go (raw FHIR resources carry names).
+_PERSONAL_TABLES = ("patient_keys", "blind_index", "consents", "fhir_resources")
 
 
 class Identifier(BaseModel):
@@ -219,7 +227,7 @@ class PatientVault:
             if row is None:
                 raise NotFoundError(f"no patient {patient!r}")
             pseudonym = str(row.pseudonym)
-            for name in ("patient_keys", "blind_index", "consents"):
+            for name in _PERSONAL_TABLES:
                 table = schema.metadata.tables[name]
                 conn.execute(sa.delete(table).where(table.c.patient_id == patient))
             for name in _PATIENT_TABLES:
