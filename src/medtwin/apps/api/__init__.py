@@ -55,10 +55,14 @@ def create_app(
     *,
     clock: Clock | None = None,
     store: SqlStore | None = None,
-    background: tuple[BackgroundTask, ...] = (refresh_twins,),
+    background: tuple[BackgroundTask, ...] | None = None,
 ) -> FastAPI:
     """The service. ``background`` tasks run for the life of the app (the demo adds the ward)."""
     settings = settings or Settings()
+    if background is None:
+        from medtwin.apps.adapters import serve_mllp
+
+        background = (refresh_twins, serve_mllp)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

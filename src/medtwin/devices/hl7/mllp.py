@@ -1,0 +1,326 @@
+"""MLLP (minimal lower layer protocol) over TCP, optionally TLS: server and a small client.
+
+A frame is ``0x0B <message> 0x1C 0x0D``. The server reads frames one after the
+other on each connection, hands each to a synchronous handler in a worker
+thread and writes the handler's answer (the ACK) only when it returns, that is
+after the data is committed. Defences, each answered without harming the
+other connections:
+
+- a peer outside ``allowed_peers`` (addresses or networks) is closed at once;
+- a connection silent for ``idle_timeout_s``, or one whose frame is not complete
+  ``frame_timeout_s`` after it began (a slow drip), is closed;
+- a frame larger than ``max_message_bytes`` is read to its end and discarded,
+  then answered by the ``oversize`` callback (an AR); one that never ends is
+  closed after 16 times that size;
+- bytes outside a frame are skipped; at most ``max_connections`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+__all__ = [
+    "END_BLOCK",
+    "START_BLOCK",
+    "MllpServer",
+    "ServerStats",
+    "frame",
+    "send_messages",
+]
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\x0d"
+log = logging.getLogger("medtwin.devices.hl7.mllp")
+
+# handler(message bytes, peer address) -> answer bytes (None: send nothing)
+Handler = Callable[[bytes, str], bytes | None]
+# oversize(first bytes of the frame) -> answer bytes for a frame that was too large
+Oversize = Callable[[bytes], bytes | None]
+_READ_CHUNK = 65_536
+_DISCARD_FACTOR = 16
+
+
+def frame(message: bytes | str) -> bytes:
+    """``message`` wrapped in MLLP start and end blocks."""
+    data = message.encode("utf-8") if isinstance(message, str) else message
+    return START_BLOCK + data + END_BLOCK
+
+
+@dataclass
+class ServerStats:
+    """Counters of one server (for metrics and tests)."""
+
+    connections: int = 0
+    refused_peers: int = 0
+    messages: int = 0
+    oversized: int = 0
+    idle_closed: int = 0
+    errors: int = 0
+
+
+class _CloseConnectionError(Exception):
+    """The connection is to be closed (timeout, refusal); not an error of the server."""
+
+
+class MllpServer:
+    """An asyncio MLLP listener around a synchronous message handler."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        oversize: Oversize,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        idle_timeout_s: float = 30.0,
+        frame_timeout_s: float | None = None,
+        max_message_bytes: int = 1024 * 1024,
+        allowed_peers: Iterable[str] = (),
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 256,
+    ) -> None:
+        self.handler = handler
+        self.oversize = oversize
+        self.host = host
+        self.port = port
+        self.idle_timeout_s = idle_timeout_s
+        self.frame_timeout_s = frame_timeout_s or 4 * idle_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.allowed_peers = tuple(ipaddress.ip_network(p, strict=False) for p in allowed_peers)
+        self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.stats = ServerStats()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # One worker: the store is synchronous and messages are handled in arrival order.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mllp")
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the server is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        """Listen; OSError when the address cannot be bound."""
+        self._server = await asyncio.start_server(
+            self._serve,
+            self.host,
+            self.port,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.idle_timeout_s if self.ssl_context else None,
+            reuse_address=True,
+        )
+
+    async def stop(self) -> None:
+        """Stop listening, close the connections, let a message being handled finish."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+        # A handler already running finishes its commit; nothing new starts.
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+
+    # -- one connection -----------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        peer = _peer_host(writer)
+        try:
+            if not self._peer_allowed(peer):
+                self.stats.refused_peers += 1
+                log.warning("mllp: connection from %s refused (not an allowed peer)", peer)
+                return
+            if len(self._tasks) > self.max_connections:
+                log.warning("mllp: connection from %s refused (too many connections)", peer)
+                return
+            self.stats.connections += 1
+            await self._frames(reader, writer, peer)
+        except _CloseConnectionError:
+            pass
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, OSError) as exc:
+            log.info("mllp: connection from %s ended: %s", peer, type(exc).__name__)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug here must cost one connection, never the listener
+            self.stats.errors += 1
+            log.exception("mllp: connection from %s failed", peer)
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    def _peer_allowed(self, peer: str) -> bool:
+        if not self.allowed_peers:
+            return True
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.allowed_peers)
+
+    async def _frames(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        pending = bytearray()  # bytes read and not yet taken apart
+        in_frame = False
+        scanned = 0  # bytes of the current frame already searched for the end block
+        discarded = -1  # bytes thrown away of an oversized frame (-1: not discarding)
+        head = b""  # the start of an oversized frame: enough for its MSH
+        started = 0.0
+        limit = self.max_message_bytes
+        while True:
+            while True:  # take every complete frame out of ``pending``
+                if not in_frame:
+                    start = pending.find(START_BLOCK)
+                    if start < 0:
+                        pending.clear()  # bytes between frames (line breaks, noise)
+                        break
+                    del pending[: start + 1]
+                    in_frame, scanned, started = True, 0, time.monotonic()
+                end = pending.find(END_BLOCK, max(0, scanned - 1))
+                if end < 0:
+                    scanned = len(pending)
+                    if len(pending) > limit + 1:
+                        if discarded < 0:
+                            head, discarded = bytes(pending[:4096]), 0
+                        # Keep the last byte: it may be the 0x1C of a split end block.
+                        discarded += len(pending) - 1
+                        del pending[:-1]
+                        scanned = 1
+                        if discarded > _DISCARD_FACTOR * limit:
+                            raise _CloseConnectionError
+                    break
+                message = bytes(pending[:end])
+                del pending[: end + 2]
+                in_frame = False
+                if discarded >= 0 or len(message) > limit:
+                    self.stats.oversized += 1
+                    log.warning("mllp: oversized message from %s discarded", peer)
+                    answer = self.oversize(head if discarded >= 0 else message[:4096])
+                    discarded = -1
+                else:
+                    self.stats.messages += 1
+                    loop = asyncio.get_running_loop()
+                    answer = await loop.run_in_executor(self._executor, self.handler, message, peer)
+                if answer is not None:
+                    writer.write(frame(answer))
+                    await asyncio.wait_for(writer.drain(), self.idle_timeout_s)
+            timeout = self.idle_timeout_s
+            if in_frame:
+                remaining = started + self.frame_timeout_s - time.monotonic()
+                timeout = min(timeout, max(0.0, remaining))
+            try:
+                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout)
+            except TimeoutError:
+                self.stats.idle_closed += 1
+                log.info("mllp: connection from %s timed out", peer)
+                raise _CloseConnectionError from None
+            if not chunk:
+                return
+            pending += chunk
+
+
+def _peer_host(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "unknown")
+
+
+# -- client -------------------------------------------------------------------------
+
+
+def ack_expected(message: bytes | str) -> str:
+    """Whether a server answers ``message``: ``yes``, ``no`` (MSH-15 NE) or ``maybe`` (ER/SU)."""
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    first = text.removeprefix("\ufeff").replace("\n", "\r").split("\r", 1)[0]
+    if not first.startswith("MSH") or len(first) < 4:
+        return "yes"
+    fields = first.split(first[3])
+    # fields[n] is MSH-(n+1): the separator itself is MSH-1.
+    accept = fields[14].strip().upper() if len(fields) > 14 else ""
+    application = fields[15].strip().upper() if len(fields) > 15 else ""
+    if not accept and not application:
+        return "yes"
+    if accept == "NE":
+        return "no"
+    if accept in ("ER", "SU"):
+        return "maybe"
+    return "yes"
+
+
+def send_messages(
+    host: str,
+    port: int,
+    messages: Sequence[bytes | str],
+    *,
+    timeout_s: float = 30.0,
+    maybe_timeout_s: float = 0.5,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> list[str | None]:
+    """Send ``messages`` in turn over one MLLP connection; each one's ACK text or None.
+
+    Waits for each answer before sending the next (as MLLP senders do). None: the
+    message asked for no accept acknowledgement (MSH-15 NE), or ER/SU asked for one
+    only in some cases and none came within ``maybe_timeout_s``.
+    """
+    answers: list[str | None] = []
+    with socket.create_connection((host, port), timeout=timeout_s) as raw:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn: socket.socket = raw
+        if ssl_context is not None:
+            conn = ssl_context.wrap_socket(raw, server_hostname=server_hostname or host)
+        pending = bytearray()
+        for message in messages:
+            conn.sendall(frame(message))
+            expected = ack_expected(message)
+            if expected == "no":
+                answers.append(None)
+                continue
+            conn.settimeout(timeout_s if expected == "yes" else maybe_timeout_s)
+            try:
+                answers.append(_receive(conn, pending))
+            except TimeoutError:
+                if expected == "yes":
+                    raise
+                answers.append(None)
+            conn.settimeout(timeout_s)
+    return answers
+
+
+def _receive(conn: socket.socket, pending: bytearray) -> str:
+    """The next framed answer on ``conn`` (``pending`` keeps bytes read past it)."""
+    while True:
+        start = pending.find(START_BLOCK)
+        end = pending.find(END_BLOCK, start + 1) if start >= 0 else -1
+        if start >= 0 and end >= 0:
+            answer = bytes(pending[start + 1 : end])
+            del pending[: end + 2]
+            return answer.decode("utf-8", "replace")
+        data = conn.recv(_READ_CHUNK)
+        if not data:
+            raise ConnectionError("the server closed the connection before answering")
+        pending += data

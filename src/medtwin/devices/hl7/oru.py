@@ -1,0 +1,280 @@
+"""ORU^R01: each OBX segment becomes one observation item, or one fault.
+
+Value types (OBX-2): ``NM`` a number; ``SN`` a structured numeric (``^182`` is
+the number 182; a comparator, ratio or range such as ``>^10``, ``^1^:^2`` is
+kept as the text ``>10``, ``1:2``); ``CE``/``CWE``/``CNE`` the code (CE-1, or
+the text CE-2 when no code is given); ``ST``/``TX``/``FT`` text up to 256
+characters (repetitions joined by newlines). Every other type (``RP``, ``ED``,
+...) is a fault "value type X not supported", kept raw in the quarantine.
+
+The observation id is deterministic, so that an identical resend is a
+duplicate: ``<MSH-10, letters/digits/._- only, 24 chars>.<OBX position>.<digest>``
+where the digest (12 hex) covers sender, MSH-10, patient, the OBR time and the
+OBX segment as received. The same MSH-10 with other content gives new ids.
+
+The patient is PID-3's first identifier (CX-1). It is used as it is when it fits
+medtwin's id pattern; otherwise runs of other characters become ``_`` and
+``.`` plus 8 hex of its SHA-256 are added, so distinct identifiers stay distinct.
+
+Times: OBX-14, else OBR-7; read in the sender's zone when they carry no offset.
+OBX-11 ``C`` corrects an earlier result and ``D``/``W`` mark it entered in
+error: the item carries ``correction`` and the processor finds the earlier one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import Any
+
+from medtwin.core.clock import to_us
+from medtwin.core.records import LOINC, ObservationStatus
+from medtwin.data.validation import ID_PATTERN, MAX_TEXT
+from medtwin.devices.hl7.ack import ErrorCode, Fault
+from medtwin.devices.hl7.parse import (
+    ParsedMessage,
+    component,
+    field_text,
+    parse_ts,
+    repetitions,
+)
+
+__all__ = ["SUPPORTED_TYPES", "ObxItem", "OruContent", "coding_system", "patient_id", "read_oru"]
+
+SUPPORTED_TYPES = frozenset({"NM", "SN", "CE", "CWE", "CNE", "ST", "TX", "FT"})
+_CODED = frozenset({"CE", "CWE", "CNE"})
+_TEXT = frozenset({"ST", "TX", "FT"})
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
+_NOT_ID = re.compile(r"[^A-Za-z0-9._\-]+")
+# HL7 table 0396 names of coding systems medtwin knows by URI.
+_SYSTEMS = {
+    "LN": LOINC,
+    "LOINC": LOINC,
+    "SCT": "http://snomed.info/sct",
+    "SNM": "http://snomed.info/sct",
+    "UCUM": "http://unitsofmeasure.org",
+}
+_SN_COMPARATORS = frozenset({"", "=", "<", ">", "<=", ">=", "<>"})
+_CORRECTIONS = {
+    "C": ObservationStatus.CORRECTED.value,
+    "D": ObservationStatus.ENTERED_IN_ERROR.value,
+    "W": ObservationStatus.ENTERED_IN_ERROR.value,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ObxItem:
+    """An observation item read from OBX number ``index`` (1-based, within the message)."""
+
+    index: int
+    item: dict[str, Any]
+    payload: str  # MSH, PID, OBR and this OBX: enough to replay it alone
+    correction: str | None = None  # corrected / entered-in-error: an earlier result changes
+
+
+@dataclass
+class OruContent:
+    """What an ORU^R01 carried: items to validate and faults found while reading."""
+
+    items: list[ObxItem] = field(default_factory=list)
+    faults: list[tuple[Fault, str]] = field(default_factory=list)  # (fault, payload)
+    obx_total: int = 0
+    unsupported: Counter[str] = field(default_factory=Counter)  # value type -> OBX count
+
+
+def coding_system(name: str) -> str:
+    """URI of an HL7 coding system name (``LN`` -> LOINC); unknown ones get a URN."""
+    name = name.strip()
+    known = _SYSTEMS.get(name.upper())
+    if known is not None:
+        return known
+    cleaned = _NOT_ID.sub("_", name)[:64] or "local"
+    return f"urn:hl7v2:coding-system:{cleaned}"
+
+
+def patient_id(raw: str) -> str | None:
+    """medtwin's patient id for a PID-3 identifier (see the module docstring); None if empty."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    if ID_PATTERN.fullmatch(raw):
+        return raw
+    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    cleaned = _NOT_ID.sub("_", raw).lstrip("._-")[:48]
+    return f"{cleaned}.{digest}" if cleaned else f"p.{digest}"
+
+
+def read_oru(parsed: ParsedMessage, zone: tzinfo) -> OruContent:
+    """The OBX items and faults of an ORU^R01 message (no store access)."""
+    header = parsed.header
+    texts = parsed.text.split("\r")
+    content = OruContent()
+    msh_text = texts[0]
+    patient: str | None = None
+    pid_text = ""
+    obr: Any = None
+    obr_text = ""
+    for segment, text in zip(parsed.segments(), texts, strict=False):
+        name = str(segment[0])
+        if name == "PID":
+            patient = patient_id(component(segment, 3, 1))
+            pid_text, obr, obr_text = text, None, ""
+        elif name == "OBR":
+            obr, obr_text = segment, text
+        elif name == "OBX":
+            content.obx_total += 1
+            index = content.obx_total
+            payload = "\r".join(t for t in (msh_text, pid_text, obr_text, text) if t)
+            result = _read_obx(
+                segment,
+                index,
+                text,
+                patient=patient,
+                obr=obr,
+                sender=header.sender,
+                control_id=header.control_id,
+                zone=zone,
+            )
+            if isinstance(result, Fault):
+                content.faults.append((result, payload))
+                if result.code == ErrorCode.DATA_TYPE_ERROR and result.location.endswith("-2"):
+                    content.unsupported[field_text(segment, 2).strip().upper()] += 1
+            else:
+                item, correction = result
+                content.items.append(ObxItem(index, item, payload, correction))
+    return content
+
+
+def _read_obx(
+    segment: Any,
+    index: int,
+    text: str,
+    *,
+    patient: str | None,
+    obr: Any,
+    sender: str,
+    control_id: str,
+    zone: tzinfo,
+) -> tuple[dict[str, Any], str | None] | Fault:
+    where = f"OBX[{index}]"
+    if patient is None:
+        return Fault("PID-3", "no patient identifier (PID-3) before this OBX", 101)
+    value_type = field_text(segment, 2).strip().upper()
+    status_code = field_text(segment, 11).strip().upper()
+    correction = _CORRECTIONS.get(status_code)
+    value_present = repetitions(segment, 5) > 0
+    if not value_type and not value_present:
+        return Fault(
+            f"{where}-5",
+            f"no value (result status {status_code or 'empty'})",
+            ErrorCode.REQUIRED_FIELD_MISSING,
+        )
+    if not value_type:
+        return Fault(f"{where}-2", "no value type (OBX-2)", ErrorCode.REQUIRED_FIELD_MISSING)
+    if value_type not in SUPPORTED_TYPES:
+        return Fault(
+            f"{where}-2", f"value type {value_type[:8]} not supported", ErrorCode.DATA_TYPE_ERROR
+        )
+    code = component(segment, 3, 1).strip()
+    system_name = component(segment, 3, 3)
+    if not code and component(segment, 3, 4).strip():  # only an alternate identifier
+        code, system_name = component(segment, 3, 4).strip(), component(segment, 3, 6)
+    if not code:
+        return Fault(
+            f"{where}-3", "no observation identifier (OBX-3)", ErrorCode.REQUIRED_FIELD_MISSING
+        )
+    value: str | float | None
+    if not value_present:
+        if correction != ObservationStatus.ENTERED_IN_ERROR.value:
+            return Fault(
+                f"{where}-5",
+                f"no value (result status {status_code or 'empty'})",
+                ErrorCode.REQUIRED_FIELD_MISSING,
+            )
+        value = None  # the processor takes the earlier result's value
+    else:
+        read = _value(segment, value_type, where)
+        if isinstance(read, Fault):
+            return read
+        value = read
+    time_text = field_text(segment, 14).strip()
+    time_field = f"{where}-14"
+    if not time_text and obr is not None:
+        time_text, time_field = field_text(obr, 7).strip(), "OBR-7"
+    if not time_text:
+        return Fault(
+            f"{where}-14", "no observation time (OBX-14 or OBR-7)", ErrorCode.REQUIRED_FIELD_MISSING
+        )
+    try:
+        moment = parse_ts(time_text, zone)
+        to_us(moment)
+    except (ValueError, OverflowError) as exc:
+        return Fault(time_field, str(exc), ErrorCode.DATA_TYPE_ERROR)
+    unit = component(segment, 6, 1).strip()
+    obr_time = field_text(obr, 7) if obr is not None else ""
+    digest = hashlib.sha256(
+        "\x1f".join((sender, control_id, patient, obr_time, text)).encode("utf-8", "replace")
+    ).hexdigest()[:12]
+    prefix = _NOT_ID.sub("_", control_id).lstrip("._-")[:24] or "m"
+    item: dict[str, Any] = {
+        "id": f"{prefix}.{index}.{digest}",
+        "source": sender,
+        "patient": patient,
+        "code": code[:MAX_TEXT],
+        "system": coding_system(system_name),
+        "value": value,
+        "unit": unit,
+        "time": moment.isoformat(),
+    }
+    if correction is not None:
+        item["status"] = correction
+    return item, correction
+
+
+def _value(segment: Any, value_type: str, where: str) -> str | float | Fault:
+    location = f"{where}-5"
+    count = repetitions(segment, 5)
+    if value_type in _TEXT:
+        parts = [component(segment, 5, 1, r) for r in range(1, count + 1)]
+        text = "\n".join(parts)
+        if len(text) > MAX_TEXT:
+            return Fault(
+                location, f"text value longer than {MAX_TEXT} characters", ErrorCode.VALUE_TOO_LONG
+            )
+        return text
+    if count > 1:
+        return Fault(
+            location, f"repeated {value_type} values are not supported", ErrorCode.DATA_TYPE_ERROR
+        )
+    if value_type == "NM":
+        raw = field_text(segment, 5).strip()
+        if _NUMBER.fullmatch(raw) is None:
+            return Fault(location, "NM value is not a number", ErrorCode.DATA_TYPE_ERROR)
+        return float(raw)
+    if value_type == "SN":
+        return _structured_numeric(segment, location)
+    coded = component(segment, 5, 1).strip() or component(segment, 5, 2).strip()
+    if not coded:
+        return Fault(location, f"{value_type} value has no code", ErrorCode.REQUIRED_FIELD_MISSING)
+    if len(coded) > MAX_TEXT:
+        return Fault(
+            location, f"coded value longer than {MAX_TEXT} characters", ErrorCode.VALUE_TOO_LONG
+        )
+    return coded
+
+
+def _structured_numeric(segment: Any, location: str) -> str | float | Fault:
+    comparator, first, separator, second = (component(segment, 5, n).strip() for n in (1, 2, 3, 4))
+    if comparator not in _SN_COMPARATORS:
+        return Fault(location, f"SN comparator {comparator[:4]!r} is not valid", 102)
+    if not _NUMBER.fullmatch(first) or (second and not _NUMBER.fullmatch(second)):
+        return Fault(location, "SN value is not a number", ErrorCode.DATA_TYPE_ERROR)
+    if comparator in ("", "=") and not separator and not second:
+        return float(first)
+    if separator and separator not in ("-", "+", "/", ":", "."):
+        return Fault(location, f"SN separator {separator[:4]!r} is not valid", 102)
+    # Comparators, ratios and ranges are not one number: kept as their text.
+    return f"{'' if comparator == '=' else comparator}{first}{separator}{second}"
