@@ -1,9 +1,10 @@
-"""The service runs its adapters: an HL7 v2 MLLP listener when a port is set."""
+"""The service runs its adapters: HL7 v2 over MLLP and MQTT devices, when configured."""
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import uvicorn
 from medtwin.apps.api import create_app
 from medtwin.core.settings import Settings
 from medtwin.devices.hl7 import send_messages
+from medtwin.devices.mqtt.loadgen import observation_payloads, publish
 
 from .conftest import _free_port, user_token
 
@@ -35,6 +37,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, int, object]]:
         store_url=f"sqlite:///{tmp_path / 'a.db'}",
         port=port,
         mllp_port=mllp_port,
+        mqtt_host="127.0.0.1",
+        mqtt_client_id=f"medtwin-test-{uuid.uuid4().hex[:12]}",
         secrets_file=tmp_path / "secrets.json",
     )
     app = create_app(settings)
@@ -69,3 +73,32 @@ def test_mllp_results_reach_the_twins_served_over_rest(
     (twin,) = [t for t in twins if t["patient"] == "MRN-42"]
     assert twin["vitals"]["8867-4"]["value"] == 88.0
     assert twin["vitals"]["8480-6"]["value"] == 121.0
+
+
+def test_mqtt_readings_of_a_bound_device_reach_its_patient(
+    served: tuple[str, int, object],
+) -> None:
+    url, _, state = served
+    token = user_token(state.context, "admin-devices")  # type: ignore[attr-defined]
+    headers = {"Authorization": f"Bearer {token}"}
+    device = f"pump-{uuid.uuid4().hex[:8]}"
+    bound = httpx.post(
+        f"{url}/api/v1/devices/{device}/bindings",
+        json={"patient": "bed-7", "from": (NOW - timedelta(hours=1)).isoformat()},
+        headers=headers,
+    )
+    assert bound.status_code == 201, bound.text
+    topic = f"medtwin/devices/{device}/observations"
+    payloads = observation_payloads(3, start=NOW)
+    subscriber = state.context.extras["mqtt"]  # type: ignore[attr-defined]
+    subscriber.wait_connected(10)
+    publish("127.0.0.1", 1883, [(topic, p) for p in payloads])
+    deadline = time.monotonic() + 10
+    twin: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        twins = httpx.get(f"{url}/api/v1/twins", headers=headers).json()
+        twin = next((t for t in twins if t["patient"] == "bed-7"), {})
+        if twin:
+            break
+        time.sleep(0.1)
+    assert twin["vitals"]["8867-4"]["value"] == 62.0  # type: ignore[index]

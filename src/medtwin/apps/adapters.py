@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from starlette.concurrency import run_in_threadpool
+
 from medtwin.apps.api.context import ServiceContext
 
-__all__ = ["serve_mllp"]
+__all__ = ["serve_mllp", "serve_mqtt"]
 
 
 async def serve_mllp(context: ServiceContext) -> None:
@@ -31,3 +33,18 @@ async def serve_mllp(context: ServiceContext) -> None:
     finally:
         with contextlib.suppress(Exception):
             await coordinator.stop()
+
+
+async def serve_mqtt(context: ServiceContext) -> None:
+    """The MQTT device subscriber, when ``mqtt_host`` is set."""
+    if context.settings.mqtt_host is None:
+        return
+    from medtwin.devices.mqtt import MqttConfig, MqttSubscriber
+
+    subscriber = MqttSubscriber(MqttConfig.from_settings(context.settings), context.ingestor)
+    subscriber.start()
+    context.extras["mqtt"] = subscriber
+    try:
+        await asyncio.Event().wait()  # until the app cancels this task
+    finally:
+        await run_in_threadpool(subscriber.stop)

@@ -19,6 +19,7 @@ from medtwin.apps.api.ratelimit import RateLimit
 from medtwin.apps.api.routes import (
     auth,
     consents,
+    devices,
     events,
     health,
     interventions,
@@ -60,9 +61,9 @@ def create_app(
     """The service. ``background`` tasks run for the life of the app (the demo adds the ward)."""
     settings = settings or Settings()
     if background is None:
-        from medtwin.apps.adapters import serve_mllp
+        from medtwin.apps.adapters import serve_mllp, serve_mqtt
 
-        background = (refresh_twins, serve_mllp)
+        background = (refresh_twins, serve_mllp, serve_mqtt)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +100,7 @@ def create_app(
         interventions,
         patients,
         consents,
+        devices,
         twins,
         research,
         quarantine,

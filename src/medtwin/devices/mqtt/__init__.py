@@ -1,0 +1,33 @@
+"""MQTT devices: readings from bedside and wearable devices over a Mosquitto broker.
+
+- :mod:`~medtwin.devices.mqtt.payload`: topic and JSON payload into a reading;
+- :mod:`~medtwin.devices.mqtt.bindings`: which patient a device was on, and when;
+- :mod:`~medtwin.devices.mqtt.subscriber`: the broker connection and the ingestion;
+- :mod:`~medtwin.devices.mqtt.provisioning`: per-device credentials and ACLs for Mosquitto;
+- :mod:`~medtwin.devices.mqtt.loadgen`: publishing readings at volume (tests, benchmark).
+"""
+
+from __future__ import annotations
+
+from medtwin.devices.mqtt.bindings import Binding, BindingIndex, DeviceBindings
+from medtwin.devices.mqtt.payload import (
+    DeviceIntervention,
+    DeviceObservation,
+    PayloadRejection,
+    parse_message,
+)
+from medtwin.devices.mqtt.subscriber import MqttConfig, MqttError, MqttSubscriber, SubscriberStats
+
+__all__ = [
+    "Binding",
+    "BindingIndex",
+    "DeviceBindings",
+    "DeviceIntervention",
+    "DeviceObservation",
+    "MqttConfig",
+    "MqttError",
+    "MqttSubscriber",
+    "PayloadRejection",
+    "SubscriberStats",
+    "parse_message",
+]

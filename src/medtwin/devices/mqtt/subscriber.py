@@ -1,0 +1,456 @@
+"""The MQTT subscriber: owns the broker connection and turns device messages into records.
+
+One :class:`MqttSubscriber` holds one paho client (its network thread) and one
+worker thread::
+
+    paho thread:   message -> queue (nothing else: the socket must keep being read)
+    worker thread: queue -> batch -> parse -> attribute to patients -> commit -> PUBACK
+
+Delivery: QoS 1 on a persistent session (MQTT 5 ``clean_start`` off with a session
+expiry), and manual acknowledgement, so the broker keeps every message until
+its PUBACK, and a PUBACK is sent only after the batch holding the message is
+committed. A subscriber that dies before acknowledging gets the messages again
+from the broker when it comes back; the store's idempotency on (device,
+``boot_id.seq``) turns those resends, and any duplicate a device sends, into
+duplicates instead of new rows. Acknowledgements are only sent on the
+connection the message came in on: after a reconnect, message ids are the
+broker's to reuse, and it resends what was not acknowledged anyway.
+
+Reconnection: paho's network loop reconnects with exponential backoff (from
+``reconnect_min_s`` doubling to ``reconnect_max_s``) for as long as the
+subscriber runs. A batch the store cannot take is retried with the same
+backoff and stays unacknowledged meanwhile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import ssl
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from medtwin.core.clock import from_us
+from medtwin.core.errors import ConfigurationError, MedtwinError
+from medtwin.core.settings import Settings
+from medtwin.data.store import QuarantineEntry, SqlStore
+from medtwin.devices.mqtt.bindings import DeviceBindings
+from medtwin.devices.mqtt.fastclient import BufferedClient
+from medtwin.devices.mqtt.interventions import store_interventions
+from medtwin.devices.mqtt.payload import (
+    DEFAULT_ROOT,
+    INTERVENTIONS,
+    OBSERVATIONS,
+    DeviceIntervention,
+    DeviceObservation,
+    PayloadRejection,
+    parse_message,
+)
+from medtwin.twins.ingest import Ingestor
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "mqtt"
+# Item fields of the ingestion path, named as the device's payload names them.
+_PAYLOAD_FIELD = {"id": "seq", "source": "topic", "patient": "patient"}
+
+
+class MqttError(MedtwinError):
+    """The broker could not be reached, or refused the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """Where the broker is and how the subscriber talks to it."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "medtwin-ingest"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: Path | None = None
+    root: str = DEFAULT_ROOT
+    keepalive_s: int = 30
+    # How long the broker keeps the session (and queues messages) while we are away.
+    session_expiry_s: int = 7 * 24 * 3600
+    # Unacknowledged messages the broker may send ahead (MQTT 5 Receive Maximum):
+    # several batches, so the broker never waits for a commit to send the next one.
+    receive_maximum: int = 20_000
+    batch_size: int = 2_000
+    linger_s: float = 0.005  # wait this long for a batch to fill (s)
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MqttConfig:
+        """The configuration the ``mqtt_*`` settings give; ConfigurationError without a host."""
+        if settings.mqtt_host is None:
+            raise ConfigurationError("MEDTWIN_MQTT_HOST is not set")
+        password = settings.mqtt_password
+        return cls(
+            host=settings.mqtt_host,
+            port=settings.mqtt_port,
+            client_id=settings.mqtt_client_id,
+            username=settings.mqtt_username,
+            password=None if password is None else password.get_secret_value(),
+            tls_ca=settings.mqtt_tls_ca,
+        )
+
+
+@dataclass
+class SubscriberStats:
+    """Counters of one subscriber since it started (for tests, metrics, benchmarks)."""
+
+    received: int = 0
+    stored: int = 0
+    duplicate: int = 0
+    conflict: int = 0
+    rejected: int = 0  # quarantined: bad payload, unbound device, invalid value
+    interventions: int = 0  # intervention messages stored or recognized as resends
+    acked: int = 0
+    batches: int = 0
+    connects: int = 0
+    store_retries: int = 0
+
+    @property
+    def processed(self) -> int:
+        """Messages whose batch was committed (each is stored, a duplicate, or quarantined)."""
+        return self.stored + self.duplicate + self.conflict + self.rejected + self.interventions
+
+
+class _Message(NamedTuple):
+    epoch: int  # which connection it came in on
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+class MqttSubscriber:
+    """Subscribes to the device topics and ingests what devices publish."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        ingestor: Ingestor,
+        *,
+        bindings: DeviceBindings | None = None,
+    ) -> None:
+        store = ingestor.store
+        if not isinstance(store, SqlStore):
+            raise ConfigurationError("the MQTT subscriber needs a SQL store")
+        self.config = config
+        self.ingestor = ingestor
+        self.store: SqlStore = store
+        self.bindings = bindings or DeviceBindings(store)
+        self.stats = SubscriberStats()
+        self.last_error: MedtwinError | None = None
+        self._queue: deque[_Message] = deque()
+        self._ready = threading.Condition()
+        self._conn_lock = threading.Lock()  # epoch changes vs. acknowledgements
+        self._epoch = 0
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._aborted = False
+        self._worker: threading.Thread | None = None
+        self._client: Any = None
+
+    # -- life cycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect (in the background, retrying with backoff) and start ingesting."""
+        if self._client is not None:
+            raise RuntimeError("the subscriber was started already")
+        self._client = client = self._make_client()
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.config.session_expiry_s
+        properties.ReceiveMaximum = self.config.receive_maximum
+        try:
+            client.connect_async(
+                self.config.host,
+                self.config.port,
+                keepalive=self.config.keepalive_s,
+                clean_start=False,
+                properties=properties,
+            )
+        except (ValueError, OSError) as exc:
+            raise ConfigurationError(f"MQTT broker address is not usable: {exc}") from exc
+        self._worker = threading.Thread(target=self._work, name="medtwin-mqtt-ingest", daemon=True)
+        self._worker.start()
+        client.loop_start()
+
+    def wait_connected(self, timeout_s: float = 10.0) -> None:
+        """Wait until the broker accepted the connection; MqttError after ``timeout_s``."""
+        if not self._connected.wait(timeout_s):
+            detail = f": {self.last_error}" if self.last_error else ""
+            raise MqttError(
+                f"not connected to the MQTT broker at {self.config.host}:{self.config.port} "
+                f"after {timeout_s:g} s{detail}"
+            )
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not processed yet."""
+        return len(self._queue)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the batch in hand, acknowledge it, and disconnect (the session stays).
+
+        Messages still queued are left unacknowledged: the broker sends them again
+        when the subscriber comes back.
+        """
+        self._stopping.set()
+        with self._ready:
+            self._ready.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout_s)
+        client = self._client
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        self._connected.clear()
+
+    def abort(self) -> None:
+        """Stop as a crash would: nothing more acknowledged, the connection dropped.
+
+        For tests and for shutting down when the store is gone.
+        """
+        with self._conn_lock:
+            self._aborted = True
+        self._stopping.set()
+        with self._ready:
+            self._ready.notify_all()
+        client = self._client
+        if client is not None:
+            client.loop_stop()
+            sock = client.socket()
+            if sock is not None:
+                sock.close()  # no DISCONNECT: the broker sees the connection die
+        if self._worker is not None:
+            self._worker.join(10.0)
+        self._connected.clear()
+
+    # -- paho side ------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        config = self.config
+        client = BufferedClient(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=True,
+        )
+        if config.username is not None:
+            client.username_pw_set(config.username, config.password)
+        if config.tls_ca is not None:
+            try:
+                client.tls_set(ca_certs=str(config.tls_ca))
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise ConfigurationError(f"MQTT TLS setup failed: {exc}") from exc
+        # Typed int, but paho only adds and compares them: fractions of a second work.
+        client.reconnect_delay_set(
+            config.reconnect_min_s,  # type: ignore[arg-type]
+            config.reconnect_max_s,  # type: ignore[arg-type]
+        )
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(
+        self, client: Any, _userdata: Any, flags: Any, reason: Any, _properties: Any
+    ) -> None:
+        if reason.is_failure:
+            # Refused (bad credentials, not authorized): paho retries with backoff.
+            self.last_error = MqttError(f"the broker refused the connection: {reason}")
+            log.warning("MQTT broker refused the connection: %s", reason)
+            return
+        with self._conn_lock:
+            self._epoch += 1
+        self.stats.connects += 1
+        self.last_error = None
+        root = self.config.root
+        client.subscribe(
+            [
+                (f"{root}/+/{OBSERVATIONS}", SubscribeOptions(qos=1)),
+                (f"{root}/+/{INTERVENTIONS}", SubscribeOptions(qos=1)),
+            ]
+        )
+        log.info(
+            "connected to the MQTT broker (session %s)",
+            "resumed" if flags.session_present else "new",
+        )
+        self._connected.set()
+
+    def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
+        self.last_error = MqttError(
+            f"MQTT broker at {self.config.host}:{self.config.port} is unreachable"
+        )
+
+    def _on_disconnect(
+        self, _client: Any, _userdata: Any, _flags: Any, reason: Any, _properties: Any
+    ) -> None:
+        with self._conn_lock:
+            self._epoch += 1  # acknowledgements of the old connection must not go out
+        self._connected.clear()
+        if not self._stopping.is_set():
+            log.warning("disconnected from the MQTT broker (%s); reconnecting", reason)
+
+    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # MQTT requires UTF-8 topics; keep it readable anyway
+            topic = bytes(message._topic).decode("utf-8", errors="replace")
+        queue = self._queue
+        queue.append(_Message(self._epoch, message.mid, message.qos, topic, message.payload))
+        self.stats.received += 1
+        # Wake the worker for the first message of a batch and when a batch is full.
+        size = len(queue)
+        if size == 1 or size >= self.config.batch_size:
+            with self._ready:
+                self._ready.notify()
+
+    # -- worker side ----------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            self._handle(batch)
+
+    def _take(self) -> list[_Message] | None:
+        """The next batch: up to ``batch_size`` messages, after at most ``linger_s``."""
+        config = self.config
+        queue = self._queue
+        with self._ready:
+            while not queue:
+                if self._stopping.is_set():
+                    return None
+                self._ready.wait(0.5)
+            if len(queue) < config.batch_size and not self._stopping.is_set():
+                self._ready.wait(config.linger_s)
+            if self._stopping.is_set() and self._aborted:
+                return None
+        count = min(len(queue), config.batch_size)
+        return [queue.popleft() for _ in range(count)]
+
+    def _handle(self, batch: list[_Message]) -> None:
+        delay = self.config.reconnect_min_s
+        while True:
+            try:
+                self._process(batch)
+                break
+            except MedtwinError as exc:
+                # Most likely the store is away: keep the batch, unacknowledged, and retry.
+                self.stats.store_retries += 1
+                log.warning(
+                    "MQTT batch of %d could not be stored (%s); retrying in %.1f s",
+                    len(batch),
+                    type(exc).__name__,
+                    delay,
+                )
+                if self._stopping.wait(delay):
+                    return  # left unacknowledged: the broker resends it
+                delay = min(delay * 2, self.config.reconnect_max_s)
+        self._ack(batch)
+
+    def _ack(self, batch: list[_Message]) -> None:
+        client = self._client
+        acked = 0
+        with self._conn_lock:
+            if self._aborted:
+                return
+            epoch = self._epoch
+            for message in batch:
+                if message.epoch == epoch and message.qos:
+                    client.ack(message.mid, message.qos)
+                    acked += 1
+        self.stats.acked += acked
+
+    def _process(self, batch: list[_Message]) -> None:
+        """Parse, attribute and commit one batch (one transaction for the observations)."""
+        root = self.config.root
+        parsed = [parse_message(m.topic, m.payload, root=root) for m in batch]
+        index = self.bindings.index(p.device for p in parsed if not isinstance(p, PayloadRejection))
+        now = self.ingestor.clock.now_us()
+        items: list[dict[str, Any]] = []
+        origins: list[DeviceObservation] = []
+        treatments: list[tuple[DeviceIntervention, str]] = []
+        quarantine: list[QuarantineEntry] = []
+        for reading in parsed:
+            if isinstance(reading, PayloadRejection):
+                quarantine.append(
+                    QuarantineEntry(
+                        CHANNEL, reading.location, reading.reason, reading.raw, reading.device, now
+                    )
+                )
+                continue
+            patient = index.patient_at(reading.device, reading.time_us)
+            if patient is None:
+                quarantine.append(
+                    QuarantineEntry(
+                        CHANNEL,
+                        f"{reading.topic}: patient",
+                        f"device {reading.device} is not bound to a patient at "
+                        f"{from_us(reading.time_us).isoformat().replace('+00:00', 'Z')}",
+                        reading.raw,
+                        reading.device,
+                        now,
+                    )
+                )
+            elif isinstance(reading, DeviceObservation):
+                items.append(reading.item(patient))
+                origins.append(reading)
+            else:
+                treatments.append((reading, patient))
+        treated = 0
+        if treatments:
+            refused = store_interventions(
+                self.store,
+                treatments,
+                now_us=now,
+                max_future_us=self.ingestor.max_future_us,
+                channel=CHANNEL,
+            )
+            quarantine.extend(refused)
+            treated = len(treatments) - len(refused)
+        prepared = self.ingestor.prepare(items, channel=CHANNEL)
+        invalid = [
+            QuarantineEntry(
+                CHANNEL,
+                f"{origins[r.index].topic}: {_PAYLOAD_FIELD.get(r.field, r.field) or 'payload'}",
+                r.reason,
+                origins[r.index].raw,
+                origins[r.index].device,
+                prepared.received_us,
+            )
+            for r in prepared.rejections
+        ]
+        prepared = dataclasses.replace(prepared, quarantine=invalid + quarantine)
+        results = self.ingestor.commit(prepared) if items or prepared.quarantine else []
+        stats = self.stats
+        for result in results:
+            if result.status == "stored":
+                stats.stored += 1
+            elif result.status == "duplicate":
+                stats.duplicate += 1
+            elif result.status == "conflict":
+                stats.conflict += 1
+        stats.rejected += len(quarantine) + len(invalid)
+        stats.interventions += treated
+        stats.batches += 1
