@@ -13,11 +13,12 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from sqlalchemy.engine import Connection
 
 from medtwin.core.clock import Clock, from_us
 from medtwin.core.errors import StoreError
@@ -130,6 +131,7 @@ class Ingestor:
         channel: str = "api",
         sources: frozenset[str] | None = None,
         care_team: str | None = None,
+        extra: Callable[[Connection], None] | None = None,
     ) -> list[IngestResult]:
         """Ingest a batch of observation items (API/JSON-lines shape); one result per item.
 
@@ -140,7 +142,7 @@ class Ingestor:
         """
         with self._lock:
             prepared = self.prepare(items, channel=channel, sources=sources)
-            return self.commit(prepared, care_team=care_team)
+            return self.commit(prepared, care_team=care_team, extra=extra)
 
     def prepare(
         self, items: Sequence[Any], *, channel: str = "api", sources: frozenset[str] | None = None
@@ -181,11 +183,21 @@ class Ingestor:
             started=started,
         )
 
-    def commit(self, batch: PreparedBatch, *, care_team: str | None = None) -> list[IngestResult]:
+    def commit(
+        self,
+        batch: PreparedBatch,
+        *,
+        care_team: str | None = None,
+        extra: Callable[[Connection], None] | None = None,
+    ) -> list[IngestResult]:
         """Store a prepared batch in one transaction, then update the twins and publish.
 
         With ``care_team``, the batch's patients join that team in the same transaction.
+        ``extra`` runs inside that transaction after the inserts (see ``Store.append``);
+        if it raises, nothing of the batch is stored and the twins are not touched.
         """
+        # Passed only when given: stores that predate the hook need not know it.
+        hook: dict[str, Any] = {} if extra is None else {"extra": extra}
         with self._commit_lock:
             statuses = self.store.append(
                 batch.observations,
@@ -194,6 +206,7 @@ class Ingestor:
                 rejected=batch.quarantine,
                 channel=batch.channel,
                 care_team=care_team,
+                **hook,
             )
             self._observe_stored(batch, statuses)
         return self._finish(batch, statuses)

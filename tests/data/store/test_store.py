@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from medtwin.core.errors import ConfigurationError, NotFoundError, StoreError
 from medtwin.core.records import LOINC, Observation, Patient, QualityFlag
@@ -678,3 +680,36 @@ def test_latest_skips_results_entered_in_error(store: SqlStore) -> None:
     assert [o.value_num for o in store.latest(codes=["8867-4"], since_us=0)] == [150.0]
     store.append([base._replace(status="entered-in-error", version=2)], received_us=4_000_000)
     assert [o.value_num for o in store.latest(codes=["8867-4"], since_us=0)] == [70.0]
+
+
+def test_append_extra_hook_writes_in_the_same_transaction(store: SqlStore) -> None:
+    def log_row(conn: Connection, digest: str = "d1") -> None:
+        conn.execute(
+            sa.insert(schema.hl7_messages).values(
+                sender="LAB", control_id="C1", digest=digest, received_us=RECEIVED, ack_code="AA"
+            )
+        )
+
+    assert store.append([obs(1)], received_us=RECEIVED, extra=log_row) == [STORED]
+    assert store.count("observations") == 1
+    assert store.count("hl7_messages") == 1
+
+    class RefusedError(Exception):
+        pass
+
+    def refuse(conn: Connection) -> None:
+        log_row(conn, "d2")  # written, then rolled back with the batch
+        raise RefusedError
+
+    with pytest.raises(RefusedError):
+        store.append(
+            [obs(2)],
+            received_us=RECEIVED,
+            new_patients=[patient(2)],
+            rejected=[QuarantineEntry("mllp", "OBX[1]-5", "bad", "OBX|1")],
+            extra=refuse,
+        )
+    assert store.count("observations") == 1
+    assert store.count("hl7_messages") == 1
+    assert store.count("quarantine") == 0
+    assert store.patient("p2") is None

@@ -84,6 +84,18 @@ class ServiceContext:
             ConsentStore(store, privacy.keyring),
             Replayers(store, ingestor, clock),
         )
+        # Quarantined HL7 parts are replayed through a processor of their own (the
+        # listener's lives in apps.adapters, and replay runs from the CLI too).
+        from medtwin.devices.hl7 import HL7Processor, replayer
+
+        hl7 = HL7Processor(
+            store,
+            ingestor,
+            clock,
+            allowed_senders=settings.mllp_allowed_senders,
+            time_zones=settings.hl7_time_zones,
+        )
+        context.replayers.register("mllp", replayer(hl7))
         context.warm()
         return context
 

@@ -6,7 +6,7 @@ import base64
 import enum
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -95,10 +95,13 @@ class Store(Protocol):
         rejected: Sequence[QuarantineEntry] = (),
         channel: str = "api",
         care_team: str | None = None,
+        extra: Callable[[Connection], None] | None = None,
     ) -> list[AppendStatus]:
         """Store a batch in one transaction; one status per observation.
 
         Conflicts (same key, other content) are quarantined in the same transaction.
+        ``extra`` is called inside that transaction after the inserts (an adapter's own
+        rows, committed with the batch); an exception from it rolls the batch back.
         """
         ...
 
@@ -287,6 +290,7 @@ class SqlStore:
         rejected: Sequence[QuarantineEntry] = (),
         channel: str = "api",
         care_team: str | None = None,
+        extra: Callable[[Connection], None] | None = None,
     ) -> list[AppendStatus]:
         statuses, unique = _dedupe(observations)
         with self._write() as conn:
@@ -305,6 +309,8 @@ class SqlStore:
             entries = [_stamped(e, received_us) for e in rejected] + conflicts
             if entries:
                 self._insert_quarantine(conn, entries)
+            if extra is not None:
+                extra(conn)
         return [AppendStatus.STORED if s is None else s for s in statuses]
 
     def _insert_observations(

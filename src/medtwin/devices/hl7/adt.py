@@ -47,13 +47,12 @@ class AdtContent:
 def read_adt(parsed: ParsedMessage) -> AdtContent:
     """Read the PID (and, for A40, MRG) segments of an ADT message."""
     content = AdtContent()
-    texts = parsed.text.split("\r")
-    msh_text = texts[0]
+    msh_text = parsed.texts[0]
     current: str | None = None
     pid_text = ""
     pids = merges = 0
-    for segment, text in zip(parsed.segments(), texts, strict=False):
-        name = str(segment[0])
+    for segment in parsed.segments():
+        name, text = segment.name, segment.text
         if name == "PID":
             pids += 1
             current, pid_text = patient_id(component(segment, 3, 1)), text

@@ -81,6 +81,7 @@ class MllpCoordinator:
                 max_message_bytes=max_message_bytes,
                 allowed_peers=allowed_peers,
                 ssl_context=ssl_context,
+                batch_handler=self._handle_batch,
             )
         except ValueError as exc:  # ipaddress: a peer that is no address or network
             raise ConfigurationError(f"MEDTWIN_MLLP_ALLOWED_PEERS: {exc}") from exc
@@ -130,6 +131,11 @@ class MllpCoordinator:
     def _handle(self, message: bytes, peer: str) -> bytes | None:
         outcome = self.processor.handle(message)
         return None if outcome.ack is None else outcome.ack.encode("utf-8")
+
+    def _handle_batch(self, frames: list[tuple[bytes, str]]) -> list[bytes | None]:
+        """Frames that arrived together: committed together (group commit), answered each."""
+        outcomes = self.processor.handle_batch([message for message, _ in frames])
+        return [None if o.ack is None else o.ack.encode("utf-8") for o in outcomes]
 
     def _oversize(self, head: bytes) -> bytes | None:
         """AR (CR in enhanced mode) for a frame over the size limit; MSA-2 from its MSH."""

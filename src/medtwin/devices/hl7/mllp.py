@@ -13,6 +13,13 @@ other connections:
   then answered by the ``oversize`` callback (an AR); one that never ends is
   closed after 16 times that size;
 - bytes outside a frame are skipped; at most ``max_connections`` at once.
+
+With a ``batch_handler`` the frames of all connections go through one queue: the
+worker takes every frame waiting when it becomes free and hands them over together
+(at most ``max_batch``), so that messages arriving at once on several connections
+are committed together (group commit: one fsync for all); each connection still
+gets its own answer, in order, after that commit. One connection alone sees no
+difference: its frames are handed over one by one, as its sender waits for each ACK.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ log = logging.getLogger("medtwin.devices.hl7.mllp")
 
 # handler(message bytes, peer address) -> answer bytes (None: send nothing)
 Handler = Callable[[bytes, str], bytes | None]
+# batch_handler([(message bytes, peer address), ...]) -> one answer per message, in order
+BatchHandler = Callable[[list[tuple[bytes, str]]], list[bytes | None]]
 # oversize(first bytes of the frame) -> answer bytes for a frame that was too large
 Oversize = Callable[[bytes], bytes | None]
 _READ_CHUNK = 65_536
@@ -87,8 +96,12 @@ class MllpServer:
         allowed_peers: Iterable[str] = (),
         ssl_context: ssl.SSLContext | None = None,
         max_connections: int = 256,
+        batch_handler: BatchHandler | None = None,
+        max_batch: int = 64,
     ) -> None:
         self.handler = handler
+        self.batch_handler = batch_handler
+        self.max_batch = max_batch
         self.oversize = oversize
         self.host = host
         self.port = port
@@ -103,6 +116,9 @@ class MllpServer:
         self._tasks: set[asyncio.Task[None]] = set()
         # One worker: the store is synchronous and messages are handled in arrival order.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mllp")
+        # Frames waiting for the batch handler, and the task handing them over.
+        self._queue: list[tuple[bytes, str, asyncio.Future[bytes | None]]] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     @property
     def bound_port(self) -> int:
@@ -130,6 +146,9 @@ class MllpServer:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._drainer is not None:  # let a batch being handled finish its commit
+            with contextlib.suppress(Exception):
+                await self._drainer
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -222,8 +241,7 @@ class MllpServer:
                     discarded = -1
                 else:
                     self.stats.messages += 1
-                    loop = asyncio.get_running_loop()
-                    answer = await loop.run_in_executor(self._executor, self.handler, message, peer)
+                    answer = await self._dispatch(message, peer)
                 if answer is not None:
                     writer.write(frame(answer))
                     await asyncio.wait_for(writer.drain(), self.idle_timeout_s)
@@ -240,6 +258,37 @@ class MllpServer:
             if not chunk:
                 return
             pending += chunk
+
+    async def _dispatch(self, message: bytes, peer: str) -> bytes | None:
+        """The handler's answer to ``message`` (alone, or in the next batch)."""
+        loop = asyncio.get_running_loop()
+        if self.batch_handler is None:
+            return await loop.run_in_executor(self._executor, self.handler, message, peer)
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        self._queue.append((message, peer, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        """Hand the waiting frames to the batch handler until none is left."""
+        assert self.batch_handler is not None
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            frames = [(message, peer) for message, peer, _ in batch]
+            try:
+                answers = await loop.run_in_executor(self._executor, self.batch_handler, frames)
+                if len(answers) != len(batch):
+                    raise RuntimeError("the batch handler answered the wrong number of frames")
+            except Exception as exc:  # each connection ends on it, as with the plain handler
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, future), answer in zip(batch, answers, strict=True):
+                if not future.done():  # a connection closed meanwhile: its answer is dropped
+                    future.set_result(answer)
 
 
 def _peer_host(writer: asyncio.StreamWriter) -> str:

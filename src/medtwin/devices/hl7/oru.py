@@ -27,7 +27,7 @@ import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from typing import Any
 
 from medtwin.core.clock import to_us
@@ -36,6 +36,7 @@ from medtwin.data.validation import ID_PATTERN, MAX_TEXT
 from medtwin.devices.hl7.ack import ErrorCode, Fault
 from medtwin.devices.hl7.parse import (
     ParsedMessage,
+    Segment,
     component,
     field_text,
     parse_ts,
@@ -107,18 +108,22 @@ def patient_id(raw: str) -> str | None:
     return f"{cleaned}.{digest}" if cleaned else f"p.{digest}"
 
 
-def read_oru(parsed: ParsedMessage, zone: tzinfo) -> OruContent:
-    """The OBX items and faults of an ORU^R01 message (no store access)."""
+def read_oru(parsed: ParsedMessage, zone: tzinfo, *, index_offset: int = 0) -> OruContent:
+    """The OBX items and faults of an ORU^R01 message (no store access).
+
+    ``index_offset`` numbers the OBX from ``index_offset + 1``: a replayed part of a
+    message keeps the position (and so the ids) it had in the whole message.
+    """
     header = parsed.header
-    texts = parsed.text.split("\r")
     content = OruContent()
-    msh_text = texts[0]
+    msh_text = parsed.texts[0]
     patient: str | None = None
     pid_text = ""
-    obr: Any = None
+    obr: Segment | None = None
     obr_text = ""
-    for segment, text in zip(parsed.segments(), texts, strict=False):
-        name = str(segment[0])
+    times: dict[str, datetime] = {}  # the OBX of one message repeat a few timestamps
+    for segment in parsed.segments():
+        name, text = segment.name, segment.text
         if name == "PID":
             patient = patient_id(component(segment, 3, 1))
             pid_text, obr, obr_text = text, None, ""
@@ -126,7 +131,7 @@ def read_oru(parsed: ParsedMessage, zone: tzinfo) -> OruContent:
             obr, obr_text = segment, text
         elif name == "OBX":
             content.obx_total += 1
-            index = content.obx_total
+            index = content.obx_total + index_offset
             payload = "\r".join(t for t in (msh_text, pid_text, obr_text, text) if t)
             result = _read_obx(
                 segment,
@@ -137,6 +142,7 @@ def read_oru(parsed: ParsedMessage, zone: tzinfo) -> OruContent:
                 sender=header.sender,
                 control_id=header.control_id,
                 zone=zone,
+                times=times,
             )
             if isinstance(result, Fault):
                 content.faults.append((result, payload))
@@ -149,15 +155,16 @@ def read_oru(parsed: ParsedMessage, zone: tzinfo) -> OruContent:
 
 
 def _read_obx(
-    segment: Any,
+    segment: Segment,
     index: int,
     text: str,
     *,
     patient: str | None,
-    obr: Any,
+    obr: Segment | None,
     sender: str,
     control_id: str,
     zone: tzinfo,
+    times: dict[str, datetime],
 ) -> tuple[dict[str, Any], str | None] | Fault:
     where = f"OBX[{index}]"
     if patient is None:
@@ -208,11 +215,14 @@ def _read_obx(
         return Fault(
             f"{where}-14", "no observation time (OBX-14 or OBR-7)", ErrorCode.REQUIRED_FIELD_MISSING
         )
-    try:
-        moment = parse_ts(time_text, zone)
-        to_us(moment)
-    except (ValueError, OverflowError) as exc:
-        return Fault(time_field, str(exc), ErrorCode.DATA_TYPE_ERROR)
+    moment = times.get(time_text)
+    if moment is None:
+        try:
+            moment = parse_ts(time_text, zone)
+            to_us(moment)
+        except (ValueError, OverflowError) as exc:
+            return Fault(time_field, str(exc), ErrorCode.DATA_TYPE_ERROR)
+        times[time_text] = moment
     unit = component(segment, 6, 1).strip()
     obr_time = field_text(obr, 7) if obr is not None else ""
     digest = hashlib.sha256(
@@ -234,7 +244,7 @@ def _read_obx(
     return item, correction
 
 
-def _value(segment: Any, value_type: str, where: str) -> str | float | Fault:
+def _value(segment: Segment, value_type: str, where: str) -> str | float | Fault:
     location = f"{where}-5"
     count = repetitions(segment, 5)
     if value_type in _TEXT:
@@ -266,7 +276,7 @@ def _value(segment: Any, value_type: str, where: str) -> str | float | Fault:
     return coded
 
 
-def _structured_numeric(segment: Any, location: str) -> str | float | Fault:
+def _structured_numeric(segment: Segment, location: str) -> str | float | Fault:
     comparator, first, separator, second = (component(segment, 5, n).strip() for n in (1, 2, 3, 4))
     if comparator not in _SN_COMPARATORS:
         return Fault(location, f"SN comparator {comparator[:4]!r} is not valid", 102)

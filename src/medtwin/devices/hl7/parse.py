@@ -1,9 +1,19 @@
 """Turning the bytes of one MLLP frame into a parsed HL7 v2 message.
 
-The text is normalized before python-hl7 sees it: a UTF-8 byte-order mark is
-dropped and ``\\r\\n``, ``\\n`` and ``\\r`` all become the segment separator
-``\\r`` (real feeds mix them). python-hl7 then splits fields, repetitions and
-components. Every failure on the way, ours or the library's, comes out as
+The text is normalized first: a UTF-8 byte-order mark is dropped and ``\\r\\n``,
+``\\n`` and ``\\r`` all become the segment separator ``\\r`` (real feeds mix them).
+Fields, repetitions, components and sub-components are then split here, with the
+message's own encoding characters (MSH-1, MSH-2), and only when asked for: a
+segment is cut into fields the first time one of its fields is read, a field into
+components each time one is read. A message of 24 segments costs a few split
+calls, not the ~5 ms python-hl7 spends building its tree of every field.
+
+The values are exactly those python-hl7's ``extract_field`` gives (the tests check
+it against python-hl7 on the reference messages and on arbitrary input): an absent
+field, repetition or component reads ``""``, a field without separators is its
+own first component, and escape sequences are decoded as python-hl7 decodes them
+(``\\F\\``, ``\\S\\``, ``\\X41\\``, ``\\.br\\``...; unknown ones dropped) but without
+logging the value, which may be personal data. Every failure comes out as
 :class:`~medtwin.core.errors.InputError` with an HL7 location (``MSH-2``).
 """
 
@@ -13,15 +23,14 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from typing import Any
-
-import hl7
 
 from medtwin.core.errors import InputError
 
 __all__ = [
+    "Encoding",
     "Header",
     "ParsedMessage",
+    "Segment",
     "component",
     "decode",
     "field_text",
@@ -38,8 +47,118 @@ _LINE_BREAKS = re.compile(r"\r\n|\n|\r")
 # repetition, escape, sub-component) and, from v2.7, an optional truncation character.
 _MSH_START = re.compile(r"MSH(?P<field>[^A-Za-z0-9\s])(?P<encoding>[^A-Za-z0-9\s]{4,5})(?P=field)")
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
-# Enough of a header to answer even a message python-hl7 cannot take.
 _MAX_SEGMENTS = 100_000
+# Formatting escapes (HL7 2.10.6) and highlighting (2.10.3), as python-hl7 maps them.
+_FORMATTING = {
+    "H": "_",
+    "N": "_",
+    ".br": "\r",
+    ".sp": "\r",
+    ".fi": "",
+    ".nf": "",
+    ".in": "    ",
+    ".ti": "    ",
+    ".sk": " ",
+    ".ce": "\r",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    """The separators of one message (MSH-1 and MSH-2)."""
+
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    def unescape(self, value: str) -> str:
+        """``value`` with its escape sequences decoded (python-hl7's rules, no logging).
+
+        ValueError for a repeat count that is not a number (``\\.sp2x\\``), which
+        python-hl7 raises too: the caller reads the value as absent.
+        """
+        esc = self.escape
+        if esc not in value:
+            return value
+        out: list[str] = []
+        parts = value.split(esc)
+        # parts alternate: text, sequence, text, ...; an unterminated last sequence is dropped.
+        closed = len(parts) % 2 == 1
+        for position, part in enumerate(parts):
+            if position % 2 == 0:
+                out.append(part)
+            elif closed or position < len(parts) - 1:
+                out.append(self._sequence(part))
+        return "".join(out)
+
+    def _sequence(self, name: str) -> str:
+        if not name:
+            return ""
+        known = {
+            "F": self.field,
+            "R": self.repetition,
+            "S": self.component,
+            "T": self.subcomponent,
+            "E": self.escape,
+        }.get(name)
+        if known is not None:
+            return known
+        formatting = _FORMATTING.get(name)
+        if formatting is not None:
+            return formatting
+        if name.startswith(".") and name[:3] in _FORMATTING:
+            return _FORMATTING[name[:3]] * int(name[3:])
+        if name[0] == "X":
+            decoded: list[str] = []
+            hexes = name[1:]
+            for offset in range(0, len(hexes), 2):
+                try:
+                    decoded.append(chr(int(hexes[offset : offset + 2], 16)))
+                except ValueError:
+                    break  # python-hl7 keeps what it decoded before the bad pair
+            return "".join(decoded)
+        return ""  # character-set switches (C, M) and unknown sequences
+
+
+_STANDARD = Encoding()
+
+
+class Segment:
+    """One segment: its name and its fields, cut from the text when first read.
+
+    ``fields[n]`` is field n as raw text; for MSH, ``fields[1]`` is MSH-1 (the field
+    separator itself) and ``fields[2]`` MSH-2, as HL7 numbers them.
+    """
+
+    __slots__ = ("_fields", "encoding", "name", "text")
+
+    def __init__(self, text: str, encoding: Encoding) -> None:
+        self.text = text
+        self.name = text[:3]
+        self.encoding = encoding
+        self._fields: list[str] | None = None
+
+    @property
+    def fields(self) -> list[str]:
+        fields = self._fields
+        if fields is None:
+            sep = self.encoding.field
+            if self.name == "MSH" and self.text[3:4] == sep:
+                # MSH-1 is the separator itself, MSH-2 the encoding characters.
+                msh2, _, after = self.text[4:].partition(sep)
+                fields = ["MSH", sep, msh2, *(after.split(sep) if after else ())]
+            else:
+                fields = self.text.split(sep)
+            self._fields = fields
+        return fields
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def __repr__(self) -> str:
+        return f"Segment({self.name!r})"  # never the content: it may be personal data
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +190,18 @@ class Header:
 
 @dataclass(frozen=True, slots=True)
 class ParsedMessage:
-    """One parsed message: the header, python-hl7's tree and the normalized text."""
+    """One parsed message: the header, its segments and the normalized text."""
 
     header: Header
-    message: Any  # hl7.Message (python-hl7 is untyped)
+    encoding: Encoding
+    texts: list[str]  # the segments' text, in order
     text: str  # normalized: segments joined by "\r", no BOM
     digest: str  # SHA-256 of ``text``: identical resends have the same digest
 
-    def segments(self) -> list[Any]:
-        """The message's segments in order (python-hl7 ``Segment`` objects)."""
-        return list(self.message)
+    def segments(self) -> list[Segment]:
+        """The message's segments in order (fields cut lazily)."""
+        encoding = self.encoding
+        return [Segment(text, encoding) for text in self.texts]
 
 
 def decode(raw: bytes) -> str:
@@ -121,30 +242,33 @@ def parse_message(raw: bytes | str) -> ParsedMessage:
             "MSH-1/MSH-2 must be a field separator and 4 distinct encoding characters",
             "MSH-2",
         )
-    separators = start["field"] + start["encoding"][:4]
-    if len(set(separators)) != 5:
+    separator, characters = start["field"], start["encoding"]
+    if len(set(separator + characters[:4])) != 5:
         raise InputError("MSH-1/MSH-2 separators must be distinct", "MSH-2")
     segment_texts = text.split("\r")
     if len(segment_texts) > _MAX_SEGMENTS:
         raise InputError(f"more than {_MAX_SEGMENTS} segments", "MSH")
+    segment_id = _SEGMENT_ID.fullmatch
     for position, segment in enumerate(segment_texts[1:], start=2):
         name = segment[:3]
-        if _SEGMENT_ID.fullmatch(name) is None or segment[3:4] not in ("", start["field"]):
+        if segment_id(name) is None or segment[3:4] not in ("", separator):
             raise InputError(f"segment {position} has no valid segment id", f"segment {position}")
         if name in ("MSH", "BHS", "FHS"):
             raise InputError("one message per frame: batches are not supported", name)
-    try:
-        message = hl7.parse(text)
-        header = _header(message.segment("MSH"))
-    except InputError:
-        raise
-    except Exception as exc:  # python-hl7 raises bare IndexError, KeyError, ... on bad input
-        raise InputError(f"unparseable message ({type(exc).__name__})", "MSH") from exc
+    # python-hl7 strips the message's outer whitespace before splitting: so do we, so
+    # that the last segment's values are the same.
+    texts = [*segment_texts[:-1], segment_texts[-1].rstrip()]
+    encoding = (
+        _STANDARD
+        if characters[:4] == "^~\\&" and separator == "|"
+        else Encoding(separator, characters[0], characters[1], characters[2], characters[3])
+    )
+    header = _header(Segment(texts[0], encoding))
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    return ParsedMessage(header, message, text, digest)
+    return ParsedMessage(header, encoding, texts, text, digest)
 
 
-def _header(msh: Any) -> Header:
+def _header(msh: Segment) -> Header:
     sender = component(msh, 3, 1) or component(msh, 3, 2)
     return Header(
         sender=sender,
@@ -161,28 +285,49 @@ def _header(msh: Any) -> Header:
     )
 
 
-def component(segment: Any, field: int, number: int = 1, repetition: int = 1) -> str:
-    """Unescaped component ``number`` of ``field`` (``""`` when absent)."""
-    try:
-        value = segment.extract_field(1, field, repetition, number, 1)
-    except (IndexError, KeyError, TypeError, ValueError):
+def component(
+    segment: Segment, field: int, number: int = 1, repetition: int = 1, sub: int = 1
+) -> str:
+    """Unescaped sub-component ``sub`` of component ``number`` of ``field`` (``""`` when absent)."""
+    fields = segment.fields
+    if field >= len(fields):
         return ""
-    return str(value)
+    value = fields[field]
+    if segment.name == "MSH" and field in (1, 2):
+        return value if number == repetition == sub == 1 else ""  # never unescaped
+    encoding = segment.encoding
+    if repetition > 1 or encoding.repetition in value:
+        parts = value.split(encoding.repetition)
+        if repetition > len(parts):
+            return ""
+        value = parts[repetition - 1]
+    if number > 1 or encoding.component in value:
+        parts = value.split(encoding.component)
+        if number > len(parts):
+            return ""
+        value = parts[number - 1]
+    if sub > 1 or encoding.subcomponent in value:
+        parts = value.split(encoding.subcomponent)
+        if sub > len(parts):
+            return ""
+        value = parts[sub - 1]
+    try:
+        return encoding.unescape(value)
+    except ValueError:  # a bad repeat count: python-hl7 fails on it, we read it as absent
+        return ""
 
 
-def field_text(segment: Any, field: int) -> str:
+def field_text(segment: Segment, field: int) -> str:
     """The first repetition of ``field``, first component, unescaped."""
     return component(segment, field, 1, 1)
 
 
-def repetitions(segment: Any, field: int) -> int:
+def repetitions(segment: Segment, field: int) -> int:
     """How many repetitions ``field`` carries (0 when absent or empty)."""
-    if field >= len(segment):
+    fields = segment.fields
+    if field >= len(fields) or not fields[field]:
         return 0
-    value = segment[field]
-    if not str(value):
-        return 0
-    return len(value) if isinstance(value, hl7.Field) else 1
+    return fields[field].count(segment.encoding.repetition) + 1
 
 
 _TS = re.compile(

@@ -1,37 +1,50 @@
 """One HL7 message in, one acknowledgement out: parse, route, commit, log, acknowledge.
 
 Synchronous on purpose (the store is): the MLLP server runs :meth:`HL7Processor.handle`
-in a worker thread and sends the acknowledgement it returns only afterwards, so an
-``AA``/``CA`` is never sent before the data is committed. Messages are processed one
-at a time, in arrival order.
+(or :meth:`HL7Processor.handle_batch` for frames that arrived together on several
+connections) in a worker thread and sends the acknowledgements only afterwards, so
+an ``AA``/``CA`` is never sent before the data is committed. Messages are processed
+in arrival order.
+
+One write transaction per message: the observations, the quarantined parts and the
+``hl7_messages`` log row are committed together (the store's ``extra`` hook). The
+resend check is inside that transaction too: the hook looks the (sender, control id)
+up by primary key and, for an identical resend, raises :class:`_ResendError`, which rolls
+the transaction back, so a resend costs nothing and writes nothing.
+
+Group commit: ORU^R01 messages handed over together (from several connections) are
+committed in one transaction, one fsync for all of them; each still gets its own
+acknowledgement. A group that meets a resend, a correction (which must see the
+results committed before it) or any other message kind is done one message at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from medtwin.core.clock import Clock, from_us, to_us
 from medtwin.core.errors import ConfigurationError, InputError, StoreError
-from medtwin.core.records import ObservationStatus, Patient
+from medtwin.core.records import LOINC, ObservationStatus, Patient
+from medtwin.data import mappings
 from medtwin.data.store import QuarantineEntry, SqlStore
 from medtwin.data.store import schema as tables
 from medtwin.devices.hl7.ack import AckCode, ErrorCode, Fault, build_ack, enhanced_code
 from medtwin.devices.hl7.ack import sends_accept_ack as _sends
 from medtwin.devices.hl7.adt import ADT_EVENTS, MERGE_NOT_APPLIED, read_adt
-from medtwin.devices.hl7.oru import ObxItem, read_oru
+from medtwin.devices.hl7.oru import ObxItem, OruContent, read_oru
 from medtwin.devices.hl7.parse import (
     Header,
     ParsedMessage,
@@ -39,9 +52,9 @@ from medtwin.devices.hl7.parse import (
     payload_text,
     salvage_header,
 )
-from medtwin.twins.ingest import Ingestor
+from medtwin.twins.ingest import Ingestor, IngestResult
 
-__all__ = ["CHANNEL", "HL7Processor", "Outcome"]
+__all__ = ["CHANNEL", "HL7Processor", "Outcome", "replayer"]
 
 CHANNEL = "mllp"
 log = logging.getLogger("medtwin.devices.hl7")
@@ -60,6 +73,7 @@ _OBX_FIELD = {
 }
 _SUPPORTED_VERSIONS = "2."
 _PROCESSING_IDS = frozenset({"", "P", "T", "D"})
+_OBX_INDEX = re.compile(r"OBX\[(\d+)\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +90,7 @@ class Outcome:
     quarantined: int = 0
     duplicate_message: bool = False
     unsupported: Mapping[str, int] = field(default_factory=dict)
+    unmapped: Mapping[str, int] = field(default_factory=dict)  # "system|code" -> OBX stored
 
 
 @dataclass
@@ -91,6 +106,29 @@ class _Result:
     duplicates: int = 0
     quarantined: int = 0
     unsupported: Counter[str] = field(default_factory=Counter)
+    unmapped: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _OruWork:
+    """One ORU^R01 read and checked, waiting for its commit."""
+
+    parsed: ParsedMessage
+    content: OruContent
+    items: list[ObxItem]  # to validate and store (corrections resolved)
+    faults: list[tuple[Fault, str]]  # quarantined before validation: (fault, payload)
+    warnings: list[Fault]
+    corrections: bool
+    reused: bool = False  # the control id was seen before with other content
+
+
+class _ResendError(Exception):
+    """An identical resend found inside the transaction: roll back, answer the earlier code."""
+
+    def __init__(self, work: int, code: str) -> None:
+        super().__init__(code)
+        self.work = work
+        self.code = code
 
 
 class HL7Processor:
@@ -119,38 +157,98 @@ class HL7Processor:
                 ) from exc
         self._lock = threading.Lock()
 
-    # -- entry point ------------------------------------------------------------
+    # -- entry points -------------------------------------------------------------
 
     def handle(self, raw: bytes | str) -> Outcome:
         """Process one message and answer its acknowledgement; never raises for bad input."""
         with self._lock:
-            header: Header | None = None
+            return self._guarded(raw, None)
+
+    def handle_batch(self, raws: Sequence[bytes | str]) -> list[Outcome]:
+        """Process messages that arrived together, in order, committing ORU groups at once.
+
+        The outcomes are those :meth:`handle` would give message by message.
+        """
+        with self._lock:
+            outcomes: list[Outcome | None] = [None] * len(raws)
+            group: list[tuple[int, _OruWork]] = []
+            for position, raw in enumerate(raws):
+                work = self._groupable(raw)
+                if work is not None:
+                    group.append((position, work))
+                    continue
+                self._flush(group, outcomes)
+                group = []
+                outcomes[position] = self._guarded(raw, None)
+            self._flush(group, outcomes)
+            return [o for o in outcomes if o is not None]
+
+    def replay(self, entry: QuarantineEntry) -> tuple[str, str] | None:
+        """Take a quarantined payload in again; None when taken, else (reason, location).
+
+        Nothing is written unless every part of the payload can be taken in; replays
+        are not logged in ``hl7_messages`` (the payload is a part of a message).
+        """
+        with self._lock:
             try:
+                parsed = parse_message(entry.payload)
+            except InputError as exc:
+                return exc.reason, exc.location or "MSH"
+            header = parsed.header
+            if self.allowed_senders and header.sender not in self.allowed_senders:
+                return "sending application not allowed", "MSH-3"
+            refusal = _refusal(header)
+            if refusal is not None:
+                return refusal.reason, refusal.location
+            if header.kind != "ORU^R01":
+                return f"{header.kind[:16]} messages are not replayed", entry.location
+            # The payload holds one OBX: give it its place in the original message, so
+            # that it gets the id it would have had (a replay twice is a duplicate).
+            match = _OBX_INDEX.match(entry.location)
+            offset = int(match[1]) - 1 if match and parsed.text.count("\rOBX") == 1 else 0
+            work = self._read_oru(parsed, index_offset=offset)
+            if work.faults:
+                fault = work.faults[0][0]
+                return fault.reason, fault.location
+            prepared = self.ingestor.prepare([obx.item for obx in work.items], channel=CHANNEL)
+            if prepared.rejections:
+                rejection = prepared.rejections[0]
+                obx = work.items[rejection.index]
+                number = _OBX_FIELD.get(rejection.field, 5)
+                return rejection.reason, f"OBX[{obx.index}]-{number}"
+            self.ingestor.commit(prepared)
+            return None
+
+    # -- steps --------------------------------------------------------------------
+
+    def _guarded(self, raw: bytes | str, parsed: ParsedMessage | None) -> Outcome:
+        header: Header | None = None
+        try:
+            if parsed is None:
                 try:
                     parsed = parse_message(raw)
                 except InputError as exc:
                     return self._unreadable(raw, exc)
-                header = parsed.header
-                return self._handle(parsed)
-            except StoreError as exc:
-                log.error(
-                    "hl7: store failed for message %s: %s",
-                    _control(header),
-                    type(exc.__cause__ or exc).__name__,
-                )
-                result = _Result(AckCode.AR, committed=False)
-                result.faults.append(
-                    Fault("MSH", "the store is unavailable: send the message again", 207)
-                )
-                return self._answer(header, result)
-            except Exception as exc:  # one bad message must not take the listener down
-                # The exception text may quote the message: log its type only.
-                log.error("hl7: internal error on message %s: %s", _control(header), type(exc))
-                result = _Result(AckCode.AR, committed=False)
-                result.faults.append(Fault("MSH", "internal error", 207))
-                return self._answer(header, result)
+            header = parsed.header
+            return self._handle(parsed)
+        except StoreError as exc:
+            return self._store_failed(header, exc)
+        except Exception as exc:  # one bad message must not take the listener down
+            # The exception text may quote the message: log its type only.
+            log.error("hl7: internal error on message %s: %s", _control(header), type(exc))
+            result = _Result(AckCode.AR, committed=False)
+            result.faults.append(Fault("MSH", "internal error", 207))
+            return self._answer(header, result)
 
-    # -- steps --------------------------------------------------------------------
+    def _store_failed(self, header: Header | None, exc: StoreError) -> Outcome:
+        log.error(
+            "hl7: store failed for message %s: %s",
+            _control(header),
+            type(exc.__cause__ or exc).__name__,
+        )
+        result = _Result(AckCode.AR, committed=False)
+        result.faults.append(Fault("MSH", "the store is unavailable: send the message again", 207))
+        return self._answer(header, result)
 
     def _handle(self, parsed: ParsedMessage) -> Outcome:
         header = parsed.header
@@ -161,48 +259,72 @@ class HL7Processor:
             return self._answer(header, result)
         refusal = _refusal(header)
         if refusal is not None:
-            self._quarantine([(refusal, parsed.text)], header.sender)
-            result = _Result(AckCode.AR, faults=[refusal])
-            self._log_message(parsed, result.code)
-            return self._answer(header, result)
-        earlier = self._earlier_message(header)
-        if parsed.digest in earlier:
-            log.info("hl7: message %s is an identical resend", _control(header))
-            result = _Result(earlier[parsed.digest], text="duplicate: already processed")
-            return dataclasses.replace(self._answer(header, result), duplicate_message=True)
-        if earlier:
-            # Feeds reuse control ids: processed as a new message, reported as a fault.
-            log.warning(
-                "hl7: sender fault: control id %s reused with different content",
-                _control(header),
-            )
+            # Refused from its header alone: kept and logged, no resend check (as before).
+            self._write([(refusal, parsed.text)], parsed, AckCode.AR, check=False)
+            return self._answer(header, _Result(AckCode.AR, faults=[refusal]))
         if header.kind == "ORU^R01":
-            result = self._oru(parsed)
-        elif header.message_type == "ADT" and header.trigger_event in ADT_EVENTS:
-            result = self._adt(parsed)
-        else:
-            is_known_type = header.message_type in ("ADT", "ORU")
-            fault = Fault(
-                "MSH-9",
-                f"unsupported message type {header.kind[:16]}",
-                ErrorCode.UNSUPPORTED_EVENT
-                if is_known_type
-                else ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
-            )
-            self._quarantine([(fault, parsed.text)], header.sender)
-            result = _Result(AckCode.AR, faults=[fault])
-        self._log_message(parsed, result.code)
-        if result.faults:
-            log.info(
-                "hl7: message %s answered %s with %d fault(s)",
-                _control(header),
-                result.code,
-                len(result.faults),
-            )
+            return self._commit_oru([self._read_oru(parsed)])[0]
+        try:
+            if header.message_type == "ADT" and header.trigger_event in ADT_EVENTS:
+                result = self._adt(parsed)
+            else:
+                is_known_type = header.message_type in ("ADT", "ORU")
+                fault = Fault(
+                    "MSH-9",
+                    f"unsupported message type {header.kind[:16]}",
+                    ErrorCode.UNSUPPORTED_EVENT
+                    if is_known_type
+                    else ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
+                )
+                self._write([(fault, parsed.text)], parsed, AckCode.AR)
+                result = _Result(AckCode.AR, faults=[fault])
+        except _ResendError as resend:
+            return self._duplicate(header, resend.code)
+        self._report(header, result)
         return self._answer(header, result)
 
+    def _groupable(self, raw: bytes | str) -> _OruWork | None:
+        """The read ORU^R01 when ``raw`` may be committed with others, else None."""
+        try:
+            parsed = parse_message(raw)
+        except InputError:
+            return None
+        header = parsed.header
+        if header.kind != "ORU^R01" or _refusal(header) is not None:
+            return None
+        if self.allowed_senders and header.sender not in self.allowed_senders:
+            return None
+        try:
+            work = self._read_oru(parsed)
+        except Exception:  # done again, guarded, on the single path
+            return None
+        # A correction must see the results committed before it: alone.
+        return None if work.corrections else work
+
+    def _flush(self, group: list[tuple[int, _OruWork]], outcomes: list[Outcome | None]) -> None:
+        if not group:
+            return
+        works = [work for _, work in group]
+        try:
+            try:
+                answers = self._commit_oru(works, grouped=len(works) > 1)
+            except _ResendError:
+                # A resend among them (or one message twice): one at a time, each checked.
+                answers = [self._commit_oru([work])[0] for work in works]
+        except StoreError as exc:
+            answers = [self._store_failed(work.parsed.header, exc) for work in works]
+        except Exception as exc:  # as in _guarded: answer, never take the listener down
+            log.error("hl7: internal error on a group of %d messages: %s", len(works), type(exc))
+            answers = []
+            for work in works:
+                result = _Result(AckCode.AR, committed=False)
+                result.faults.append(Fault("MSH", "internal error", 207))
+                answers.append(self._answer(work.parsed.header, result))
+        for (position, _), outcome in zip(group, answers, strict=True):
+            outcomes[position] = outcome
+
     def _unreadable(self, raw: bytes | str, exc: InputError) -> Outcome:
-        """A message python-hl7 (or the checks before it) cannot take: quarantined whole."""
+        """A message that cannot be parsed (or fails the checks before it): quarantined whole."""
         text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
         fault = Fault(exc.location or "MSH", exc.reason, ErrorCode.DATA_TYPE_ERROR)
         header = salvage_header(text)
@@ -210,11 +332,13 @@ class HL7Processor:
         log.info("hl7: unreadable message %s (%s)", _control(header), exc.location)
         return self._answer(header, _Result(AckCode.AR, faults=[fault]))
 
-    def _oru(self, parsed: ParsedMessage) -> _Result:
+    def _read_oru(self, parsed: ParsedMessage, *, index_offset: int = 0) -> _OruWork:
+        """Read the OBX, map local codes, point corrections at the results they change."""
         header = parsed.header
-        content = read_oru(parsed, self.zones.get(header.sender, UTC))
-        result = _Result(obx_total=content.obx_total, unsupported=content.unsupported)
+        content = read_oru(parsed, self.zones.get(header.sender, UTC), index_offset=index_offset)
+        self._map_codes(header.sender, content.items)
         faults = list(content.faults)
+        warnings: list[Fault] = []
         items: list[ObxItem] = []
         corrections = [item for item in content.items if item.correction is not None]
         resolved = self._resolve_corrections(corrections) if corrections else {}
@@ -227,42 +351,129 @@ class HL7Processor:
                 if outcome.severity == "E":
                     faults.append((outcome, obx.payload))
                     continue
-                result.faults.append(outcome)
+                warnings.append(outcome)
                 items.append(obx)
             else:
                 items.append(outcome)
-        prepared = self.ingestor.prepare([obx.item for obx in items], channel=CHANNEL)
-        entries = [self._entry(fault, payload, header.sender) for fault, payload in faults]
-        validation_faults: list[Fault] = []
+        return _OruWork(parsed, content, items, faults, warnings, bool(corrections))
+
+    def _map_codes(self, sender: str, items: Sequence[ObxItem]) -> None:
+        """Local codes (system not LOINC) -> registry codes, by this sender's mapping table."""
+        local = {obx.item["code"] for obx in items if obx.item["system"] != LOINC}
+        if not local:
+            return  # the usual LOINC-coded message: no query
+        with self.store.reading() as conn:
+            found = mappings.lookup(conn, sender, local)
+        if not found:
+            return
+        registry = self.ingestor.registry
+        for obx in items:
+            item = obx.item
+            mapping = found.get(item["code"]) if item["system"] != LOINC else None
+            if mapping is None:
+                continue
+            spec = registry.get(mapping.code)
+            item["code"] = mapping.code
+            item["system"] = spec.system if spec is not None else LOINC
+            if mapping.unit is not None:
+                # The mapping knows the unit the sender's values of this code are in.
+                item["unit"] = mapping.unit
+
+    def _commit_oru(self, works: Sequence[_OruWork], *, grouped: bool = False) -> list[Outcome]:
+        """Validate and commit ORU messages in ONE transaction with their log rows.
+
+        Alone (``grouped`` False) an identical resend is answered as such; in a group it
+        raises :class:`_ResendError` (rolled back) and the caller goes one by one.
+        """
+        items: list[Any] = []
+        offsets: list[int] = []
+        for work in works:
+            offsets.append(len(items))
+            items.extend(obx.item for obx in work.items)
+        prepared = self.ingestor.prepare(items, channel=CHANNEL)
+        rejected: list[list[Fault]] = [[] for _ in works]
+        entries: list[QuarantineEntry] = []
+        for work in works:
+            sender = work.parsed.header.sender
+            entries.extend(self._entry(fault, payload, sender) for fault, payload in work.faults)
+        owner = _owners(offsets, len(items))
         for rejection in prepared.rejections:
-            obx = items[rejection.index]
-            number = _OBX_FIELD.get(rejection.field, 5)
-            fault = Fault(f"OBX[{obx.index}]-{number}", rejection.reason, _code_of(rejection.field))
-            validation_faults.append(fault)
-            entries.append(self._entry(fault, obx.payload, header.sender))
+            number = owner[rejection.index]
+            work = works[number]
+            obx = work.items[rejection.index - offsets[number]]
+            column = _OBX_FIELD.get(rejection.field, 5)
+            fault = Fault(f"OBX[{obx.index}]-{column}", rejection.reason, _code_of(rejection.field))
+            rejected[number].append(fault)
+            entries.append(self._entry(fault, obx.payload, work.parsed.header.sender))
         prepared = dataclasses.replace(prepared, quarantine=entries)
-        outcomes = self.ingestor.commit(prepared)
+        codes = [
+            AckCode.AE if work.faults or rejected[n] else AckCode.AA for n, work in enumerate(works)
+        ]
+        hook = self._log_hook([work.parsed for work in works], codes, works)
+        try:
+            results = self.ingestor.commit(prepared, extra=hook)
+        except _ResendError as resend:
+            if grouped:
+                raise
+            return [self._duplicate(works[0].parsed.header, resend.code)]
+        by_message: list[list[IngestResult]] = [[] for _ in works]
+        for ingest_result in results:
+            by_message[owner[ingest_result.index]].append(ingest_result)
+        outcomes: list[Outcome] = []
+        late: list[tuple[ParsedMessage, str]] = []
+        for number, work in enumerate(works):
+            result = self._oru_result(work, rejected[number], by_message[number], offsets[number])
+            if result.code != codes[number]:
+                late.append((work.parsed, result.code))  # a conflict found by the store
+            header = work.parsed.header
+            if work.reused:
+                # Feeds reuse control ids: processed as a new message, reported as a fault.
+                log.warning(
+                    "hl7: sender fault: control id %s reused with different content",
+                    _control(header),
+                )
+            self._report(header, result)
+            outcomes.append(self._answer(header, result))
+        if late:
+            self._relog(late)
+        return outcomes
+
+    def _oru_result(
+        self,
+        work: _OruWork,
+        rejected: list[Fault],
+        results: list[IngestResult],
+        offset: int,
+    ) -> _Result:
+        content = work.content
+        result = _Result(obx_total=content.obx_total, unsupported=content.unsupported)
         conflicts: list[Fault] = []
-        for ingest_result in outcomes:
+        for ingest_result in results:
             if ingest_result.status == "stored":
                 result.stored += 1
+                if "unmapped" in ingest_result.flags:
+                    item = work.items[ingest_result.index - offset].item
+                    result.unmapped[f"{item['system']}|{item['code']}"] += 1
             elif ingest_result.status == "duplicate":
                 result.duplicates += 1
             elif ingest_result.status == "conflict":
-                obx = items[ingest_result.index]
+                obx = work.items[ingest_result.index - offset]
                 conflicts.append(
                     Fault(
                         f"OBX[{obx.index}]", "conflict: this result was stored with other content"
                     )
                 )
-        result.quarantined = len(faults) + len(validation_faults) + len(conflicts)
-        errors = [fault for fault, _ in faults] + validation_faults + conflicts
-        result.faults = sorted(errors + result.faults, key=_obx_order)
+        result.quarantined = len(work.faults) + len(rejected) + len(conflicts)
+        errors = [fault for fault, _ in work.faults] + rejected + conflicts
+        result.faults = sorted(errors + work.warnings, key=_obx_order)
         result.code = AckCode.AE if errors else AckCode.AA
         result.text = (
             f"{content.obx_total} OBX: {result.stored} stored, {result.duplicates} duplicate, "
             f"{result.quarantined} quarantined"
         )
+        unmapped = sum(result.unmapped.values())
+        if unmapped:
+            result.text += f", {unmapped} unmapped"
         return result
 
     def _resolve_corrections(self, corrections: Sequence[ObxItem]) -> dict[int, ObxItem | Fault]:
@@ -304,12 +515,11 @@ class HL7Processor:
         return resolved
 
     def _adt(self, parsed: ParsedMessage) -> _Result:
-        header = parsed.header
         content = read_adt(parsed)
         now = self.clock.now_us()
-        self.store.add_patients(
-            [Patient(p, "pt-" + secrets.token_hex(8), created_us=now) for p in content.patients]
-        )
+        patients = [
+            Patient(p, "pt-" + secrets.token_hex(8), created_us=now) for p in content.patients
+        ]
         faults = list(content.faults)
         for merge in content.merges:
             faults.append(
@@ -318,8 +528,9 @@ class HL7Processor:
                     merge.payload,
                 )
             )
-        self._quarantine(faults, header.sender)
-        result = _Result(AckCode.AE if faults else AckCode.AA)
+        code = AckCode.AE if faults else AckCode.AA
+        self._write(faults, parsed, code, patients=patients)
+        result = _Result(code)
         result.faults = [fault for fault, _ in faults]
         result.quarantined = len(faults)
         result.text = f"{len(content.patients)} patient(s)"
@@ -340,29 +551,106 @@ class HL7Processor:
     def _quarantine(self, faults: Sequence[tuple[Fault, str]], sender: str | None) -> None:
         self.store.quarantine([self._entry(fault, payload, sender) for fault, payload in faults])
 
-    def _earlier_message(self, header: Header) -> dict[str, str]:
-        """Digest -> ack code of the messages already logged under this sender and control id."""
-        table = tables.hl7_messages
-        with self.store.reading() as conn:
-            rows = conn.execute(
-                sa.select(table.c.digest, table.c.ack_code).where(
-                    table.c.sender == payload_text(header.sender),
-                    table.c.control_id == payload_text(header.control_id),
-                )
-            ).all()
-        return {row.digest: row.ack_code for row in rows}
+    def _write(
+        self,
+        faults: Sequence[tuple[Fault, str]],
+        parsed: ParsedMessage,
+        code: str,
+        *,
+        patients: Sequence[Patient] = (),
+        check: bool = True,
+    ) -> None:
+        """Quarantine, new patients and the log row of a message without observations.
 
-    def _log_message(self, parsed: ParsedMessage, code: str) -> None:
-        header = parsed.header
-        values = {
-            "sender": payload_text(header.sender),
-            "control_id": payload_text(header.control_id),
-            "digest": parsed.digest,
-            "received_us": self.clock.now_us(),
-            "ack_code": code,
-        }
+        One transaction; with ``check`` an identical resend raises :class:`_ResendError`.
+        """
+        sender = parsed.header.sender
+        self.store.append(
+            [],
+            received_us=self.clock.now_us(),
+            new_patients=patients,
+            rejected=[self._entry(fault, payload, sender) for fault, payload in faults],
+            channel=CHANNEL,
+            extra=self._log_hook([parsed], [code], None, check=check),
+        )
+
+    def _log_hook(
+        self,
+        messages: Sequence[ParsedMessage],
+        codes: Sequence[str],
+        works: Sequence[_OruWork] | None,
+        *,
+        check: bool = True,
+    ) -> Callable[[Connection], None]:
+        """The hook that, inside the commit, checks for resends and logs the messages."""
+        received = self.clock.now_us()
+
+        def hook(conn: Connection) -> None:
+            sql = _sql(conn)
+            seen: set[tuple[str, str, str]] = set()
+            rows = []
+            for number, parsed in enumerate(messages):
+                header = parsed.header
+                sender, control = payload_text(header.sender), payload_text(header.control_id)
+                key = (sender, control, parsed.digest)
+                if check:
+                    if key in seen:
+                        raise _ResendError(number, codes[number])
+                    earlier = conn.exec_driver_sql(sql.select, (sender, control)).all()
+                    for digest, ack_code in earlier:
+                        if digest == parsed.digest:
+                            raise _ResendError(number, ack_code)
+                    if earlier and works is not None:
+                        works[number].reused = True
+                    elif earlier:
+                        log.warning(
+                            "hl7: sender fault: control id %s reused with different content",
+                            _control(header),
+                        )
+                seen.add(key)
+                rows.append((sender, control, parsed.digest, received, codes[number]))
+            conn.exec_driver_sql(sql.insert, rows)
+
+        return hook
+
+    def _relog(self, changed: Sequence[tuple[ParsedMessage, str]]) -> None:
+        """Correct the logged code of messages whose answer the commit changed (conflicts)."""
         with self.store.transaction() as conn:
-            conn.execute(_insert_ignoring_duplicates(conn, values))
+            sql = _sql(conn)
+            conn.exec_driver_sql(
+                sql.update,
+                [
+                    (
+                        code,
+                        payload_text(p.header.sender),
+                        payload_text(p.header.control_id),
+                        p.digest,
+                    )
+                    for p, code in changed
+                ],
+            )
+
+    def _duplicate(self, header: Header, code: str) -> Outcome:
+        log.info("hl7: message %s is an identical resend", _control(header))
+        result = _Result(code, text="duplicate: already processed")
+        return dataclasses.replace(self._answer(header, result), duplicate_message=True)
+
+    def _report(self, header: Header, result: _Result) -> None:
+        if result.faults:
+            log.info(
+                "hl7: message %s answered %s with %d fault(s)",
+                _control(header),
+                result.code,
+                len(result.faults),
+            )
+        if result.unmapped:
+            # Codes and counts only: what an operator needs to add a mapping.
+            log.info(
+                "hl7: message %s: %d OBX with codes not in the registry (%s)",
+                _control(header),
+                sum(result.unmapped.values()),
+                ", ".join(sorted(result.unmapped))[:200],
+            )
 
     # -- answer -------------------------------------------------------------------
 
@@ -385,14 +673,59 @@ class HL7Processor:
             duplicates=result.duplicates,
             quarantined=result.quarantined,
             unsupported=dict(result.unsupported),
+            unmapped=dict(result.unmapped),
         )
 
 
-def _insert_ignoring_duplicates(conn: Connection, values: dict[str, Any]) -> Any:
-    table = tables.hl7_messages
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    return sqlite.insert(table).values(**values).on_conflict_do_nothing()
+@dataclass(frozen=True, slots=True)
+class _Sql:
+    """The message-log statements in one driver's parameter style."""
+
+    select: str
+    insert: str
+    update: str
+
+
+def _statements(mark: str) -> _Sql:
+    return _Sql(
+        select=(
+            f"SELECT digest, ack_code FROM hl7_messages WHERE sender = {mark} "
+            f"AND control_id = {mark}"
+        ),
+        insert=(
+            "INSERT INTO hl7_messages (sender, control_id, digest, received_us, ack_code) "
+            f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}) ON CONFLICT DO NOTHING"
+        ),
+        update=(
+            f"UPDATE hl7_messages SET ack_code = {mark} WHERE sender = {mark} "
+            f"AND control_id = {mark} AND digest = {mark}"
+        ),
+    )
+
+
+_SQL = {"qmark": _statements("?"), "format": _statements("%s"), "pyformat": _statements("%s")}
+
+
+def _sql(conn: Connection) -> _Sql:
+    """Plain SQL, not SQLAlchemy constructs: compiling a statement costs more than running it."""
+    return _SQL[conn.dialect.paramstyle]
+
+
+def _owners(offsets: Sequence[int], total: int) -> list[int]:
+    """For each item position, the number of the message it came from."""
+    owner = [0] * total
+    for number, start in enumerate(offsets):
+        end = offsets[number + 1] if number + 1 < len(offsets) else total
+        owner[start:end] = [number] * (end - start)
+    return owner
+
+
+def replayer(processor: HL7Processor) -> Callable[[QuarantineEntry], tuple[str, str] | None]:
+    """The ``mllp`` replayer for :class:`medtwin.twins.replay.Replayers`.
+
+    Register it with ``replayers.register("mllp", replayer(processor))``.
+    """
+    return processor.replay
 
 
 def _refusal(header: Header) -> Fault | None:
