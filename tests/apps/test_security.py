@@ -26,7 +26,8 @@ from medtwin.data.vault import Demographics, HumanName
 PASSWORD = "correct horse battery staple"
 # Routes FastAPI itself serves (the API description) and the static files: no patient data.
 FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/auth/token", "/login", "/logout"}
+# /fhir/metadata: FHIR clients read the CapabilityStatement before they authenticate.
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/auth/token", "/login", "/logout", "/fhir/metadata"}
 
 
 @pytest.fixture

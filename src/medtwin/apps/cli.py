@@ -156,12 +156,10 @@ def _ingest(paths: list[Path], settings: Settings, batch: int, read: Any = None)
 
 @app.command()
 def ingest(
-    files: Annotated[
-        list[Path], typer.Argument(exists=True, dir_okay=False, help="Files to ingest")
-    ],
+    files: Annotated[list[Path], typer.Argument(exists=True, help="Files or folders to ingest")],
     format: Annotated[
         str | None,
-        typer.Option("--format", help="jsonl or csv; detected from the content when omitted"),
+        typer.Option("--format", help="fhir, jsonl or csv; detected from the content when omitted"),
     ] = None,
     mapping: Annotated[
         Path | None,
@@ -169,16 +167,24 @@ def ingest(
     ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Items per transaction")] = 1000,
 ) -> None:
-    """Ingest observation files: JSON lines (one API item per line) or CSV with --map."""
+    """Ingest files: FHIR Bundles, JSON lines (one API item per line) or CSV with --map.
+
+    A folder stands for the files in it; FHIR batch Bundles (organizations,
+    practitioners) load before the transaction Bundles that refer to them.
+    """
     from functools import partial
 
     from medtwin.devices.csv import load_mapping, read_csv
 
+    files = _expand(files)
     kinds = {_detect(path) for path in files} if format is None else {format}
+    if kinds == {"fhir"}:
+        _ingest_fhir(files, _settings())
+        return
     if len(kinds) != 1 or not kinds <= {"jsonl", "csv"}:
         console.print(
             f"[red]cannot ingest format {', '.join(sorted(kinds))}[/red] here "
-            "(supported: jsonl, csv); give one --format for all files"
+            "(supported: fhir, jsonl, csv); give one --format for all files"
         )
         raise typer.Exit(2)
     read = None
@@ -194,6 +200,71 @@ def ingest(
     totals = _ingest(files, _settings(), batch, read)
     typer.echo(" ".join(f"{k}={v}" for k, v in totals.items()))
     if totals["rejected"] or totals["conflict"]:
+        raise typer.Exit(1)
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    """Files as given, folders as their files (sorted; no hidden files, licences or notes)."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(
+                p
+                for p in path.iterdir()
+                if p.is_file()
+                and not p.name.startswith(".")
+                and p.suffix.lower() != ".md"
+                and p.name != "LICENSE"
+            )
+        else:
+            out.append(path)
+    return out
+
+
+def _ingest_fhir(paths: list[Path], settings: Settings) -> None:
+    """Load FHIR Bundles: batches first, then transactions; totals, faults by file."""
+    from medtwin.apps.api.context import ServiceContext
+    from medtwin.apps.api.routes.fhir import service_of
+    from medtwin.devices.fhir import FhirError
+
+    def is_batch(path: Path) -> bool:
+        with path.open("rb") as handle:
+            return b'"batch"' in handle.read(4096)
+
+    ordered = sorted(paths, key=lambda p: (not is_batch(p), str(p)))
+    context = ServiceContext.build(settings)
+    service = service_of(context)
+    totals = {"bundles": 0, "replayed": 0, "failed": 0, "created": 0, "updated": 0,
+              "observations": 0}  # fmt: skip
+    unmapped: dict[str, int] = {}
+    try:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} files"),
+            console=console,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("FHIR bundles", total=len(ordered))
+            for path in ordered:
+                text = path.read_text(encoding="utf-8-sig")
+                try:
+                    report = service.process_bundle(json.loads(text), raw=text, source="cli").report
+                except (FhirError, ValueError) as exc:
+                    totals["failed"] += 1
+                    console.print(f"{path}: {exc}", markup=False, highlight=False)
+                else:
+                    totals["bundles"] += 1
+                    totals["replayed"] += int(report.replayed)
+                    totals["created"] += report.created
+                    totals["updated"] += report.updated
+                    totals["observations"] += report.observations
+                    for system, count in report.unmapped.items():
+                        unmapped[system] = unmapped.get(system, 0) + count
+                bar.advance(task)
+    finally:
+        context.store.close()
+    typer.echo(" ".join(f"{k}={v}" for k, v in totals.items()))
+    for system, count in sorted(unmapped.items()):
+        typer.echo(f"unmapped codes: {count} of {system}")
+    if totals["failed"]:
         raise typer.Exit(1)
 
 

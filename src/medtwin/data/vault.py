@@ -35,8 +35,8 @@ _PATIENT_TABLES = (
     "care_team_patients",
     "device_bindings",
 )
-# Tables of personal data: the patient's rows go (raw FHIR resources carry names).
-_PERSONAL_TABLES = ("patient_keys", "blind_index", "consents", "fhir_resources")
+# Tables of personal data: the patient's rows go.
+_PERSONAL_TABLES = ("patient_keys", "blind_index", "consents")
 
 
 class Identifier(BaseModel):
@@ -227,6 +227,10 @@ class PatientVault:
             if row is None:
                 raise NotFoundError(f"no patient {patient!r}")
             pseudonym = str(row.pseudonym)
+            # Raw FHIR resources carry names and identifiers: they go, with their index.
+            from medtwin.devices.fhir import erase_patient_resources
+
+            erase_patient_resources(conn, patient)
             for name in _PERSONAL_TABLES:
                 table = schema.metadata.tables[name]
                 conn.execute(sa.delete(table).where(table.c.patient_id == patient))

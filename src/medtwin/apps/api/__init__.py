@@ -21,6 +21,7 @@ from medtwin.apps.api.routes import (
     consents,
     devices,
     events,
+    fhir,
     health,
     interventions,
     observations,
@@ -106,6 +107,7 @@ def create_app(
         quarantine,
         health,
         events,
+        fhir,
     ):
         app.include_router(module.router)
     from medtwin.apps import dashboard

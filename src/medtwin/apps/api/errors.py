@@ -31,7 +31,9 @@ def error_response(
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if request.url.path.startswith("/fhir"):
+            return _outcome(exc.status_code, str(exc.detail), exc.headers)
         code = {
             401: "unauthenticated",
             403: "forbidden",
@@ -42,9 +44,11 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         location = ".".join(str(part) for part in first.get("loc", ()))
+        if request.url.path.startswith("/fhir"):
+            return _outcome(422, f"{location}: {first.get('msg', 'invalid request')}", None)
         return error_response(
             422, "invalid_request", str(first.get("msg", "invalid request")), location
         )
@@ -65,3 +69,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(MedtwinError)
     async def _medtwin(_: Request, exc: MedtwinError) -> JSONResponse:
         return error_response(400, "error", str(exc))
+
+
+def _outcome(status: int, message: str, headers: Mapping[str, str] | None) -> JSONResponse:
+    """FHIR clients get errors as an OperationOutcome, whatever raised them."""
+    from medtwin.devices.fhir import Issue, operation_outcome
+
+    code = {401: "login", 403: "forbidden", 404: "not-found", 413: "too-long"}.get(
+        status, "processing"
+    )
+    body = operation_outcome([Issue(code=code, diagnostics=message)])
+    return JSONResponse(
+        body, status_code=status, headers=headers, media_type="application/fhir+json"
+    )

@@ -1,0 +1,363 @@
+"""Raw FHIR resources, versioned and sealed, with their search index.
+
+Tables (``medtwin.data.store.schema``): ``fhir_resources`` keeps every version
+of every resource as the JSON received (references resolved), sealed with the
+keyring (AES-GCM, associated data ``fhir:<type>/<id>/<version>``);
+``fhir_search`` holds the current version's search values, personal ones as
+blind-index digests; ``fhir_bundles`` the responses of processed Bundles by
+content digest.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from medtwin.core.clock import from_us
+from medtwin.data.crypto import BlindIndex, Keyring
+from medtwin.data.store import SqlStore, schema
+from medtwin.devices.fhir.mapping import search_rows
+
+__all__ = ["ResourceRepository", "StoredResource", "erase_patient_resources"]
+
+SEALED = "sealed:"
+_CHUNK = 500
+_RESOURCES = schema.fhir_resources
+_SEARCH = schema.fhir_search
+
+
+def iso_instant(us: int) -> str:
+    return from_us(us).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    """One version of a resource as served: the stored JSON with ``meta`` set."""
+
+    resource_type: str
+    id: str
+    version: int
+    last_updated_us: int
+    patient_id: str | None
+    resource: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NewVersion:
+    """A version to write: the resource JSON (without server meta) and its search rows."""
+
+    resource_type: str
+    id: str
+    version: int
+    patient_id: str | None
+    resource: dict[str, Any]
+
+
+def with_meta(resource: dict[str, Any], version: int, last_updated_us: int) -> dict[str, Any]:
+    """``resource`` with the server's meta (versionId, lastUpdated) over the client's."""
+    meta = resource.get("meta")
+    merged = dict(meta) if isinstance(meta, dict) else {}
+    merged["versionId"] = str(version)
+    merged["lastUpdated"] = iso_instant(last_updated_us)
+    return {**resource, "meta": merged}
+
+
+def canonical(resource: dict[str, Any]) -> str:
+    """Canonical JSON of a resource without server meta (to detect no-op updates)."""
+    meta = resource.get("meta")
+    if isinstance(meta, dict):
+        rest = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        resource = (
+            {**resource, "meta": rest}
+            if rest
+            else {k: v for k, v in resource.items() if k != "meta"}
+        )
+    return json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class ResourceRepository:
+    """Reads and writes of FHIR resources over a :class:`SqlStore`."""
+
+    def __init__(self, store: SqlStore, keyring: Keyring | None, index: BlindIndex) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.index = index
+
+    # -- sealing --------------------------------------------------------------
+
+    @staticmethod
+    def _aad(resource_type: str, resource_id: str, version: int) -> bytes:
+        return f"fhir:{resource_type}/{resource_id}/{version}".encode()
+
+    def seal(self, resource_type: str, resource_id: str, version: int, text: str) -> str:
+        if self.keyring is None:
+            return text
+        blob = self.keyring.encrypt(
+            text.encode(), aad=self._aad(resource_type, resource_id, version)
+        )
+        return SEALED + base64.urlsafe_b64encode(blob).decode()
+
+    def unseal(self, resource_type: str, resource_id: str, version: int, text: str) -> str:
+        if not text.startswith(SEALED):
+            return text
+        if self.keyring is None:
+            raise RuntimeError("sealed FHIR content and no keyring to open it")
+        blob = base64.urlsafe_b64decode(text[len(SEALED) :].encode())
+        return self.keyring.decrypt(
+            blob, aad=self._aad(resource_type, resource_id, version)
+        ).decode()
+
+    def _served(self, row: Any) -> StoredResource:
+        text = self.unseal(row.resource_type, row.id, row.version, row.content)
+        resource = with_meta(json.loads(text), row.version, row.last_updated_us)
+        return StoredResource(
+            row.resource_type, row.id, row.version, row.last_updated_us, row.patient_id, resource
+        )
+
+    # -- inside a write transaction -------------------------------------------
+
+    def current_versions(
+        self, conn: Connection, resource_type: str, ids: Iterable[str]
+    ) -> dict[str, int]:
+        """Newest version of each of ``ids`` that is held."""
+        found: dict[str, int] = {}
+        wanted = sorted(set(ids))
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            rows = conn.execute(
+                sa.select(_RESOURCES.c.id, sa.func.max(_RESOURCES.c.version))
+                .where(_RESOURCES.c.resource_type == resource_type, _RESOURCES.c.id.in_(chunk))
+                .group_by(_RESOURCES.c.id)
+            )
+            found.update({row[0]: int(row[1]) for row in rows})
+        return found
+
+    def current(
+        self, conn: Connection, resource_type: str, resource_id: str
+    ) -> StoredResource | None:
+        row = conn.execute(
+            sa.select(_RESOURCES)
+            .where(_RESOURCES.c.resource_type == resource_type, _RESOURCES.c.id == resource_id)
+            .order_by(_RESOURCES.c.version.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else self._served(row)
+
+    def find(
+        self, conn: Connection, resource_type: str, criteria: Sequence[tuple[str, Sequence[str]]]
+    ) -> set[str]:
+        """Ids of ``resource_type`` matching every (param, any of values) criterion."""
+        found: set[str] | None = None
+        for param, values in criteria:
+            if not values:
+                return set()
+            rows = conn.execute(
+                sa.select(_SEARCH.c.id).where(
+                    _SEARCH.c.resource_type == resource_type,
+                    _SEARCH.c.param == param,
+                    _SEARCH.c.value.in_(list(values)),
+                )
+            )
+            ids = {row[0] for row in rows}
+            found = ids if found is None else found & ids
+            if not found:
+                return set()
+        return found or set()
+
+    def write(self, conn: Connection, versions: Sequence[NewVersion], now_us: int) -> None:
+        """Insert the versions and replace the search rows of their resources."""
+        if not versions:
+            return
+        conn.execute(
+            sa.insert(_RESOURCES),
+            [
+                {
+                    "resource_type": v.resource_type,
+                    "id": v.id,
+                    "version": v.version,
+                    "last_updated_us": now_us,
+                    "patient_id": v.patient_id,
+                    "deleted": False,
+                    "content": self.seal(
+                        v.resource_type,
+                        v.id,
+                        v.version,
+                        json.dumps(v.resource, separators=(",", ":"), ensure_ascii=False),
+                    ),
+                }
+                for v in versions
+            ],
+        )
+        updated = [v for v in versions if v.version > 1]
+        for v in updated:
+            conn.execute(
+                sa.delete(_SEARCH).where(
+                    _SEARCH.c.resource_type == v.resource_type, _SEARCH.c.id == v.id
+                )
+            )
+        rows = [
+            {"resource_type": v.resource_type, "param": param, "value": value, "id": v.id}
+            for v in versions
+            for param, value in search_rows(v.resource_type, v.resource, self.index)
+        ]
+        if rows:
+            conn.execute(sa.insert(_SEARCH), rows)
+
+    # -- reads ----------------------------------------------------------------
+
+    def read(
+        self, resource_type: str, resource_id: str, version: int | None = None
+    ) -> StoredResource | None:
+        """The current (or the given) version of a resource, None if not held."""
+        query = sa.select(_RESOURCES).where(
+            _RESOURCES.c.resource_type == resource_type, _RESOURCES.c.id == resource_id
+        )
+        if version is not None:
+            query = query.where(_RESOURCES.c.version == version)
+        query = query.order_by(_RESOURCES.c.version.desc()).limit(1)
+        with self.store.reading() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else self._served(row)
+
+    def history(self, resource_type: str, resource_id: str) -> list[StoredResource]:
+        """Every version of a resource, newest first."""
+        query = (
+            sa.select(_RESOURCES)
+            .where(_RESOURCES.c.resource_type == resource_type, _RESOURCES.c.id == resource_id)
+            .order_by(_RESOURCES.c.version.desc())
+        )
+        with self.store.reading() as conn:
+            rows = conn.execute(query).all()
+        return [self._served(row) for row in rows]
+
+    def count(self, resource_type: str | None = None) -> int:
+        """Number of resources held (current versions) of one type or of all."""
+        query = sa.select(
+            sa.func.count(sa.distinct(_RESOURCES.c.resource_type + "/" + _RESOURCES.c.id))
+        )
+        if resource_type is not None:
+            query = query.where(_RESOURCES.c.resource_type == resource_type)
+        with self.store.reading() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def search(
+        self,
+        resource_type: str,
+        criteria: Sequence[tuple[str, Sequence[str]]],
+        *,
+        dates: Sequence[tuple[str, str]] = (),
+        allow: Callable[[set[str]], set[str]] | None = None,
+        count: int = 50,
+        offset: int = 0,
+    ) -> tuple[int, list[StoredResource]]:
+        """(total, page) of current resources matching every criterion.
+
+        ``dates`` are (SQL operator, sortable time text) bounds on the ``date`` param;
+        ``allow`` keeps, of a set of patient ids, those the caller may see.
+        """
+        with self.store.reading() as conn:
+            ids: set[str] | None = self.find(conn, resource_type, criteria) if criteria else None
+            if dates:
+                query = sa.select(_SEARCH.c.id).where(
+                    _SEARCH.c.resource_type == resource_type, _SEARCH.c.param == "date"
+                )
+                for operator, bound in dates:
+                    query = query.where(_SEARCH.c.value.op(operator)(bound))
+                dated = {row[0] for row in conn.execute(query)}
+                ids = dated if ids is None else ids & dated
+            newest = (
+                sa.select(
+                    _RESOURCES.c.id,
+                    sa.func.max(_RESOURCES.c.version).label("version"),
+                )
+                .where(_RESOURCES.c.resource_type == resource_type)
+                .group_by(_RESOURCES.c.id)
+            )
+            rows: list[Any] = []
+            if ids is None:
+                rows = list(conn.execute(newest))
+            else:
+                wanted = sorted(ids)
+                for start in range(0, len(wanted), _CHUNK):
+                    chunk = wanted[start : start + _CHUNK]
+                    rows += conn.execute(newest.where(_RESOURCES.c.id.in_(chunk))).all()
+            keys = sorted((row[0], int(row[1])) for row in rows)
+            owners = self._owners(conn, resource_type, keys)
+            if allow is not None:
+                permitted = allow({p for p in owners.values() if p is not None})
+                keys = [k for k in keys if owners[k] is None or owners[k] in permitted]
+            total = len(keys)
+            page = keys[offset : offset + count]
+            page_versions = dict(page)
+            rows_by_id: dict[str, Any] = {}
+            ids_page = sorted(page_versions)
+            for start in range(0, len(ids_page), _CHUNK):
+                chunk = ids_page[start : start + _CHUNK]
+                for row in conn.execute(
+                    sa.select(_RESOURCES).where(
+                        _RESOURCES.c.resource_type == resource_type, _RESOURCES.c.id.in_(chunk)
+                    )
+                ):
+                    if row.version == page_versions[row.id]:
+                        rows_by_id[row.id] = row
+        return total, [self._served(rows_by_id[resource_id]) for resource_id, _ in page]
+
+    def _owners(
+        self, conn: Connection, resource_type: str, keys: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], str | None]:
+        owners: dict[tuple[str, int], str | None] = {}
+        wanted = sorted({k[0] for k in keys})
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            rows = conn.execute(
+                sa.select(_RESOURCES.c.id, _RESOURCES.c.version, _RESOURCES.c.patient_id).where(
+                    _RESOURCES.c.resource_type == resource_type, _RESOURCES.c.id.in_(chunk)
+                )
+            )
+            for row in rows:
+                owners[(row[0], int(row[1]))] = row[2]
+        return {k: owners.get(k) for k in keys}
+
+    # -- replay ---------------------------------------------------------------
+
+    @staticmethod
+    def replayed(conn: Connection, digest: str) -> dict[str, Any] | None:
+        row = conn.execute(
+            sa.select(schema.fhir_bundles.c.response).where(schema.fhir_bundles.c.digest == digest)
+        ).first()
+        if row is None:
+            return None
+        loaded: dict[str, Any] = json.loads(row[0])
+        return loaded
+
+    @staticmethod
+    def remember(conn: Connection, digest: str, now_us: int, response: dict[str, Any]) -> None:
+        conn.execute(
+            sa.insert(schema.fhir_bundles),
+            [{"digest": digest, "received_us": now_us, "response": json.dumps(response)}],
+        )
+
+
+def erase_patient_resources(conn: Connection, patient_id: str) -> int:
+    """Delete every FHIR resource of a patient and its search rows (for erasure).
+
+    Meant to run inside :meth:`PatientVault.erase`'s transaction; returns the rows deleted.
+    """
+    owned = sa.select(_RESOURCES.c.resource_type, _RESOURCES.c.id).where(
+        _RESOURCES.c.patient_id == patient_id
+    )
+    keys = {(row[0], row[1]) for row in conn.execute(owned)}
+    for resource_type, resource_id in keys:
+        conn.execute(
+            sa.delete(_SEARCH).where(
+                _SEARCH.c.resource_type == resource_type, _SEARCH.c.id == resource_id
+            )
+        )
+    result = conn.execute(sa.delete(_RESOURCES).where(_RESOURCES.c.patient_id == patient_id))
+    return int(result.rowcount)

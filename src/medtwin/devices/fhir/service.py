@@ -1,0 +1,1086 @@
+"""Processing of FHIR transaction and batch Bundles, PUT, read, history and search.
+
+A transaction is all-or-nothing: it is validated first (no lock held), then
+ids are assigned, ``urn:uuid:`` full URLs and conditional references resolved,
+``ifNoneExist`` honoured, resources mapped into medtwin's records and
+everything written in ONE store transaction, together with the observations
+the twins take and the Bundle's response (kept by content digest, so that the
+same Bundle posted again replays it). Only then are the twins updated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qsl
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from medtwin.core.records import Intervention, Patient, QualityFlag
+from medtwin.data.crypto import DataKeys
+from medtwin.data.store import AppendStatus, QuarantineEntry, SqlStore, schema
+from medtwin.data.store.base import _conflict_entry, _dedupe
+from medtwin.data.validation import ID_PATTERN as PATIENT_ID
+from medtwin.data.vault import PatientVault, Privacy, encode
+from medtwin.devices.fhir.errors import (
+    FhirError,
+    InvalidResourceError,
+    Issue,
+    PreconditionFailedError,
+    ResourceNotFoundError,
+    TooLargeError,
+    UnprocessableError,
+    operation_outcome,
+)
+from medtwin.devices.fhir.mapping import (
+    MappedItem,
+    demographics_of,
+    identifier_rows,
+    intervention_of,
+    observation_items,
+    patient_of,
+    query_values,
+    sortable_time,
+    time_range,
+)
+from medtwin.devices.fhir.repository import (
+    NewVersion,
+    ResourceRepository,
+    StoredResource,
+    canonical,
+    iso_instant,
+)
+from medtwin.devices.fhir.validation import ID_PATTERN, model_class, validate_resource
+from medtwin.twins.ingest import Ingestor, PreparedBatch
+
+__all__ = ["BundleReport", "BundleResult", "FhirService", "parse_json"]
+
+CHANNEL = "fhir"
+_UNMAPPED = int(QualityFlag.UNMAPPED)
+_INTERNAL_PREFIXES = ("urn:uuid:", "urn:oid:")
+_SEARCH_PARAMS = {
+    "Patient": ("identifier", "name", "birthdate"),
+    "Observation": ("subject", "patient", "code", "date", "category"),
+}
+_DATE_PREFIXES = ("eq", "ge", "le", "gt", "lt")
+
+
+def parse_json(text: str | bytes, *, max_depth: int) -> Any:
+    """The JSON document of a request body; InvalidResourceError / TooLargeError otherwise."""
+    try:
+        document = json.loads(text)
+    except RecursionError as exc:
+        raise TooLargeError(
+            [Issue(f"JSON nested deeper than {max_depth}", "", code="too-costly")]
+        ) from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidResourceError(
+            [Issue(f"body is not JSON: {exc}", "", code="structure")]
+        ) from exc
+    if _depth_exceeds(document, max_depth):
+        raise TooLargeError([Issue(f"JSON nested deeper than {max_depth}", "", code="too-costly")])
+    return document
+
+
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (dict, list)))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+    return False
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    """What a Bundle did: resources created/updated/reused, observations, what is unmapped."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    reused: int = 0
+    failed: int = 0
+    observations: int = 0
+    unmapped: dict[str, int] = field(default_factory=dict)  # per code system
+    unresolved: list[str] = field(default_factory=list)  # literal references not held
+    replayed: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "reused": self.reused,
+            "failed": self.failed,
+            "observations": self.observations,
+            "unmapped": dict(self.unmapped),
+            "unresolved": list(self.unresolved),
+            "replayed": self.replayed,
+        }
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    """The response Bundle (transaction-response or batch-response) and the report."""
+
+    response: dict[str, Any]
+    report: BundleReport
+
+
+@dataclass
+class _Entry:
+    index: int
+    base: str  # element path of the resource
+    method: str = ""
+    resource_type: str = ""
+    resource: dict[str, Any] | None = None
+    full_url: str | None = None
+    target_id: str | None = None
+    if_none_exist: str | None = None
+    refs: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    notes: list[Issue] = field(default_factory=list)
+    id: str = ""
+    version: int = 0
+    status: str = ""
+    write: bool = False
+    patient: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.issues)
+
+
+@dataclass
+class _Plan:
+    """What one Bundle writes, built inside the write transaction."""
+
+    versions: list[NewVersion] = field(default_factory=list)
+    patients: list[_Entry] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    item_entries: list[tuple[_Entry, MappedItem]] = field(default_factory=list)
+    interventions: list[Intervention] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)
+
+
+class FhirService:
+    """FHIR R4 interactions over a store, feeding the twins through an :class:`Ingestor`."""
+
+    def __init__(
+        self,
+        store: SqlStore,
+        ingestor: Ingestor,
+        privacy: Privacy,
+        *,
+        max_entries: int = 10_000,
+        max_depth: int = 64,
+        strict_references: bool = False,
+    ) -> None:
+        self.store = store
+        self.ingestor = ingestor
+        self.privacy = privacy
+        self.vault = PatientVault(store, privacy)
+        self.repository = ResourceRepository(store, privacy.keyring, privacy.blind_index)
+        self.max_entries = max_entries
+        self.max_depth = max_depth
+        self.strict_references = strict_references
+
+    # -- writes ---------------------------------------------------------------
+
+    def process_bundle(
+        self,
+        document: Any,
+        *,
+        raw: str | None = None,
+        source: str | None = None,
+        care_team: str | None = None,
+    ) -> BundleResult:
+        """Process a transaction or batch Bundle (parsed JSON); see the module docstring.
+
+        A failed transaction raises a :class:`FhirError` after quarantining the Bundle.
+        """
+        try:
+            kind, entries = self._entries(document, lambda i: f"Bundle.entry[{i}].resource")
+            if kind == "transaction":
+                issues = [issue for entry in entries for issue in entry.issues]
+                if issues:
+                    raise InvalidResourceError(issues)
+            digest = hashlib.sha256(
+                json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+            ).hexdigest()
+            return self._commit(kind, entries, digest, care_team=care_team, source=source)
+        except FhirError as exc:
+            self._quarantine(exc, raw, document, source)
+            raise
+
+    def put(
+        self,
+        resource_type: str,
+        resource_id: str,
+        document: Any,
+        *,
+        raw: str | None = None,
+        source: str | None = None,
+        care_team: str | None = None,
+    ) -> tuple[StoredResource, bool]:
+        """Create or update ``resource_type/resource_id`` with the client's id.
+
+        Returns the stored version and whether it was created. An update with the
+        same content as the current version stores nothing new.
+        """
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": document,
+                    "request": {"method": "PUT", "url": f"{resource_type}/{resource_id}"},
+                }
+            ],
+        }
+        try:
+            _, entries = self._entries(bundle, lambda _: resource_type)
+            issues = [issue for entry in entries for issue in entry.issues]
+            if issues:
+                raise InvalidResourceError(issues)
+            self._commit("transaction", entries, None, care_team=care_team, source=source)
+        except FhirError as exc:
+            self._quarantine(exc, raw, document, source)
+            raise
+        entry = entries[0]
+        stored = self.repository.read(resource_type, entry.id, entry.version)
+        assert stored is not None
+        return stored, entry.status.startswith("201")
+
+    def _quarantine(
+        self, exc: FhirError, raw: str | None, document: Any, source: str | None
+    ) -> None:
+        payload = raw if raw is not None else _dump(document)
+        self.store.quarantine(
+            [
+                QuarantineEntry(
+                    channel=CHANNEL,
+                    location=exc.issues[0].expression or "body",
+                    reason=exc.issues[0].diagnostics[:1000],
+                    payload=payload,
+                    source=source,
+                    received_us=self.ingestor.clock.now_us(),
+                )
+            ]
+        )
+
+    def _entries(self, document: Any, base_of: Callable[[int], str]) -> tuple[str, list[_Entry]]:
+        """Check the Bundle's shape and every entry's request and resource (no lock held)."""
+        if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
+            raise InvalidResourceError(
+                [Issue("the body must be a Bundle", "Bundle", code="structure")]
+            )
+        # Everything but the resources here; each resource while it is copied (_scan).
+        shallow = {k: v for k, v in document.items() if k != "entry"}
+        entries_value = document.get("entry")
+        outside = [
+            {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+            for e in (entries_value if isinstance(entries_value, list) else ())
+        ]
+        if _depth_exceeds([shallow, outside], self.max_depth - 1):
+            raise TooLargeError(
+                [Issue(f"JSON nested deeper than {self.max_depth}", "Bundle", code="too-costly")]
+            )
+        kind = document.get("type")
+        if kind not in ("transaction", "batch"):
+            raise InvalidResourceError(
+                [
+                    Issue(
+                        "only transaction and batch Bundles are processed",
+                        "Bundle.type",
+                        code="not-supported",
+                    )
+                ]
+            )
+        raw_entries = document.get("entry", [])
+        if not isinstance(raw_entries, list):
+            raise InvalidResourceError(
+                [Issue("entry must be an array", "Bundle.entry", code="structure")]
+            )
+        if len(raw_entries) > self.max_entries:
+            raise TooLargeError(
+                [
+                    Issue(
+                        f"{len(raw_entries)} entries exceed {self.max_entries}",
+                        "Bundle.entry",
+                        code="too-costly",
+                    )
+                ]
+            )
+        bundle_issues = [
+            Issue(f"unknown element {name[:64]!r}", f"Bundle.{name[:64]}", code="structure")
+            for name in document
+            if name not in _BUNDLE_ELEMENTS
+        ]
+        if bundle_issues:
+            raise InvalidResourceError(bundle_issues)
+        entries = [self._entry(i, raw, base_of(i)) for i, raw in enumerate(raw_entries)]
+        return kind, entries
+
+    def _entry(self, index: int, raw: Any, base: str) -> _Entry:
+        entry = _Entry(index, base)
+        where = f"Bundle.entry[{index}]"
+        if not isinstance(raw, dict):
+            entry.issues.append(Issue("an entry must be an object", where, code="structure"))
+            return entry
+        request = raw.get("request")
+        resource = raw.get("resource")
+        full_url = raw.get("fullUrl")
+        if full_url is not None and not isinstance(full_url, str):
+            entry.issues.append(Issue("fullUrl must be a string", f"{where}.fullUrl"))
+        entry.full_url = full_url if isinstance(full_url, str) else None
+        if not isinstance(request, dict):
+            entry.issues.append(Issue("request is required", f"{where}.request", code="required"))
+            return entry
+        method = request.get("method")
+        url = request.get("url")
+        if method not in ("POST", "PUT"):
+            entry.issues.append(
+                Issue(
+                    "only POST and PUT are supported",
+                    f"{where}.request.method",
+                    code="not-supported",
+                )
+            )
+            return entry
+        if not isinstance(url, str) or not url:
+            entry.issues.append(
+                Issue("request.url is required", f"{where}.request.url", code="required")
+            )
+            return entry
+        if not isinstance(resource, dict):
+            entry.issues.append(Issue("resource is required", f"{where}.resource", code="required"))
+            return entry
+        entry.method = method
+        # A copy: references are rewritten in it, the caller's document stays as it was.
+        copied, entry.refs, too_deep = _scan(resource, base, self.max_depth - 3)
+        if too_deep:
+            raise TooLargeError(
+                [Issue(f"JSON nested deeper than {self.max_depth}", base, code="too-costly")]
+            )
+        entry.resource = copied
+        issues = validate_resource(resource, base)
+        resource_type = resource.get("resourceType")
+        entry.resource_type = resource_type if isinstance(resource_type, str) else ""
+        if issues:
+            entry.issues += issues
+            return entry
+        path = url.split("?", 1)[0].strip("/")
+        if method == "POST":
+            if path != entry.resource_type:
+                entry.issues.append(
+                    Issue(f"POST url must be {entry.resource_type}", f"{where}.request.url")
+                )
+            if_none = request.get("ifNoneExist")
+            if if_none is not None and not isinstance(if_none, str):
+                entry.issues.append(
+                    Issue("ifNoneExist must be a string", f"{where}.request.ifNoneExist")
+                )
+            entry.if_none_exist = if_none if isinstance(if_none, str) and if_none else None
+        else:
+            parts = path.split("/")
+            if "?" in url or len(parts) != 2 or parts[0] != entry.resource_type:
+                entry.issues.append(
+                    Issue(
+                        f"PUT url must be {entry.resource_type}/<id>",
+                        f"{where}.request.url",
+                        code="not-supported",
+                    )
+                )
+            elif not ID_PATTERN.fullmatch(parts[1]):
+                entry.issues.append(Issue("invalid resource id", f"{where}.request.url"))
+            elif resource.get("id") not in (None, parts[1]):
+                entry.issues.append(Issue("resource id differs from the url", f"{base}.id"))
+            else:
+                entry.target_id = parts[1]
+        return entry
+
+    def _commit(
+        self,
+        kind: str,
+        entries: list[_Entry],
+        digest: str | None,
+        *,
+        care_team: str | None,
+        source: str | None,
+    ) -> BundleResult:
+        ingestor = self.ingestor
+        now = ingestor.clock.now_us()
+        # The ingestor's commit lock: the twins see batches in the order the store took them.
+        with ingestor._commit_lock:
+            with self.store.transaction() as conn:
+                if digest is not None:
+                    stored = self.repository.replayed(conn, digest)
+                    if stored is not None:
+                        report = BundleReport(**{**stored["report"], "replayed": True})
+                        return BundleResult(stored["response"], report)
+                plan = self._plan(conn, kind, entries)
+                batch = self._prepare(kind, plan)
+                failed = [e for e in entries if e.failed]
+                if kind == "transaction" and failed:
+                    raise _failure([i for e in failed for i in e.issues])
+                if failed:
+                    plan.versions = [v for v in plan.versions if not _failed_version(v, entries)]
+                    self._quarantine_entries(conn, failed, now, source)
+                self.repository.write(conn, plan.versions, now)
+                new_patients = self._write_patients(conn, plan, now, care_team)
+                statuses = self._append(conn, batch, care_team) if batch is not None else []
+                self._write_interventions(conn, plan.interventions, now)
+                result = self._result(kind, entries, plan, batch, statuses, now)
+                if digest is not None and not failed:
+                    self.repository.remember(
+                        conn,
+                        digest,
+                        now,
+                        {"response": result.response, "report": result.report.as_json()},
+                    )
+            for patient in new_patients:
+                ingestor.runtime.add(patient)
+            if batch is not None:
+                ingestor._observe_stored(batch, statuses)
+                ingestor._finish(batch, statuses)
+        return result
+
+    # -- planning (inside the write transaction) ------------------------------
+
+    def _plan(self, conn: Connection, kind: str, entries: list[_Entry]) -> _Plan:
+        plan = _Plan()
+        live = [e for e in entries if not e.failed]
+        full_urls: dict[str, str] = {}
+        pending: dict[tuple[str, str], set[str]] = {}  # (type, identifier value) -> ids
+        taken: set[tuple[str, str]] = set()
+        # Ids held already, in one query per type.
+        by_type: dict[str, set[str]] = {}
+        for entry in live:
+            assert entry.resource is not None
+            wanted = entry.target_id if entry.method == "PUT" else entry.resource.get("id")
+            if isinstance(wanted, str):
+                by_type.setdefault(entry.resource_type, set()).add(wanted)
+        held: dict[tuple[str, str], int] = {}
+        for resource_type, ids in by_type.items():
+            for resource_id, version in self.repository.current_versions(
+                conn, resource_type, ids
+            ).items():
+                held[(resource_type, resource_id)] = version
+        conditional: dict[tuple[str, str], set[str]] = {}
+
+        def matches(resource_type: str, query: str, where: str) -> set[str]:
+            key = (resource_type, query)
+            stored = conditional.get(key)
+            if stored is None:
+                criteria = self._criteria(resource_type, query, where)
+                stored = conditional[key] = self.repository.find(conn, resource_type, criteria)
+            found = set(stored)
+            for param, values in self._criteria(resource_type, query, where):
+                if param == "identifier":
+                    hits = set().union(*(pending.get((resource_type, v), set()) for v in values))
+                    found |= hits
+            return found
+
+        for entry in live:
+            resource = entry.resource
+            assert resource is not None
+            try:
+                self._assign(entry, held, taken, matches)
+            except FhirError as exc:
+                entry.issues += exc.issues
+                continue
+            taken.add((entry.resource_type, entry.id))
+            if entry.full_url:
+                full_urls[entry.full_url] = f"{entry.resource_type}/{entry.id}"
+            if entry.write:
+                for value in identifier_rows(
+                    entry.resource_type, resource, self.privacy.blind_index
+                ):
+                    pending.setdefault((entry.resource_type, value), set()).add(entry.id)
+        exists: dict[str, bool] = {}
+        for entry in live:
+            if entry.failed or not entry.write:
+                continue
+            self._resolve(conn, entry, full_urls, taken, held, exists, matches, plan)
+        current: dict[tuple[str, str], StoredResource | None] = {}
+        for entry in live:
+            if entry.failed or not entry.write:
+                continue
+            resource = entry.resource
+            assert resource is not None
+            resource["id"] = entry.id
+            if entry.version > 1:
+                key = (entry.resource_type, entry.id)
+                if key not in current:
+                    current[key] = self.repository.current(conn, *key)
+                before = current[key]
+                if before is not None and canonical(before.resource) == canonical(resource):
+                    entry.write = False
+                    entry.version -= 1
+                    entry.status = "200 OK"
+                    continue
+            entry.patient = patient_of(entry.resource_type, entry.id, resource)
+            plan.versions.append(
+                NewVersion(entry.resource_type, entry.id, entry.version, entry.patient, resource)
+            )
+        self._map(plan, live, taken, held)
+        return plan
+
+    def _criteria(self, resource_type: str, query: str, where: str) -> list[tuple[str, list[str]]]:
+        criteria: list[tuple[str, list[str]]] = []
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if not pairs or model_class(resource_type) is None:
+            raise InvalidResourceError(
+                [Issue(f"unsupported search {resource_type[:64]}?{query[:128]}", where)]
+            )
+        for param, value in pairs:
+            values = query_values(resource_type, param, value, self.privacy.blind_index)
+            if values is None:
+                raise InvalidResourceError(
+                    [
+                        Issue(
+                            f"unsupported search parameter {param[:64]!r}",
+                            where,
+                            code="not-supported",
+                        )
+                    ]
+                )
+            if param == "name":  # every token must match
+                criteria += [(param, [v]) for v in values]
+            else:
+                criteria.append((param, values))
+        return criteria
+
+    def _assign(
+        self,
+        entry: _Entry,
+        held: dict[tuple[str, str], int],
+        taken: set[tuple[str, str]],
+        matches: Callable[[str, str, str], set[str]],
+    ) -> None:
+        """Give the entry its id and version (or the resource an ``ifNoneExist`` found)."""
+        assert entry.resource is not None
+        where = f"Bundle.entry[{entry.index}].request"
+        if entry.method == "PUT":
+            assert entry.target_id is not None
+            entry.id = entry.target_id
+            previous = held.get((entry.resource_type, entry.id), 0)
+            entry.version = previous + 1
+            held[(entry.resource_type, entry.id)] = entry.version
+            entry.status = "200 OK" if previous else "201 Created"
+            entry.write = True
+            return
+        if entry.if_none_exist is not None:
+            found = matches(entry.resource_type, entry.if_none_exist, f"{where}.ifNoneExist")
+            if len(found) > 1:
+                raise PreconditionFailedError(
+                    [
+                        Issue(
+                            f"ifNoneExist matches {len(found)} resources",
+                            f"{where}.ifNoneExist",
+                            code="multiple-matches",
+                        )
+                    ]
+                )
+            if found:
+                entry.id = next(iter(found))
+                entry.version = held.get((entry.resource_type, entry.id)) or 1
+                entry.status = "200 OK"
+                entry.write = False
+                return
+        # The server assigns the id: the client's own when it is free (Synthea's UUIDs
+        # stay recognisable), a fresh UUID otherwise.
+        wanted = entry.resource.get("id")
+        key = (entry.resource_type, wanted if isinstance(wanted, str) else "")
+        if isinstance(wanted, str) and key not in held and key not in taken:
+            entry.id = wanted
+        else:
+            entry.id = str(uuid.uuid4())
+        entry.version = 1
+        held[(entry.resource_type, entry.id)] = 1
+        entry.status = "201 Created"
+        entry.write = True
+
+    def _resolve(
+        self,
+        conn: Connection,
+        entry: _Entry,
+        full_urls: dict[str, str],
+        taken: set[tuple[str, str]],
+        held: dict[tuple[str, str], int],
+        exists: dict[str, bool],
+        matches: Callable[[str, str, str], set[str]],
+        plan: _Plan,
+    ) -> None:
+        """Rewrite the entry's references to the ids they resolve to."""
+        for holder, path in entry.refs:
+            reference = holder["reference"]
+            target = full_urls.get(reference)
+            if target is not None:
+                holder["reference"] = target
+                continue
+            if reference.startswith("#"):
+                continue
+            if reference.startswith(_INTERNAL_PREFIXES):
+                entry.issues.append(
+                    Issue(
+                        f"reference {reference[:100]} is not in the Bundle", path, code="not-found"
+                    )
+                )
+                continue
+            if "?" in reference:
+                resource_type, _, query = reference.partition("?")
+                try:
+                    found = matches(resource_type, query, path)
+                except FhirError as exc:
+                    entry.issues += exc.issues
+                    continue
+                if len(found) == 1:
+                    holder["reference"] = f"{resource_type}/{next(iter(found))}"
+                elif not found:
+                    entry.issues.append(
+                        Issue("conditional reference matches nothing", path, code="not-found")
+                    )
+                else:
+                    entry.issues.append(
+                        Issue(
+                            f"conditional reference matches {len(found)} resources",
+                            path,
+                            code="multiple-matches",
+                        )
+                    )
+                continue
+            parts = reference.split("/")
+            known = False
+            if len(parts) in (2, 4) and ID_PATTERN.fullmatch(parts[1]):
+                key = (parts[0], parts[1])
+                if key in taken or key in held:
+                    known = True
+                else:
+                    if reference not in exists:
+                        exists[reference] = bool(
+                            self.repository.current_versions(conn, key[0], [key[1]])
+                        )
+                    known = exists[reference]
+                    if known:
+                        held.setdefault(key, 1)
+            if not known:
+                plan.unresolved.append(reference[:256])
+                issue = Issue(
+                    f"reference {reference[:100]} is not held by this server",
+                    path,
+                    code="not-found",
+                )
+                if self.strict_references:
+                    entry.issues.append(issue)
+                else:
+                    entry.notes.append(replace(issue, severity="warning"))
+
+    def _map(
+        self,
+        plan: _Plan,
+        entries: list[_Entry],
+        taken: set[tuple[str, str]],
+        held: dict[tuple[str, str], int],
+    ) -> None:
+        """Patients, observation items and interventions of the entries to write."""
+        runtime = self.ingestor.runtime
+        for entry in entries:
+            if entry.failed or not entry.write:
+                continue
+            resource = entry.resource
+            assert resource is not None
+            patient = entry.patient
+            if entry.resource_type == "Patient":
+                if PATIENT_ID.fullmatch(entry.id):
+                    plan.patients.append(entry)
+                continue
+            if patient is None or not PATIENT_ID.fullmatch(patient):
+                continue
+            if (
+                ("Patient", patient) not in taken
+                and ("Patient", patient) not in held
+                and patient not in runtime
+            ):
+                continue
+            if entry.resource_type == "Observation":
+                for mapped in observation_items(
+                    resource, entry.id, patient, entry.version, entry.base
+                ):
+                    plan.items.append(mapped.item)
+                    plan.item_entries.append((entry, mapped))
+            elif entry.resource_type == "MedicationAdministration":
+                intervention = intervention_of(resource, entry.id, patient)
+                if intervention is not None:
+                    plan.interventions.append(intervention)
+
+    def _prepare(self, kind: str, plan: _Plan) -> PreparedBatch | None:
+        """Validate the observation items; a rejected one fails its entry."""
+        if not plan.items:
+            return None
+        batch = self.ingestor.prepare(plan.items, channel=CHANNEL)
+        if not batch.rejections:
+            return batch
+        failed: set[int] = set()
+        for rejection in batch.rejections:
+            entry, mapped = plan.item_entries[rejection.index]
+            path = mapped.paths.get(rejection.field, entry.base)
+            entry.issues.append(Issue(rejection.reason, path, code="value"))
+            failed.add(id(entry))
+        if kind == "transaction":
+            return batch
+        # Batch: the failed entries' other items go too; the rest is committed.
+        accepted = [
+            (i, obs) for i, obs in batch.accepted if id(plan.item_entries[i][0]) not in failed
+        ]
+        return replace(
+            batch,
+            accepted=accepted,
+            rejections=[],
+            observations=[obs for _, obs in accepted],
+            quarantine=[],
+        )
+
+    # -- writing (inside the write transaction) ------------------------------
+
+    def _write_patients(
+        self, conn: Connection, plan: _Plan, now: int, care_team: str | None
+    ) -> list[str]:
+        """Patients rows with sealed demographics and blind-index digests."""
+        entries = [e for e in plan.patients if not e.failed and e.write]
+        if not entries:
+            return []
+        ids = [e.id for e in entries]
+        table = schema.patients
+        known = {row[0] for row in conn.execute(sa.select(table.c.id).where(table.c.id.in_(ids)))}
+        fresh = [
+            Patient(p, "pt-" + secrets.token_hex(8), created_us=now) for p in ids if p not in known
+        ]
+        if fresh:
+            self.store._insert_patients(conn, fresh)
+        if care_team is not None:
+            self.store._join_team(conn, care_team, set(ids))
+        vault = self.vault
+        for entry in entries:
+            assert entry.resource is not None
+            demographics = demographics_of(entry.resource)
+            key = vault._data_key(conn, entry.id, now)
+            sealed = DataKeys.seal(
+                key, demographics.model_dump_json().encode(), aad=vault._aad(entry.id)
+            )
+            conn.execute(
+                sa.update(table).where(table.c.id == entry.id).values(demographics=encode(sealed))
+            )
+            conn.execute(
+                sa.delete(schema.blind_index).where(schema.blind_index.c.patient_id == entry.id)
+            )
+            digests = sorted(set(vault._digests(demographics)))
+            if digests:
+                conn.execute(
+                    sa.insert(schema.blind_index),
+                    [{"patient_id": entry.id, "kind": k, "digest": d} for k, d in digests],
+                )
+        return ids
+
+    def _append(
+        self, conn: Connection, batch: PreparedBatch, care_team: str | None
+    ) -> list[AppendStatus]:
+        """``SqlStore.append`` on the caller's connection (one transaction with the resources)."""
+        store = self.store
+        statuses, unique = _dedupe(batch.observations)
+        if batch.new_patients:
+            store._insert_patients(conn, batch.new_patients)
+        if care_team is not None and batch.observations:
+            store._join_team(conn, care_team, {obs.patient for obs in batch.observations})
+        fresh = store._insert_observations(conn, unique, batch.received_us)
+        if len(fresh) != len(unique):
+            store._classify_existing(conn, unique, fresh, statuses)
+        conflicts = [
+            _conflict_entry(obs, CHANNEL, batch.received_us)
+            for obs, status in zip(batch.observations, statuses, strict=True)
+            if status is AppendStatus.CONFLICT
+        ]
+        if batch.quarantine or conflicts:
+            store._insert_quarantine(conn, [*batch.quarantine, *conflicts])
+        return [AppendStatus.STORED if s is None else s for s in statuses]
+
+    @staticmethod
+    def _write_interventions(
+        conn: Connection, interventions: Sequence[Intervention], now: int
+    ) -> None:
+        table = schema.interventions
+        for item in interventions:
+            exists = conn.execute(
+                sa.select(table.c.row_id).where(
+                    table.c.source == item.source, table.c.source_id == item.source_id
+                )
+            ).first()
+            if exists is None:
+                conn.execute(
+                    sa.insert(table),
+                    [
+                        {
+                            "source": item.source,
+                            "source_id": item.source_id,
+                            "patient_id": item.patient,
+                            "kind": item.kind.value,
+                            "amount": item.amount,
+                            "unit": item.unit,
+                            "start_us": item.start_us,
+                            "duration_s": item.duration_s,
+                            "drug": item.drug,
+                            "route": item.route,
+                            "received_us": now,
+                        }
+                    ],
+                )
+
+    def _quarantine_entries(
+        self, conn: Connection, failed: Sequence[_Entry], now: int, source: str | None
+    ) -> None:
+        self.store._insert_quarantine(
+            conn,
+            [
+                QuarantineEntry(
+                    channel=CHANNEL,
+                    location=entry.issues[0].expression or f"Bundle.entry[{entry.index}]",
+                    reason=entry.issues[0].diagnostics[:1000],
+                    payload=_dump(entry.resource),
+                    source=source,
+                    received_us=now,
+                )
+                for entry in failed
+            ],
+        )
+
+    def _result(
+        self,
+        kind: str,
+        entries: list[_Entry],
+        plan: _Plan,
+        batch: PreparedBatch | None,
+        statuses: Sequence[AppendStatus],
+        now: int,
+    ) -> BundleResult:
+        unmapped: dict[str, int] = {}
+        unmapped_by_entry: dict[int, set[str]] = {}
+        stored = 0
+        if batch is not None:
+            for (index, obs), status in zip(batch.accepted, statuses, strict=True):
+                if status is not AppendStatus.STORED:
+                    continue
+                stored += 1
+                if obs.flags & _UNMAPPED:
+                    unmapped[obs.system] = unmapped.get(obs.system, 0) + 1
+                    entry = plan.item_entries[index][0]
+                    unmapped_by_entry.setdefault(entry.index, set()).add(f"{obs.system}|{obs.code}")
+        counts = {"created": 0, "updated": 0, "unchanged": 0, "reused": 0, "failed": 0}
+        out: list[dict[str, Any]] = []
+        for entry in entries:
+            if entry.failed:
+                counts["failed"] += 1
+                failure = (
+                    "412 Precondition Failed"
+                    if any(i.code == "multiple-matches" for i in entry.issues)
+                    else "400 Bad Request"
+                )
+                out.append(
+                    {"response": {"status": failure, "outcome": operation_outcome(entry.issues)}}
+                )
+                continue
+            if entry.write:
+                counts["created" if entry.status.startswith("201") else "updated"] += 1
+            elif entry.method == "PUT":
+                counts["unchanged"] += 1
+            else:
+                counts["reused"] += 1
+            response: dict[str, Any] = {
+                "status": entry.status,
+                "location": f"{entry.resource_type}/{entry.id}/_history/{entry.version}",
+                "etag": f'W/"{entry.version}"',
+            }
+            if entry.write:
+                response["lastModified"] = iso_instant(now)
+            notes = list(entry.notes)
+            for code in sorted(unmapped_by_entry.get(entry.index, ())):
+                notes.append(
+                    Issue(
+                        f"code {code} is not in the registry: stored, not scored",
+                        entry.base,
+                        severity="information",
+                        code="code-invalid",
+                    )
+                )
+            if notes:
+                response["outcome"] = operation_outcome(notes)
+            out.append({"response": response})
+        response_bundle = {
+            "resourceType": "Bundle",
+            "type": f"{kind}-response",
+            "entry": out,
+        }
+        report = BundleReport(
+            created=counts["created"],
+            updated=counts["updated"],
+            unchanged=counts["unchanged"],
+            reused=counts["reused"],
+            failed=counts["failed"],
+            observations=stored,
+            unmapped=unmapped,
+            unresolved=sorted(set(plan.unresolved)),
+        )
+        return BundleResult(response_bundle, report)
+
+    # -- reads ----------------------------------------------------------------
+
+    def read(
+        self, resource_type: str, resource_id: str, version: int | None = None
+    ) -> StoredResource:
+        """The current (or given) version; ResourceNotFoundError when not held."""
+        found = None
+        if model_class(resource_type) is not None and ID_PATTERN.fullmatch(resource_id):
+            found = self.repository.read(resource_type, resource_id, version)
+        if found is None:
+            raise ResourceNotFoundError(
+                [Issue(f"no {resource_type[:64]}/{resource_id[:64]}", code="not-found")]
+            )
+        return found
+
+    def history(self, resource_type: str, resource_id: str) -> list[StoredResource]:
+        """Every version, newest first; ResourceNotFoundError when not held."""
+        self.read(resource_type, resource_id)
+        return self.repository.history(resource_type, resource_id)
+
+    def search(
+        self,
+        resource_type: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        allow: Callable[[set[str]], set[str]] | None = None,
+        count: int = 50,
+        offset: int = 0,
+    ) -> tuple[int, list[StoredResource]]:
+        """(total, page) of a search on Patient or Observation; InvalidResourceError if bad."""
+        if resource_type not in _SEARCH_PARAMS:
+            raise InvalidResourceError(
+                [Issue(f"search on {resource_type[:64]} is not supported", code="not-supported")]
+            )
+        criteria: list[tuple[str, list[str]]] = []
+        dates: list[tuple[str, str]] = []
+        for param, value in params:
+            where = f"query.{param[:64]}"
+            if param not in _SEARCH_PARAMS[resource_type]:
+                raise InvalidResourceError(
+                    [Issue(f"unknown search parameter {param[:64]!r}", where, code="not-supported")]
+                )
+            if param == "date":
+                dates += _date_bounds(value, where)
+                continue
+            values = query_values(resource_type, param, value, self.privacy.blind_index)
+            assert values is not None
+            if param == "name":
+                criteria += [(param, [v]) for v in values] or [(param, [])]
+            else:
+                criteria.append(("subject" if param == "patient" else param, values))
+        return self.repository.search(
+            resource_type, criteria, dates=dates, allow=allow, count=count, offset=offset
+        )
+
+
+_BUNDLE_ELEMENTS = frozenset(
+    {"resourceType", "id", "meta", "implicitRules", "language", "identifier", "type",
+     "timestamp", "total", "link", "entry", "signature"}
+)  # fmt: skip
+
+
+def _failure(issues: list[Issue]) -> FhirError:
+    """The error of a failed transaction, by its worst issue."""
+    codes = {issue.code for issue in issues}
+    if "multiple-matches" in codes:
+        return PreconditionFailedError(issues)
+    if codes & {"not-supported", "structure", "required"}:
+        return InvalidResourceError(issues)
+    return UnprocessableError(issues)
+
+
+def _failed_version(version: NewVersion, entries: list[_Entry]) -> bool:
+    return any(
+        e.failed and e.resource_type == version.resource_type and e.id == version.id
+        for e in entries
+    )
+
+
+def _date_bounds(value: str, where: str) -> list[tuple[str, str]]:
+    prefix = value[:2] if value[:2] in _DATE_PREFIXES else "eq"
+    text = value[2:] if value[:2] in _DATE_PREFIXES else value
+    found = time_range(text)
+    if found is None:
+        raise InvalidResourceError(
+            [Issue("date must be a FHIR date or dateTime with a zone", where)]
+        )
+    start, end = sortable_time(found[0]), sortable_time(found[1])
+    return {
+        "eq": [(">=", start), ("<", end)],
+        "ge": [(">=", start)],
+        "gt": [(">=", end)],
+        "le": [("<", end)],
+        "lt": [("<", start)],
+    }[prefix]
+
+
+def _scan(
+    resource: dict[str, Any], base: str, limit: int
+) -> tuple[dict[str, Any], list[tuple[dict[str, Any], str]], bool]:
+    """A copy of ``resource``, its objects with a string ``reference`` (with their element
+    paths), and whether it nests deeper than ``limit``."""
+    holders: list[tuple[dict[str, Any], str]] = []
+    trail: list[str] = [base]
+    deep = False
+
+    def copy(value: Any, depth: int) -> Any:
+        nonlocal deep
+        if depth > limit:
+            deep = True
+            return None
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for key, child in value.items():
+                if isinstance(child, (dict, list)):
+                    trail.append(f".{key}")
+                    out[key] = copy(child, depth + 1)
+                    trail.pop()
+                else:
+                    out[key] = child
+            if isinstance(out.get("reference"), str):
+                holders.append((out, "".join(trail) + ".reference"))
+            return out
+        items: list[Any] = []
+        for index, child in enumerate(value):
+            if isinstance(child, (dict, list)):
+                trail.append(f"[{index}]")
+                items.append(copy(child, depth + 1))
+                trail.pop()
+            else:
+                items.append(child)
+        return items
+
+    copied: dict[str, Any] = copy(resource, 1)
+    return copied, holders, deep
+
+
+def _dump(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
