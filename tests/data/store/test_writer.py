@@ -262,7 +262,8 @@ def test_sealed_store_needs_a_sealing_writer(writer: WriterProcess, path: Path) 
             sealing.append([obs(1, value=1.0)], received_us=RECEIVED)  # a conflict
         stored = dump(path)["quarantine"]
         assert len(stored) == 2
-        assert all(str(row[-1]).startswith(SqlStore.SEALED_PREFIX) for row in stored)
+        # Columns: row_id, received_us, channel, source, location, reason, payload, resolved_us.
+        assert all(str(row[6]).startswith(SqlStore.SEALED_PREFIX) for row in stored)
         assert [e.reason for e in store.quarantined()][1] == "value must be finite"
         assert '"value_num":1.0' in store.quarantined()[0].payload
     finally:
