@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-from medtwin.data.store import SqlStore
+from medtwin.data import mappings
+from medtwin.data.store import SqlStore, open_store, schema
 from medtwin.devices.fhir import (
     FhirService,
     InvalidResourceError,
@@ -15,7 +19,7 @@ from medtwin.devices.fhir import (
     TooLargeError,
     UnprocessableError,
 )
-from tests.devices.fhir.conftest import make_service
+from tests.devices.fhir.conftest import data_dir, make_service
 
 CLINICAL = ("patients", "observations", "interventions", "fhir_resources", "fhir_search")
 
@@ -243,3 +247,42 @@ def test_search_patient_by_blind_index_and_observations_by_date(service: FhirSer
         ([("date", "gt2024-05-01")], 0),
     ):
         assert service.search("Observation", params)[0] == expected, params
+
+
+def test_code_mapping_applies_to_unmapped_synthea_hiv_codes(tmp_path: Path) -> None:
+    """synthea-hiv's local codes are reported unmapped; once mapped, a reload stores them mapped."""
+    hiv = data_dir("synthea-hiv")
+    store = open_store(f"sqlite:///{tmp_path / 'm.db'}")
+    service = make_service(store)
+    try:
+        for path in sorted(hiv.glob("*Information*.json")):
+            service.process_bundle(json.loads(path.read_text()))
+        patient = sorted(p for p in hiv.glob("*.json") if "Information" not in p.name)[0]
+        document = json.loads(patient.read_text())
+        service.process_bundle(document)
+        unmapped = mappings.unmapped_codes(store)
+        assert unmapped
+        local, entry = next(
+            (u, e)
+            for u in unmapped
+            for e in document["entry"]
+            if e["resource"]["resourceType"] == "Observation"
+            and any(c.get("code") == u.code for c in e["resource"]["code"]["coding"])
+            and "valueQuantity" in e["resource"]
+        )
+        stored = service.read("Observation", entry["resource"]["id"]).resource
+        resource = {k: v for k, v in stored.items() if k != "meta"}  # references resolved
+        mappings.add_mapping(store, local.system, local.code, "8867-4", "/min")
+        resource["valueQuantity"] = {"value": 72, "unit": "/min", "code": "/min"}
+        service.put("Observation", resource["id"], resource)
+        table = schema.observations
+        with store.reading() as conn:
+            codes = {
+                row[0]
+                for row in conn.execute(
+                    sa.select(table.c.code).where(table.c.source_id.like(f"{resource['id']}%"))
+                )
+            }
+        assert "8867-4" in codes
+    finally:
+        store.close()

@@ -170,6 +170,24 @@ class ResourceRepository:
                 return set()
         return found or set()
 
+    def find_values(
+        self, conn: Connection, resource_type: str, param: str, values: Iterable[str]
+    ) -> dict[str, set[str]]:
+        """Ids of ``resource_type`` per index value of ``param`` (chunked IN queries)."""
+        found: dict[str, set[str]] = {}
+        wanted = sorted(set(values))
+        for start in range(0, len(wanted), _CHUNK):
+            rows = conn.execute(
+                sa.select(_SEARCH.c.value, _SEARCH.c.id).where(
+                    _SEARCH.c.resource_type == resource_type,
+                    _SEARCH.c.param == param,
+                    _SEARCH.c.value.in_(wanted[start : start + _CHUNK]),
+                )
+            )
+            for value, resource_id in rows:
+                found.setdefault(value, set()).add(resource_id)
+        return found
+
     def write(self, conn: Connection, versions: Sequence[NewVersion], now_us: int) -> None:
         """Insert the versions and replace the search rows of their resources."""
         if not versions:

@@ -22,7 +22,8 @@ from urllib.parse import parse_qsl
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from medtwin.core.records import Intervention, Patient, QualityFlag
+from medtwin.core.records import LOINC, Intervention, Patient, QualityFlag
+from medtwin.data import mappings
 from medtwin.data.crypto import DataKeys
 from medtwin.data.store import AppendStatus, QuarantineEntry, SqlStore, schema
 from medtwin.data.store.base import _conflict_entry, _dedupe
@@ -38,6 +39,7 @@ from medtwin.devices.fhir.errors import (
     UnprocessableError,
     operation_outcome,
 )
+from medtwin.devices.fhir.fastcheck import check_resource
 from medtwin.devices.fhir.mapping import (
     MappedItem,
     demographics_of,
@@ -56,7 +58,12 @@ from medtwin.devices.fhir.repository import (
     canonical,
     iso_instant,
 )
-from medtwin.devices.fhir.validation import ID_PATTERN, model_class, validate_resource
+from medtwin.devices.fhir.validation import (
+    ID_PATTERN,
+    code_issues,
+    model_class,
+    validate_resource,
+)
 from medtwin.twins.ingest import Ingestor, PreparedBatch
 
 __all__ = ["BundleReport", "BundleResult", "FhirService", "parse_json"]
@@ -368,13 +375,21 @@ class FhirService:
             return entry
         entry.method = method
         # A copy: references are rewritten in it, the caller's document stays as it was.
-        copied, entry.refs, too_deep = _scan(resource, base, self.max_depth - 3)
-        if too_deep:
-            raise TooLargeError(
-                [Issue(f"JSON nested deeper than {self.max_depth}", base, code="too-costly")]
-            )
-        entry.resource = copied
-        issues = validate_resource(resource, base)
+        fast = check_resource(resource, self.max_depth - 3)
+        if fast is not None and not code_issues(resource, base):
+            # Their paths are found when needed (an issue names one).
+            entry.resource, holders = fast
+            entry.refs = [(holder, "") for holder in holders]
+            issues: list[Issue] = []
+        else:
+            # The models decide, and name the element path of each fault.
+            copied, entry.refs, too_deep = _scan(resource, base, self.max_depth - 3)
+            if too_deep:
+                raise TooLargeError(
+                    [Issue(f"JSON nested deeper than {self.max_depth}", base, code="too-costly")]
+                )
+            entry.resource = copied
+            issues = validate_resource(resource, base)
         resource_type = resource.get("resourceType")
         entry.resource_type = resource_type if isinstance(resource_type, str) else ""
         if issues:
@@ -477,16 +492,25 @@ class FhirService:
                 conn, resource_type, ids
             ).items():
                 held[(resource_type, resource_id)] = version
-        conditional: dict[tuple[str, str], set[str]] = {}
+        parsed: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
+
+        def criteria_of(resource_type: str, query: str, where: str) -> list[tuple[str, list[str]]]:
+            key = (resource_type, query)
+            found = parsed.get(key)
+            if found is None:
+                found = parsed[key] = self._criteria(resource_type, query, where)
+            return found
+
+        conditional = self._prefetch(conn, live, criteria_of)
 
         def matches(resource_type: str, query: str, where: str) -> set[str]:
             key = (resource_type, query)
+            criteria = criteria_of(resource_type, query, where)
             stored = conditional.get(key)
             if stored is None:
-                criteria = self._criteria(resource_type, query, where)
                 stored = conditional[key] = self.repository.find(conn, resource_type, criteria)
             found = set(stored)
-            for param, values in self._criteria(resource_type, query, where):
+            for param, values in criteria:
                 if param == "identifier":
                     hits = set().union(*(pending.get((resource_type, v), set()) for v in values))
                     found |= hits
@@ -535,7 +559,69 @@ class FhirService:
                 NewVersion(entry.resource_type, entry.id, entry.version, entry.patient, resource)
             )
         self._map(plan, live, taken, held)
+        self._map_codes(conn, plan)
         return plan
+
+    def _map_codes(self, conn: Connection, plan: _Plan) -> None:
+        """Codes the registry does not know (of a system other than LOINC, or local codes
+        sent as LOINC, as synthea-hiv does) -> registry codes, by the mapping table (per
+        source system: the coding's system URI)."""
+        registry = self.ingestor.registry
+        local: dict[str, set[str]] = {}
+        for item in plan.items:
+            system = item.get("system", LOINC)
+            if isinstance(system, str) and (system != LOINC or registry.get(item["code"]) is None):
+                local.setdefault(system, set()).add(item["code"])
+        if not local:
+            return  # all known LOINC codes: no query
+        found = {system: mappings.lookup(conn, system, codes) for system, codes in local.items()}
+        for item in plan.items:
+            system = item.get("system", LOINC)
+            mapping = found.get(system, {}).get(item["code"]) if isinstance(system, str) else None
+            if mapping is None:
+                continue
+            spec = registry.get(mapping.code)
+            item["code"] = mapping.code
+            if spec is None or spec.system == LOINC:
+                item.pop("system", None)
+            else:
+                item["system"] = spec.system
+            if mapping.unit is not None:
+                # The mapping knows the unit this system's values of the code are in.
+                item["unit"] = mapping.unit
+
+    def _prefetch(
+        self,
+        conn: Connection,
+        entries: list[_Entry],
+        criteria_of: Callable[[str, str, str], list[tuple[str, list[str]]]],
+    ) -> dict[tuple[str, str], set[str]]:
+        """Matches of the Bundle's conditional references and ``ifNoneExist`` searches on
+        one identifier (Synthea's ``Practitioner?identifier=...``), one query per type."""
+        queries: set[tuple[str, str]] = set()
+        for entry in entries:
+            if entry.if_none_exist is not None:
+                queries.add((entry.resource_type, entry.if_none_exist))
+            for holder, _ in entry.refs:
+                reference = holder["reference"]
+                if "?" in reference and not reference.startswith(("#", *_INTERNAL_PREFIXES)):
+                    resource_type, _, query = reference.partition("?")
+                    queries.add((resource_type, query))
+        wanted: dict[str, dict[tuple[str, str], list[str]]] = {}
+        for resource_type, query in queries:
+            try:
+                criteria = criteria_of(resource_type, query, "")
+            except FhirError:
+                continue  # reported where it is used
+            if len(criteria) == 1 and criteria[0][0] == "identifier":
+                wanted.setdefault(resource_type, {})[(resource_type, query)] = criteria[0][1]
+        found: dict[tuple[str, str], set[str]] = {}
+        for resource_type, by_query in wanted.items():
+            values = {v for vs in by_query.values() for v in vs}
+            ids = self.repository.find_values(conn, resource_type, "identifier", values)
+            for key, vs in by_query.items():
+                found[key] = set().union(*(ids.get(v, set()) for v in vs))
+        return found
 
     def _criteria(self, resource_type: str, query: str, where: str) -> list[tuple[str, list[str]]]:
         criteria: list[tuple[str, list[str]]] = []
@@ -624,8 +710,15 @@ class FhirService:
         plan: _Plan,
     ) -> None:
         """Rewrite the entry's references to the ids they resolve to."""
-        for holder, path in entry.refs:
+        assert entry.resource is not None
+        resource = entry.resource
+        for holder, known_path in entry.refs:
             reference = holder["reference"]
+
+            def path(known: str = known_path, holder: dict[str, Any] = holder) -> str:
+                # Looked up only for an issue: the fast path does not track paths.
+                return known or _locate(resource, holder, entry.base)
+
             target = full_urls.get(reference)
             if target is not None:
                 holder["reference"] = target
@@ -635,28 +728,33 @@ class FhirService:
             if reference.startswith(_INTERNAL_PREFIXES):
                 entry.issues.append(
                     Issue(
-                        f"reference {reference[:100]} is not in the Bundle", path, code="not-found"
+                        f"reference {reference[:100]} is not in the Bundle",
+                        path(),
+                        code="not-found",
                     )
                 )
                 continue
             if "?" in reference:
                 resource_type, _, query = reference.partition("?")
                 try:
-                    found = matches(resource_type, query, path)
+                    found = matches(resource_type, query, "")
                 except FhirError as exc:
-                    entry.issues += exc.issues
+                    entry.issues += [
+                        issue if issue.expression else replace(issue, expression=path())
+                        for issue in exc.issues
+                    ]
                     continue
                 if len(found) == 1:
                     holder["reference"] = f"{resource_type}/{next(iter(found))}"
                 elif not found:
                     entry.issues.append(
-                        Issue("conditional reference matches nothing", path, code="not-found")
+                        Issue("conditional reference matches nothing", path(), code="not-found")
                     )
                 else:
                     entry.issues.append(
                         Issue(
                             f"conditional reference matches {len(found)} resources",
-                            path,
+                            path(),
                             code="multiple-matches",
                         )
                     )
@@ -679,7 +777,7 @@ class FhirService:
                 plan.unresolved.append(reference[:256])
                 issue = Issue(
                     f"reference {reference[:100]} is not held by this server",
-                    path,
+                    path(),
                     code="not-found",
                 )
                 if self.strict_references:
@@ -1077,6 +1175,24 @@ def _scan(
 
     copied: dict[str, Any] = copy(resource, 1)
     return copied, holders, deep
+
+
+def _locate(root: Any, target: dict[str, Any], base: str) -> str:
+    """Element path of the ``reference`` of ``target`` (an object inside ``root``)."""
+    stack: list[tuple[Any, str]] = [(root, base)]
+    while stack:
+        value, path = stack.pop()
+        if value is target:
+            return f"{path}.reference"
+        if isinstance(value, dict):
+            stack.extend(
+                (v, f"{path}.{k}") for k, v in value.items() if isinstance(v, (dict, list))
+            )
+        elif isinstance(value, list):
+            stack.extend(
+                (v, f"{path}[{i}]") for i, v in enumerate(value) if isinstance(v, (dict, list))
+            )
+    return f"{base}.reference"
 
 
 def _dump(value: Any) -> str:

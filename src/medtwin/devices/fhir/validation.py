@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from medtwin.devices.fhir.errors import Issue
 
-__all__ = ["ID_PATTERN", "model_class", "path_of", "validate_resource"]
+__all__ = ["ID_PATTERN", "code_issues", "model_class", "path_of", "validate_resource"]
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -118,7 +118,13 @@ def validate_resource(resource: Any, base: str) -> list[Issue]:
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         # The models raise a few plain errors from their own validators.
         issues.append(Issue(f"invalid {resource_type}: {type(exc).__name__}", base))
-    for name, allowed in _CODES.get(resource_type, {}).items():
+    return issues + code_issues(resource, base)
+
+
+def code_issues(resource: dict[str, Any], base: str) -> list[Issue]:
+    """Issues of the required codes the models leave open (status, gender)."""
+    issues: list[Issue] = []
+    for name, allowed in _CODES.get(resource.get("resourceType", ""), {}).items():
         value = resource.get(name)
         if value is not None and (not isinstance(value, str) or value not in allowed):
             issues.append(
