@@ -593,40 +593,53 @@ class SqlStore:
         A resend with the same content is a duplicate; different content under the
         same id is a conflict, quarantined with both versions.
         """
-        table = schema.interventions
-        statuses: list[AppendStatus] = []
-        conflicts: list[QuarantineEntry] = []
         with self._write() as conn:
             if new_patients:
                 self._insert_patients(conn, new_patients)
             if care_team is not None and interventions:
                 self._join_team(conn, care_team, {i.patient for i in interventions})
-            for item in interventions:
-                row = _intervention_row(item)
-                existing = conn.execute(
-                    sa.select(table).where(
-                        table.c.source == item.source, table.c.source_id == item.source_id
+            return self.append_interventions_in(
+                conn, interventions, received_us=received_us, channel=channel
+            )
+
+    def append_interventions_in(
+        self,
+        conn: Connection,
+        interventions: Sequence[Intervention],
+        *,
+        received_us: int,
+        channel: str = "api",
+    ) -> list[AppendStatus]:
+        """``append_interventions`` inside the caller's transaction (an adapter's own writes)."""
+        table = schema.interventions
+        statuses: list[AppendStatus] = []
+        conflicts: list[QuarantineEntry] = []
+        for item in interventions:
+            row = _intervention_row(item)
+            existing = conn.execute(
+                sa.select(table).where(
+                    table.c.source == item.source, table.c.source_id == item.source_id
+                )
+            ).first()
+            if existing is None:
+                conn.execute(sa.insert(table), [{**row, "received_us": received_us}])
+                statuses.append(AppendStatus.STORED)
+            elif all(getattr(existing, k) == v for k, v in row.items()):
+                statuses.append(AppendStatus.DUPLICATE)
+            else:
+                statuses.append(AppendStatus.CONFLICT)
+                conflicts.append(
+                    QuarantineEntry(
+                        channel=channel,
+                        location=f"interventions[{item.source}/{item.source_id}]",
+                        reason="id already stored with different content",
+                        payload=json.dumps(row, default=str),
+                        source=item.source,
+                        received_us=received_us,
                     )
-                ).first()
-                if existing is None:
-                    conn.execute(sa.insert(table), [{**row, "received_us": received_us}])
-                    statuses.append(AppendStatus.STORED)
-                elif all(getattr(existing, k) == v for k, v in row.items()):
-                    statuses.append(AppendStatus.DUPLICATE)
-                else:
-                    statuses.append(AppendStatus.CONFLICT)
-                    conflicts.append(
-                        QuarantineEntry(
-                            channel=channel,
-                            location=f"interventions[{item.source}/{item.source_id}]",
-                            reason="id already stored with different content",
-                            payload=json.dumps(row, default=str),
-                            source=item.source,
-                            received_us=received_us,
-                        )
-                    )
-            if conflicts:
-                self._insert_quarantine(conn, conflicts)
+                )
+        if conflicts:
+            self._insert_quarantine(conn, conflicts)
         return statuses
 
     def interventions_of(

@@ -455,7 +455,9 @@ class FhirService:
                 self.repository.write(conn, plan.versions, now)
                 new_patients = self._write_patients(conn, plan, now, care_team)
                 statuses = self._append(conn, batch, care_team) if batch is not None else []
-                self._write_interventions(conn, plan.interventions, now)
+                self.store.append_interventions_in(
+                    conn, plan.interventions, received_us=now, channel=CHANNEL
+                )
                 result = self._result(kind, entries, plan, batch, statuses, now)
                 if digest is not None and not failed:
                     self.repository.remember(
@@ -912,37 +914,6 @@ class FhirService:
         if batch.quarantine or conflicts:
             store._insert_quarantine(conn, [*batch.quarantine, *conflicts])
         return [AppendStatus.STORED if s is None else s for s in statuses]
-
-    @staticmethod
-    def _write_interventions(
-        conn: Connection, interventions: Sequence[Intervention], now: int
-    ) -> None:
-        table = schema.interventions
-        for item in interventions:
-            exists = conn.execute(
-                sa.select(table.c.row_id).where(
-                    table.c.source == item.source, table.c.source_id == item.source_id
-                )
-            ).first()
-            if exists is None:
-                conn.execute(
-                    sa.insert(table),
-                    [
-                        {
-                            "source": item.source,
-                            "source_id": item.source_id,
-                            "patient_id": item.patient,
-                            "kind": item.kind.value,
-                            "amount": item.amount,
-                            "unit": item.unit,
-                            "start_us": item.start_us,
-                            "duration_s": item.duration_s,
-                            "drug": item.drug,
-                            "route": item.route,
-                            "received_us": now,
-                        }
-                    ],
-                )
 
     def _quarantine_entries(
         self, conn: Connection, failed: Sequence[_Entry], now: int, source: str | None
