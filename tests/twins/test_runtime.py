@@ -533,3 +533,33 @@ def test_corrections_replace_and_entered_in_error_retracts() -> None:
     assert runtime.view("p1")["vitals"][HR]["value"] == 75.0
     runtime.observe([first._replace(status="entered-in-error", version=3)])
     assert HR not in runtime.view("p1")["vitals"]
+
+
+def test_merge_folds_the_prior_twin_into_the_survivor_and_keeps_rows_dense() -> None:
+    clock = FixedClock(datetime(2026, 1, 1, 12, tzinfo=UTC))
+    runtime = TwinRuntime(clock)
+    now = clock.now_us()
+
+    def reading(patient: str, code: str, value: float, minutes_ago: int) -> Observation:
+        at = now - minutes_ago * 60_000_000
+        return Observation("m", f"{patient}-{code}", patient, LOINC, code, value, None, "", at)
+
+    runtime.observe(
+        [
+            reading("old", HR, 90.0, 1),  # newer than the survivor's heart rate
+            reading("old", RR, 30.0, 30),  # older than the survivor's respiration rate
+            reading("new", HR, 70.0, 10),
+            reading("new", RR, 16.0, 5),
+            reading("other", HR, 60.0, 1),
+        ]
+    )
+    runtime.merge("old", "new")
+    assert "old" not in runtime
+    assert len(runtime) == 2
+    vitals = runtime.view("new")["vitals"]
+    assert (vitals[HR]["value"], vitals[RR]["value"]) == (90.0, 16.0)
+    assert runtime.view("other")["vitals"][HR]["value"] == 60.0  # moved row intact
+    # A survivor not seen before takes the prior twin over whole.
+    runtime.merge("other", "brand-new")
+    assert runtime.view("brand-new")["vitals"][HR]["value"] == 60.0
+    assert sorted(runtime.patient_ids) == ["brand-new", "new"]

@@ -407,6 +407,10 @@ class Ingestor:
         fresh = {r.patient for r in records if r.patient not in runtime}
         return [Patient(p, "pt-" + secrets.token_hex(8), created_us=now) for p in sorted(fresh)]
 
+    def publish(self, update: TwinUpdate) -> None:
+        """Publish the twins of ``update`` (a change made outside ingestion, e.g. a merge)."""
+        self._publish(update)
+
     def _publish(self, update: TwinUpdate) -> None:
         if len(update.rows) and self.bus.has_subscribers:
             self.bus.publish(self.runtime.events(update))

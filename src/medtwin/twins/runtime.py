@@ -100,6 +100,43 @@ class TwinRuntime:
             if patient in self._unmapped:
                 self._unmapped[new_id] = self._unmapped.pop(patient)
 
+    def merge(self, prior: str, survivor: str) -> TwinUpdate:
+        """Fold ``prior``'s twin into ``survivor``'s (newest value per code wins); drop it."""
+        with self._lock:
+            target = self.add(survivor, spo2_scale=1) if survivor not in self._row else None
+            dst = self._row[survivor]
+            if target is not None and prior in self._row:
+                self._scale[dst] = self._scale[self._row[prior]]
+            src = self._row.get(prior)
+            if src is not None:
+                newer = self._times[src] > self._times[dst]
+                self._values[dst, newer] = self._values[src, newer]
+                self._times[dst, newer] = self._times[src, newer]
+                self._flags[dst, newer] = self._flags[src, newer]
+                for key, obs in self._unmapped.pop(prior, {}).items():
+                    held = self._unmapped.setdefault(survivor, {}).get(key)
+                    if held is None or held.effective_us <= obs.effective_us:
+                        self._unmapped[survivor][key] = obs._replace(patient=survivor)
+                self._remove(prior)
+            return self._score(np.array([self._row[survivor]], dtype=np.intp))
+
+    def _remove(self, patient: str) -> None:
+        """Drop a twin; the last row moves into its place so rows stay dense."""
+        row = self._row.pop(patient)
+        last = len(self.patient_ids) - 1
+        if row != last:
+            moved = self.patient_ids[last]
+            for array in (self._values, self._times, self._flags, self._scale, self._news2_state):
+                array[row] = array[last]
+            self.patient_ids[row] = moved
+            self._row[moved] = row
+        self.patient_ids.pop()
+        self._values[last] = np.nan
+        self._times[last] = _NEVER
+        self._flags[last] = 0
+        self._scale[last] = 1
+        self._news2_state[last] = -2
+
     def set_spo2_scale(self, patient: str, scale: int) -> TwinUpdate:
         with self._lock:
             row = self._row[patient]

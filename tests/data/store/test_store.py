@@ -713,3 +713,26 @@ def test_append_extra_hook_writes_in_the_same_transaction(store: SqlStore) -> No
     assert store.count("hl7_messages") == 1
     assert store.count("quarantine") == 0
     assert store.patient("p2") is None
+
+
+def test_merge_patients_moves_records_and_teams(store: SqlStore) -> None:
+    a = Observation("m", "a1", "old", LOINC, "8867-4", 80.0, None, "/min", 1_000_000)
+    b = Observation("m", "b1", "new", LOINC, "8867-4", 70.0, None, "/min", 2_000_000)
+    store.append(
+        [a], received_us=3_000_000, new_patients=[Patient("old", "pt-o", 1, 0)], care_team="ward-a"
+    )
+    store.append(
+        [b], received_us=3_000_000, new_patients=[Patient("new", "pt-n", 1, 0)], care_team="ward-b"
+    )
+    moved = store.merge_patients("old", "new", at_us=4_000_000)
+    assert moved >= 1
+    assert sorted(i.observation.source_id for i in store.history("new").items) == ["a1", "b1"]
+    assert store.history("old").items == []
+    assert "old" not in {p.id for p in store.patients()}
+    with store.reading() as conn:
+        teams = conn.exec_driver_sql(
+            "SELECT team, patient_id FROM care_team_patients ORDER BY team"
+        ).all()
+    assert [tuple(t) for t in teams] == [("ward-a", "new"), ("ward-b", "new")]
+    with pytest.raises(NotFoundError):
+        store.merge_patients("nobody", "new", at_us=5_000_000)

@@ -143,24 +143,33 @@ def test_times_without_offset_are_read_in_the_sender_zone(store: SqlStore) -> No
     assert stored.observation.effective_us == to_us(datetime(2030, 7, 1, 10, tzinfo=UTC))
 
 
-def test_adt_registers_patients_and_records_merges(
-    processor: HL7Processor, store: SqlStore
-) -> None:
+def test_adt_registers_patients_and_merges_them(processor: HL7Processor, store: SqlStore) -> None:
     admit = (
         "MSH|^~\\&|ADT|HOSP|MEDTWIN|WARD|20300101||ADT^A01|A1|P|2.5.1\r"
         "PID|1||NEW-7^^^HOSP^MR||DOE^JOHN\rPV1|1|I|WARD1^101^1"
     )
     assert processor.handle(admit.encode()).code == "AA"
     assert store.patient("NEW-7") is not None
+    # Results filed under an old record number, then merged into the new one.
+    assert processor.handle(oru("R1", hr(), pid="OLD9").encode()).code == "AA"
     merge = (
         "MSH|^~\\&|ADT|HOSP|MEDTWIN|WARD|20300101||ADT^A40|A2|P|2.5.1\r"
-        "PID|1||NEW-7^^^HOSP^MR\rMRG|OLD 9^^^HOSP^MR"
+        "PID|1||NEW-7^^^HOSP^MR\rMRG|MRN-OLD9^^^HOSP^MR"
     )
-    outcome = processor.handle(merge.encode())
+    assert processor.handle(merge.encode()).code == "AA"
+    assert [i.observation.patient for i in store.history("NEW-7").items] == ["NEW-7"]
+    assert store.history("MRN-OLD9").items == []
+    assert "MRN-OLD9" not in {p.id for p in store.patients()}
+    runtime = processor.ingestor.runtime
+    assert "MRN-OLD9" not in runtime
+    assert runtime.view("NEW-7")["vitals"]["8867-4"]["value"] == 72.0
+    unknown = (
+        "MSH|^~\\&|ADT|HOSP|MEDTWIN|WARD|20300101||ADT^A40|A3|P|2.5.1\r"
+        "PID|1||NEW-7^^^HOSP^MR\rMRG|NEVER-SEEN^^^HOSP^MR"
+    )
+    outcome = processor.handle(unknown.encode())
     assert outcome.code == "AE"
     assert read_ack(outcome.ack or "").error_locations == ["MRG^1^1"]
-    (entry,) = [e for e in store.quarantined() if e.location == "MRG[1]-1"]
-    assert "not applied" in entry.reason
 
 
 def test_unsupported_type_and_version_are_rejected(processor: HL7Processor) -> None:

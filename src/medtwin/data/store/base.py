@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -191,6 +192,15 @@ class Store(Protocol):
 
 
 _TABLES = tuple(table.name for table in schema.metadata.sorted_tables)
+# Tables whose rows follow a patient merged into another.
+_MERGED_TABLES = (
+    "observations",
+    "interventions",
+    "derived",
+    "device_bindings",
+    "fhir_resources",
+    "consents",
+)
 
 
 class SqlStore:
@@ -462,10 +472,54 @@ class SqlStore:
         )
 
     def patients(self) -> list[Patient]:
+        """Every patient, but those merged into another."""
         table = schema.patients
+        query = sa.select(table).where(table.c.merged_into.is_(None)).order_by(table.c.id)
         with self._read() as conn:
-            rows = conn.execute(sa.select(table).order_by(table.c.id)).all()
+            rows = conn.execute(query).all()
         return [Patient(r.id, r.pseudonym, r.spo2_scale, r.created_us) for r in rows]
+
+    def merge_patients(self, prior: str, survivor: str, *, at_us: int) -> int:
+        """Move everything recorded under ``prior`` to ``survivor`` in one transaction.
+
+        Observations, interventions, derived values, device bindings, FHIR
+        resources, consents and care-team memberships follow; the prior patient
+        stays, marked ``merged_into`` (its encrypted demographics are kept under
+        its own key). Returns the rows moved; a survivor not yet known is created.
+        """
+        patients = schema.patients
+        with self._write() as conn:
+            known = {
+                r.id: r
+                for r in conn.execute(
+                    sa.select(patients).where(patients.c.id.in_([prior, survivor]))
+                )
+            }
+            if prior not in known:
+                raise NotFoundError(f"no patient {prior!r} to merge")
+            if survivor not in known:
+                self._insert_patients(
+                    conn, [Patient(survivor, "pt-" + secrets.token_hex(8), created_us=at_us)]
+                )
+            moved = 0
+            for name in _MERGED_TABLES:
+                table = schema.metadata.tables[name]
+                moved += conn.execute(
+                    sa.update(table).where(table.c.patient_id == prior).values(patient_id=survivor)
+                ).rowcount
+            teams = schema.care_team_patients
+            have = {
+                r.team
+                for r in conn.execute(sa.select(teams.c.team).where(teams.c.patient_id == survivor))
+            }
+            for row in conn.execute(sa.select(teams).where(teams.c.patient_id == prior)).all():
+                if row.team not in have:
+                    conn.execute(sa.insert(teams).values(team=row.team, patient_id=survivor))
+            conn.execute(sa.delete(teams).where(teams.c.patient_id == prior))
+            conn.execute(
+                sa.update(patients).where(patients.c.id == prior).values(merged_into=survivor)
+            )
+        return moved
 
     def set_spo2_scale(self, patient_id: str, scale: int) -> Patient:
         if scale not in (1, 2):

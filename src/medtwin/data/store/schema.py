@@ -35,6 +35,7 @@ patients = Table(
     Column("created_us", BigInteger, nullable=False),
     Column("demographics", Text),  # AES-GCM under the patient's data key, base64
     Column("erased_us", BigInteger),
+    Column("merged_into", Text),  # the surviving patient of a merge (HL7 A40)
 )
 
 observations = Table(

@@ -60,6 +60,7 @@ class ErrorCode:
     UNSUPPORTED_EVENT = 201
     UNSUPPORTED_PROCESSING_ID = 202
     UNSUPPORTED_VERSION = 203
+    UNKNOWN_KEY_IDENTIFIER = 204
     APPLICATION_ERROR = 207
 
     TEXT: ClassVar[dict[int, str]] = {
@@ -72,6 +73,7 @@ class ErrorCode:
         201: "Unsupported event code",
         202: "Unsupported processing id",
         203: "Unsupported version id",
+        204: "Unknown key identifier",
         207: "Application internal error",
     }
 

@@ -3,9 +3,10 @@
 What is applied today: the patient of PID-3 is registered when medtwin does not
 know it yet (same id rule as ORU, see :func:`medtwin.devices.hl7.oru.patient_id`).
 Demographics, encounters and locations (PV1) have no table in the store yet, so
-they are not kept. An A40 merge is *recorded, not applied*: each PID/MRG pair is
-kept in the quarantine (location ``MRG[n]-1``, reason naming what is not merged)
-so that it can be replayed once merging exists, and the acknowledgement says so.
+they are not kept. An A40 merge moves everything recorded under the prior
+patient (MRG-1) to the surviving one (PID-3) and folds the prior twin into the
+survivor's (``SqlStore.merge_patients``, ``TwinRuntime.merge``); a merge whose
+prior patient is unknown is quarantined (``MRG[n]-1``) and answered AE.
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ from medtwin.devices.hl7.parse import ParsedMessage, component
 __all__ = ["ADT_EVENTS", "AdtContent", "Merge", "read_adt"]
 
 ADT_EVENTS = frozenset({"A01", "A02", "A03", "A04", "A08", "A40"})
-MERGE_NOT_APPLIED = (
-    "A40 merge recorded, not applied: the prior patient's observations and twin are "
-    "not yet moved to the surviving patient"
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from medtwin.data.store import QuarantineEntry, SqlStore
 from medtwin.data.store import schema as tables
 from medtwin.devices.hl7.ack import AckCode, ErrorCode, Fault, build_ack, enhanced_code
 from medtwin.devices.hl7.ack import sends_accept_ack as _sends
-from medtwin.devices.hl7.adt import ADT_EVENTS, MERGE_NOT_APPLIED, read_adt
+from medtwin.devices.hl7.adt import ADT_EVENTS, read_adt
 from medtwin.devices.hl7.oru import ObxItem, OruContent, read_oru
 from medtwin.devices.hl7.parse import (
     Header,
@@ -521,15 +521,27 @@ class HL7Processor:
             Patient(p, "pt-" + secrets.token_hex(8), created_us=now) for p in content.patients
         ]
         faults = list(content.faults)
+        merges = []
         for merge in content.merges:
-            faults.append(
-                (
-                    Fault(f"MRG[{merge.index}]-1", MERGE_NOT_APPLIED, ErrorCode.APPLICATION_ERROR),
-                    merge.payload,
+            if self.store.patient(merge.prior) is None:
+                faults.append(
+                    (
+                        Fault(
+                            f"MRG[{merge.index}]-1",
+                            "the prior patient of this merge is not known",
+                            ErrorCode.UNKNOWN_KEY_IDENTIFIER,
+                        ),
+                        merge.payload,
+                    )
                 )
-            )
+            else:
+                merges.append(merge)
         code = AckCode.AE if faults else AckCode.AA
         self._write(faults, parsed, code, patients=patients)
+        for merge in merges:
+            # After the message's commit: the surviving patient exists by then.
+            self.store.merge_patients(merge.prior, merge.surviving, at_us=now)
+            self.ingestor.publish(self.ingestor.runtime.merge(merge.prior, merge.surviving))
         result = _Result(code)
         result.faults = [fault for fault, _ in faults]
         result.quarantined = len(faults)

@@ -19,6 +19,9 @@ def upgrade() -> None:
     with op.batch_alter_table("quarantine") as batch:
         # Set when a replay (after a mapping was fixed) took the payload in.
         batch.add_column(sa.Column("resolved_us", sa.BigInteger))
+    with op.batch_alter_table("patients") as batch:
+        # Set when the patient's records were merged into another (HL7 A40).
+        batch.add_column(sa.Column("merged_into", sa.Text))
     op.create_table(
         "fhir_resources",
         sa.Column("resource_type", sa.Text, nullable=False),
@@ -88,3 +91,5 @@ def downgrade() -> None:
         op.drop_table(table)
     with op.batch_alter_table("quarantine") as batch:
         batch.drop_column("resolved_us")
+    with op.batch_alter_table("patients") as batch:
+        batch.drop_column("merged_into")
