@@ -66,3 +66,32 @@ def test_fhir_errors_are_operation_outcomes(live_server: LiveServer) -> None:
     metadata = httpx.get(f"{live_server.url}/fhir/metadata", timeout=10)
     assert metadata.status_code == 200
     assert metadata.json()["resourceType"] == "CapabilityStatement"
+
+
+def test_loading_synthea_logs_no_personal_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+
+    if not HIV.is_dir():
+        pytest.fail(f"reference data missing: {HIV}")
+    secrets: set[str] = set()
+    for path in HIV.glob("*.json"):
+        bundle = json.loads(path.read_text(encoding="utf-8"))
+        for entry in bundle.get("entry", []):
+            resource = entry.get("resource", {})
+            if resource.get("resourceType") != "Patient":
+                continue
+            for name in resource.get("name", []):
+                secrets.update(part for part in [name.get("family", ""), *name.get("given", [])])
+            secrets.update(i.get("value", "") for i in resource.get("identifier", []))
+    secrets = {s for s in secrets if len(s) >= 5}
+    assert len(secrets) > 20
+    monkeypatch.setenv("MEDTWIN_STORE_URL", f"sqlite:///{tmp_path / 'log.db'}")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.DEBUG):
+        result = CliRunner().invoke(app, ["ingest", str(HIV)])
+    assert result.exit_code == 0, result.output
+    logged = "\n".join(record.getMessage() for record in caplog.records) + result.output
+    assert not [s for s in secrets if s in logged]
