@@ -170,3 +170,34 @@ def test_dp_aggregates_spend_the_budget_until_refused(client: TestClient) -> Non
         client.post("/api/v1/research/aggregate", json=no_bounds, headers=researcher).status_code
         == 422
     )
+
+
+def test_consent_posted_over_fhir_is_enforced(client: TestClient) -> None:
+    nurse = headers(client, "f204")
+    assert client.get("/api/v1/twins/f001", headers=nurse).status_code == 200
+    consent = example("consent-example-notThem")
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": consent, "request": {"method": "PUT", "url": f"Consent/{consent['id']}"}}
+        ],
+    }
+    answer = client.post(
+        "/fhir",
+        content=json.dumps(bundle),
+        headers={**client.admin, "Content-Type": "application/fhir+json"},  # type: ignore[attr-defined]
+    )
+    assert answer.status_code == 200, answer.text
+    assert client.get("/api/v1/twins/f001", headers=nurse).status_code == 404
+    # A Consent the rules engine cannot read fails the Bundle: nothing half-applied.
+    broken = {**consent, "id": "broken", "patient": None}
+    put = {"method": "PUT", "url": "Consent/broken"}
+    bad = {**bundle, "entry": [{"resource": broken, "request": put}]}
+    refused = client.post(
+        "/fhir",
+        content=json.dumps(bad),
+        headers={**client.admin, "Content-Type": "application/fhir+json"},  # type: ignore[attr-defined]
+    )
+    assert refused.status_code in (400, 422), refused.text
+    assert refused.json()["resourceType"] == "OperationOutcome"

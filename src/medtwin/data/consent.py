@@ -85,6 +85,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy import Connection
 
 from medtwin.core.clock import to_us
 from medtwin.core.errors import ConflictError, InputError, NotFoundError
@@ -688,6 +689,13 @@ class ConsentStore:
                 f"refers to Patient/{rules.patient}, not to Patient/{patient}",
                 "Consent.patient.reference",
             )
+        with self.store.transaction() as conn:
+            return self.put_in(conn, stored, now_us=now_us)
+
+    def put_in(self, conn: Connection, resource: Any, *, now_us: int) -> ConsentRules:
+        """``put`` inside the caller's transaction (a FHIR Bundle that carries the Consent)."""
+        stored = dict(_object(resource, "Consent"))
+        rules = parse_consent(stored)
         plaintext = json.dumps(stored, separators=(",", ":")).encode("utf-8")
         row = {
             "patient_id": rules.patient,
@@ -696,18 +704,19 @@ class ConsentStore:
             "resource": _encode(self.keyring.encrypt(plaintext, aad=self._aad(rules.id))),
             "updated_us": now_us,
         }
-        table = schema.consents
-        with self.store._write() as conn:
-            existing = conn.execute(
-                sa.select(table.c.patient_id).where(table.c.id == rules.id)
-            ).first()
-            if existing is None:
-                conn.execute(sa.insert(table).values(id=rules.id, **row))
-            elif existing.patient_id != rules.patient:
-                raise ConflictError(f"consent {rules.id!r} belongs to another patient")
-            else:
-                conn.execute(sa.update(table).where(table.c.id == rules.id).values(**row))
+        self._write_rules(conn, rules, row)
         return rules
+
+    @staticmethod
+    def _write_rules(conn: Connection, rules: ConsentRules, row: dict[str, Any]) -> None:
+        table = schema.consents
+        existing = conn.execute(sa.select(table.c.patient_id).where(table.c.id == rules.id)).first()
+        if existing is None:
+            conn.execute(sa.insert(table).values(id=rules.id, **row))
+        elif existing.patient_id != rules.patient:
+            raise ConflictError(f"consent {rules.id!r} belongs to another patient")
+        else:
+            conn.execute(sa.update(table).where(table.c.id == rules.id).values(**row))
 
     def for_patient(self, patient: str) -> list[ConsentRules]:
         """The patient's consents, whatever their status, oldest update first."""

@@ -22,8 +22,10 @@ from urllib.parse import parse_qsl
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from medtwin.core.errors import ConflictError, InputError
 from medtwin.core.records import LOINC, Intervention, Patient, QualityFlag
 from medtwin.data import mappings
+from medtwin.data.consent import ConsentStore
 from medtwin.data.crypto import DataKeys
 from medtwin.data.store import AppendStatus, QuarantineEntry, SqlStore, schema
 from medtwin.data.store.base import _conflict_entry, _dedupe
@@ -192,8 +194,11 @@ class FhirService:
         max_entries: int = 10_000,
         max_depth: int = 64,
         strict_references: bool = False,
+        consents: ConsentStore | None = None,
     ) -> None:
         self.store = store
+        # Consent resources take effect on access decisions when a consent store is given.
+        self.consents = consents
         self.ingestor = ingestor
         self.privacy = privacy
         self.vault = PatientVault(store, privacy)
@@ -453,6 +458,7 @@ class FhirService:
                     plan.versions = [v for v in plan.versions if not _failed_version(v, entries)]
                     self._quarantine_entries(conn, failed, now, source)
                 self.repository.write(conn, plan.versions, now)
+                self._apply_consents(conn, plan.versions, now)
                 new_patients = self._write_patients(conn, plan, now, care_team)
                 statuses = self._append(conn, batch, care_team) if batch is not None else []
                 self.store.append_interventions_in(
@@ -474,6 +480,26 @@ class FhirService:
         return result
 
     # -- planning (inside the write transaction) ------------------------------
+
+    def _apply_consents(self, conn: Connection, versions: Sequence[NewVersion], now: int) -> None:
+        """Consents of the Bundle into the consent store, in its transaction.
+
+        A Consent medtwin cannot enforce (no patient, an unknown provision) fails
+        the whole Bundle, batch or transaction: stored but not enforced would
+        mislead whoever sent it.
+        """
+        if self.consents is None:
+            return
+        for version in versions:
+            if version.resource_type != "Consent":
+                continue
+            try:
+                self.consents.put_in(conn, {**version.resource, "id": version.id}, now_us=now)
+            except (InputError, ConflictError) as exc:
+                location = getattr(exc, "location", "") or "Consent"
+                raise _failure(
+                    [Issue(str(getattr(exc, "reason", exc)), f"Consent/{version.id}: {location}")]
+                ) from exc
 
     def _plan(self, conn: Connection, kind: str, entries: list[_Entry]) -> _Plan:
         plan = _Plan()

@@ -57,6 +57,7 @@ def service_of(context: ServiceContext) -> FhirService:
             max_entries=settings.fhir_max_entries,
             max_depth=settings.fhir_max_depth,
             strict_references=settings.fhir_strict_references,
+            consents=context.consents,
         )
         context.extras["fhir"] = found
     return found
