@@ -228,9 +228,7 @@ class PatientVault:
                 raise NotFoundError(f"no patient {patient!r}")
             pseudonym = str(row.pseudonym)
             # Raw FHIR resources carry names and identifiers: they go, with their index.
-            from medtwin.devices.fhir import erase_patient_resources
-
-            erase_patient_resources(conn, patient)
+            _erase_fhir_resources(conn, patient)
             for name in _PERSONAL_TABLES:
                 table = schema.metadata.tables[name]
                 conn.execute(sa.delete(table).where(table.c.patient_id == patient))
@@ -306,3 +304,20 @@ class PatientVault:
 def demographics_json(demographics: Demographics) -> dict[str, object]:
     loaded: dict[str, object] = json.loads(demographics.model_dump_json())
     return loaded
+
+
+def _erase_fhir_resources(conn: sa.Connection, patient: str) -> None:
+    """Delete the patient's FHIR resources (every version) and their search rows."""
+    resources, search = schema.fhir_resources, schema.fhir_search
+    owned = conn.execute(
+        sa.select(resources.c.resource_type, resources.c.id)
+        .where(resources.c.patient_id == patient)
+        .distinct()
+    ).all()
+    for resource_type, resource_id in owned:
+        conn.execute(
+            sa.delete(search).where(
+                search.c.resource_type == resource_type, search.c.id == resource_id
+            )
+        )
+    conn.execute(sa.delete(resources).where(resources.c.patient_id == patient))

@@ -34,7 +34,7 @@ from medtwin.devices.fhir.errors import (
     UnprocessableError,
     operation_outcome,
 )
-from medtwin.devices.fhir.repository import StoredResource, erase_patient_resources
+from medtwin.devices.fhir.repository import StoredResource
 from medtwin.devices.fhir.service import BundleReport, BundleResult, FhirService, parse_json
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "TooLargeError",
     "UnprocessableError",
     "capability_statement",
-    "erase_patient_resources",
     "operation_outcome",
     "parse_json",
 ]

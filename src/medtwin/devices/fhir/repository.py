@@ -24,7 +24,7 @@ from medtwin.data.crypto import BlindIndex, Keyring
 from medtwin.data.store import SqlStore, schema
 from medtwin.devices.fhir.mapping import search_rows
 
-__all__ = ["ResourceRepository", "StoredResource", "erase_patient_resources"]
+__all__ = ["ResourceRepository", "StoredResource"]
 
 SEALED = "sealed:"
 _CHUNK = 500
@@ -360,22 +360,3 @@ class ResourceRepository:
             sa.insert(schema.fhir_bundles),
             [{"digest": digest, "received_us": now_us, "response": json.dumps(response)}],
         )
-
-
-def erase_patient_resources(conn: Connection, patient_id: str) -> int:
-    """Delete every FHIR resource of a patient and its search rows (for erasure).
-
-    Meant to run inside :meth:`PatientVault.erase`'s transaction; returns the rows deleted.
-    """
-    owned = sa.select(_RESOURCES.c.resource_type, _RESOURCES.c.id).where(
-        _RESOURCES.c.patient_id == patient_id
-    )
-    keys = {(row[0], row[1]) for row in conn.execute(owned)}
-    for resource_type, resource_id in keys:
-        conn.execute(
-            sa.delete(_SEARCH).where(
-                _SEARCH.c.resource_type == resource_type, _SEARCH.c.id == resource_id
-            )
-        )
-    result = conn.execute(sa.delete(_RESOURCES).where(_RESOURCES.c.patient_id == patient_id))
-    return int(result.rowcount)
