@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from medtwin.apps.api import create_app
-from medtwin.apps.tls import server_context, ssl_options
 from medtwin.core.errors import ConfigurationError
 from medtwin.core.settings import Settings
+from medtwin.core.tls import server_context, ssl_options
 from tests.apps.conftest import _free_port
 
 

@@ -44,7 +44,7 @@ def _settings(**overrides: Any) -> Settings:
 def _serve(application: Any, settings: Settings) -> None:
     import uvicorn
 
-    from medtwin.apps.tls import ssl_options
+    from medtwin.core.tls import ssl_options
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     access_token_ttl_s: int = Field(900, gt=0, le=86_400)
     refresh_token_ttl_s: int = Field(8 * 3600, gt=0)
     session_ttl_s: int = Field(8 * 3600, gt=0, description="dashboard sign-in lifetime (a shift)")
-    # TLS of the HTTP server (TLS 1.2+, see medtwin.apps.tls). Without a certificate the
+    # TLS of the HTTP server (TLS 1.2+, see medtwin.core.tls). Without a certificate the
     # server speaks plain HTTP, which production allows on loopback only (behind a proxy).
     tls_certfile: Path | None = Field(None, description="PEM certificate chain of the server")
     tls_keyfile: Path | None = Field(

@@ -36,7 +36,7 @@ def mllp_ssl_context(settings: Any) -> ssl.SSLContext | None:
     With ``mllp_client_ca`` the server demands a client certificate signed by that CA
     (mutual TLS).
     """
-    from medtwin.apps.tls import server_context, tls_enabled
+    from medtwin.core.tls import server_context, tls_enabled
 
     if not tls_enabled(settings):
         if getattr(settings, "mllp_client_ca", None) is not None:
