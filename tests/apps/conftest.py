@@ -7,9 +7,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -111,13 +113,9 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[LiveServer]:
-    port = _free_port()
-    settings = Settings(
-        store_url=f"sqlite:///{tmp_path / 'live.db'}", port=port, refresh_interval_s=0.5
-    )
-    app = create_app(settings)
+@contextmanager
+def serving(app: Any, port: int) -> Iterator[str]:
+    """Run ``app`` under uvicorn on 127.0.0.1:``port`` in a thread; yields its base URL."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -133,7 +131,18 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     else:
         pytest.fail("medtwin server did not become ready in 20 s")
     try:
-        yield LiveServer(url, f"ws://127.0.0.1:{port}", app.state)
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    port = _free_port()
+    settings = Settings(
+        store_url=f"sqlite:///{tmp_path / 'live.db'}", port=port, refresh_interval_s=0.5
+    )
+    app = create_app(settings)
+    with serving(app, port) as url:
+        yield LiveServer(url, f"ws://127.0.0.1:{port}", app.state)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,14 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from medtwin.apps.api import create_app
 from medtwin.core.settings import Settings
 from medtwin.devices.hl7 import send_messages
 from medtwin.devices.mqtt.loadgen import observation_payloads, publish
 
-from .conftest import _free_port, user_token
+from .conftest import _free_port, serving, user_token
 
 NOW = datetime.now(UTC) - timedelta(minutes=5)
 ORU = (
@@ -42,23 +40,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, int, object]]:
         secrets_file=tmp_path / "secrets.json",
     )
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    try:
+    with serving(app, port) as url:
         yield url, mllp_port, app.state
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_mllp_results_reach_the_twins_served_over_rest(

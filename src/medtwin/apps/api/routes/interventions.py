@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from medtwin.apps.api.auth import Policy, Principal
 from medtwin.apps.api.deps import Context, guard
-from medtwin.apps.api.routes.observations import read_batch
+from medtwin.apps.api.routes.observations import ingest_answer, read_batch
 from medtwin.apps.api.routes.patients import iso, parse_query_time
 from medtwin.apps.api.schemas import ErrorAnswer, IngestAnswer, InterventionOut
 from medtwin.data.accounts import Role
@@ -45,10 +45,7 @@ async def post_interventions(
             items, channel="api", sources=sources, care_team=principal.care_team
         )
     )
-    summary = {"stored": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
-    for result in results:
-        summary[result.status] += 1
-    return JSONResponse({"results": [r.as_json() for r in results], "summary": summary})
+    return ingest_answer(results)
 
 
 @router.get(

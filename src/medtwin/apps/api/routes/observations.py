@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
@@ -16,6 +17,7 @@ from medtwin.apps.api.errors import error_response
 from medtwin.apps.api.schemas import ErrorAnswer, IngestAnswer, ObservationBatch
 from medtwin.data.accounts import Role
 from medtwin.data.store import QuarantineEntry
+from medtwin.twins.ingest import IngestResult
 
 router = APIRouter(prefix="/api/v1/observations", tags=["observations"])
 WRITE = Policy.allow(Role.DEVICE, Role.ADMIN, action="write")
@@ -73,10 +75,7 @@ async def post_observations(
             items, channel="api", sources=sources, care_team=principal.care_team
         )
     )
-    summary = {"stored": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
-    for result in results:
-        summary[result.status] += 1
-    return JSONResponse({"results": [r.as_json() for r in results], "summary": summary})
+    return ingest_answer(results)
 
 
 async def read_batch(
@@ -148,3 +147,11 @@ async def read_batch(
             text,
         )
     return items
+
+
+def ingest_answer(results: Sequence[IngestResult]) -> JSONResponse:
+    """One result per item and a count per outcome (the ``IngestAnswer`` schema)."""
+    summary = {"stored": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
+    for result in results:
+        summary[result.status] += 1
+    return JSONResponse({"results": [r.as_json() for r in results], "summary": summary})
