@@ -196,8 +196,6 @@ class Ingestor:
         ``extra`` runs inside that transaction after the inserts (see ``Store.append``);
         if it raises, nothing of the batch is stored and the twins are not touched.
         """
-        # Passed only when given: stores that predate the hook need not know it.
-        hook: dict[str, Any] = {} if extra is None else {"extra": extra}
         with self._commit_lock:
             statuses = self.store.append(
                 batch.observations,
@@ -206,7 +204,7 @@ class Ingestor:
                 rejected=batch.quarantine,
                 channel=batch.channel,
                 care_team=care_team,
-                **hook,
+                extra=extra,
             )
             self._observe_stored(batch, statuses)
         return self._finish(batch, statuses)
