@@ -19,11 +19,12 @@ __all__ = ["serve_mllp", "serve_mqtt"]
 
 async def serve_mllp(context: ServiceContext) -> None:
     """The HL7 v2 MLLP listener, when ``mllp_port`` is set."""
+    from medtwin.devices.hl7 import HL7Processor
     from medtwin.devices.hl7.coordinator import MllpCoordinator
 
-    coordinator = MllpCoordinator.from_settings(
-        context.settings, context.store, context.ingestor, context.clock
-    )
+    processor = context.extras["hl7"]
+    assert isinstance(processor, HL7Processor)
+    coordinator = MllpCoordinator.from_settings(context.settings, processor)
     if coordinator is None:
         return
     await coordinator.start()

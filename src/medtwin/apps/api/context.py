@@ -84,17 +84,12 @@ class ServiceContext:
             ConsentStore(store, privacy.keyring),
             Replayers(store, ingestor, clock),
         )
-        # Quarantined HL7 parts are replayed through a processor of their own (the
-        # listener's lives in apps.adapters, and replay runs from the CLI too).
+        # One HL7 processor serves the MLLP listener (apps.adapters) and the replay of
+        # quarantined HL7 parts (which runs from the CLI too, without a listener).
         from medtwin.devices.hl7 import HL7Processor, replayer
 
-        hl7 = HL7Processor(
-            store,
-            ingestor,
-            clock,
-            allowed_senders=settings.mllp_allowed_senders,
-            time_zones=settings.hl7_time_zones,
-        )
+        hl7 = HL7Processor.from_settings(settings, store, ingestor, clock)
+        context.extras["hl7"] = hl7
         context.replayers.register("mllp", replayer(hl7))
         context.warm()
         return context

@@ -16,14 +16,11 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from medtwin.core.clock import Clock
 from medtwin.core.errors import ConfigurationError
-from medtwin.data.store import SqlStore
 from medtwin.devices.hl7.ack import AckCode, Fault, build_ack, enhanced_code, sends_accept_ack
 from medtwin.devices.hl7.mllp import MllpServer
 from medtwin.devices.hl7.parse import salvage_header
 from medtwin.devices.hl7.processor import HL7Processor
-from medtwin.twins.ingest import Ingestor
 
 __all__ = ["MllpCoordinator", "mllp_ssl_context"]
 
@@ -87,19 +84,10 @@ class MllpCoordinator:
             raise ConfigurationError(f"MEDTWIN_MLLP_ALLOWED_PEERS: {exc}") from exc
 
     @classmethod
-    def from_settings(
-        cls, settings: Any, store: SqlStore, ingestor: Ingestor, clock: Clock
-    ) -> MllpCoordinator | None:
-        """The coordinator ``settings`` describe; None when MLLP is off (no port)."""
+    def from_settings(cls, settings: Any, processor: HL7Processor) -> MllpCoordinator | None:
+        """The listener ``settings`` describe for ``processor``; None when MLLP is off (no port)."""
         if settings.mllp_port is None:
             return None
-        processor = HL7Processor(
-            store,
-            ingestor,
-            clock,
-            allowed_senders=settings.mllp_allowed_senders,
-            time_zones=settings.hl7_time_zones,
-        )
         return cls(
             processor,
             host=settings.mllp_host,

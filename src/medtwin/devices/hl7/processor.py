@@ -157,6 +157,19 @@ class HL7Processor:
                 ) from exc
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_settings(
+        cls, settings: Any, store: SqlStore, ingestor: Ingestor, clock: Clock
+    ) -> HL7Processor:
+        """The processor the ``mllp_allowed_senders`` and ``hl7_time_zones`` settings describe."""
+        return cls(
+            store,
+            ingestor,
+            clock,
+            allowed_senders=settings.mllp_allowed_senders,
+            time_zones=settings.hl7_time_zones,
+        )
+
     # -- entry points -------------------------------------------------------------
 
     def handle(self, raw: bytes | str) -> Outcome:
