@@ -46,7 +46,10 @@ class ServiceContext:
         *,
         clock: Clock | None = None,
         store: SqlStore | None = None,
+        warm: bool = True,
     ) -> ServiceContext:
+        """The service's parts; ``warm`` False skips loading the twins (commands that
+        only read the store, such as listing the quarantine)."""
         clock = clock or SystemClock()
         store = store or store_for(settings)
         runtime = TwinRuntime(clock, news2_window_s=settings.news2_window_s)
@@ -91,7 +94,8 @@ class ServiceContext:
         hl7 = HL7Processor.from_settings(settings, store, ingestor, clock)
         context.extras["hl7"] = hl7
         context.replayers.register("mllp", replayer(hl7))
-        context.warm()
+        if warm:
+            context.warm()
         return context
 
     def warm(self) -> None:

@@ -25,9 +25,10 @@ app = typer.Typer(help="Input the adapters refused: list, show, replay.", no_arg
 
 
 @contextmanager
-def _context() -> Iterator[ServiceContext]:
+def _context(*, twins: bool = False) -> Iterator[ServiceContext]:
+    """The service's parts; the twins are loaded only for a replay, which updates them."""
     try:
-        context = ServiceContext.build(Settings())
+        context = ServiceContext.build(Settings(), warm=twins)
     except (ConfigurationError, ValueError, MedtwinError) as exc:
         typer.echo(f"cannot open the store: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -85,7 +86,7 @@ def replay(
 ) -> None:
     """Take entries in again through their channel, after the cause was fixed."""
     refused = 0
-    with _context() as context:
+    with _context(twins=True) as context:
         for entry_id in entry_ids:
             try:
                 outcome = context.replayers.replay(entry_id)
