@@ -52,10 +52,6 @@ class Replayers:
     def register(self, channel: str, replayer: Replayer) -> None:
         self._by_channel[channel] = replayer
 
-    @property
-    def channels(self) -> tuple[str, ...]:
-        return tuple(sorted(self._by_channel))
-
     def replay(self, row_id: int) -> ReplayOutcome:
         entry = self.store.quarantine_entry(row_id)
         if entry is None:
