@@ -189,7 +189,7 @@ class MqttSubscriber:
         client.loop_start()
 
     def wait_connected(self, timeout_s: float = 10.0) -> None:
-        """Wait until the broker accepted the connection; MqttError after ``timeout_s``."""
+        """Wait for the broker to take the connection and subscription; MqttError on timeout."""
         if not self._connected.wait(timeout_s):
             detail = f": {self.last_error}" if self.last_error else ""
             raise MqttError(
@@ -268,6 +268,7 @@ class MqttSubscriber:
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -294,6 +295,16 @@ class MqttSubscriber:
             "connected to the MQTT broker (session %s)",
             "resumed" if flags.session_present else "new",
         )
+        # Connected counts from the SUBACK: before it, a fresh broker drops what is published.
+
+    def _on_subscribe(
+        self, _client: Any, _userdata: Any, _mid: Any, reasons: Any, _properties: Any
+    ) -> None:
+        refused = [str(reason) for reason in reasons if reason.is_failure]
+        if refused:
+            self.last_error = MqttError(f"the broker refused the subscription: {refused}")
+            log.warning("MQTT broker refused the subscription: %s", refused)
+            return
         self._connected.set()
 
     def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
