@@ -32,6 +32,7 @@ _PATIENT_TABLES = (
     "observations",
     "interventions",
     "derived",
+    "module_results",
     "care_team_patients",
     "device_bindings",
 )

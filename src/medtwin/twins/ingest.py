@@ -25,7 +25,7 @@ from medtwin.core.errors import StoreError
 from medtwin.core.records import Intervention, Observation, Patient, QualityFlag
 from medtwin.data.codes import DEFAULT_REGISTRY, CodeRegistry
 from medtwin.data.interventions import validate_interventions
-from medtwin.data.store import AppendStatus, QuarantineEntry, Store
+from medtwin.data.store import AppendStatus, Origin, QuarantineEntry, Store
 from medtwin.data.store.writer import WriterProcess
 from medtwin.data.validation import Rejection, Validated, storable, validate_items
 from medtwin.twins.events import EventBus
@@ -97,6 +97,7 @@ class PreparedBatch:
     quarantine: list[QuarantineEntry]
     new_patients: list[Patient]
     started: float  # perf_counter() when preparation began (s)
+    origins: list[Origin | None] | None = None  # one per observation
 
 
 class Ingestor:
@@ -132,8 +133,12 @@ class Ingestor:
         sources: frozenset[str] | None = None,
         care_team: str | None = None,
         extra: Callable[[Connection], None] | None = None,
+        origins: Sequence[Origin | None] | None = None,
     ) -> list[IngestResult]:
         """Ingest a batch of observation items (API/JSON-lines shape); one result per item.
+
+        ``origins``, one per item, records the message each stored observation came in
+        (the provenance of every value derived from it ends there).
 
         Batches are validated and committed one at a time: while SQLite writes a batch it
         hands the interpreter lock back after every row, and a second thread busy
@@ -141,17 +146,25 @@ class Ingestor:
         measured at 20% slower than doing both in turn).
         """
         with self._lock:
-            prepared = self.prepare(items, channel=channel, sources=sources)
+            prepared = self.prepare(items, channel=channel, sources=sources, origins=origins)
             return self.commit(prepared, care_team=care_team, extra=extra)
 
     def prepare(
-        self, items: Sequence[Any], *, channel: str = "api", sources: frozenset[str] | None = None
+        self,
+        items: Sequence[Any],
+        *,
+        channel: str = "api",
+        sources: frozenset[str] | None = None,
+        origins: Sequence[Origin | None] | None = None,
     ) -> PreparedBatch:
         """Validate a batch against the clock and build its quarantine entries.
 
         ``sources``, when given, are the only senders the caller may write for (a
         device's API key owns its devices); items from any other source are rejected.
+        ``origins``, when given, has one entry per item: the message it came in.
         """
+        if origins is not None and len(origins) != len(items):
+            raise ValueError(f"{len(origins)} origins for {len(items)} items")
         started = time.perf_counter()
         now = self.clock.now_us()
         validated = validate_items(
@@ -181,6 +194,7 @@ class Ingestor:
             quarantine=rejected,
             new_patients=self._new_patients(observations, now),
             started=started,
+            origins=None if origins is None else [origins[i] for i, _ in validated.accepted],
         )
 
     def commit(
@@ -205,6 +219,7 @@ class Ingestor:
                 channel=batch.channel,
                 care_team=care_team,
                 extra=extra,
+                origins=batch.origins,
             )
             self._observe_stored(batch, statuses)
         return self._finish(batch, statuses)
@@ -280,9 +295,11 @@ class Ingestor:
         *,
         channel: str = "api",
         writer: WriterProcess | None = None,
+        origins: Iterable[Sequence[Origin | None]] | None = None,
     ) -> Iterator[list[IngestResult]]:
         """Ingest batches in turn; yield each batch's results, in order, once it is committed.
 
+        ``origins``, when given, yields one sequence per batch: the message of each item.
         Without ``writer`` this is :meth:`ingest` batch after batch. With a
         :class:`WriterProcess` writing to this ingestor's store, the two halves run at
         once on two cores: batch N+1 is validated here (against the clock at that
@@ -309,10 +326,15 @@ class Ingestor:
         after the last one yielded: it is stored and in the twins, its results are
         not given, and sending it again answers ``duplicate``.
         """
+        paired: Iterable[tuple[Sequence[Any], Sequence[Origin | None] | None]] = (
+            ((items, None) for items in batches)
+            if origins is None
+            else zip(batches, origins, strict=True)
+        )
         if writer is None:
-            for position, items in enumerate(batches):
+            for position, (items, batch_origins) in enumerate(paired):
                 try:
-                    results = self.ingest(items, channel=channel)
+                    results = self.ingest(items, channel=channel, origins=batch_origins)
                 except Exception as exc:
                     exc.add_note(_stream_note(position))
                     raise
@@ -326,8 +348,8 @@ class Ingestor:
             given = 0
             flying: deque[PreparedBatch] = deque()
             try:
-                for items in batches:
-                    prepared = self.prepare(items, channel=channel)
+                for items, batch_origins in paired:
+                    prepared = self.prepare(items, channel=channel, origins=batch_origins)
                     if len(flying) == depth:
                         yield self._land(writer, flying, given)
                         given += 1
@@ -366,6 +388,7 @@ class Ingestor:
             new_patients=patients,
             rejected=batch.quarantine,
             channel=batch.channel,
+            origins=batch.origins,
         )
 
     def _land(

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -42,6 +42,19 @@ class QuarantineEntry:
     received_us: int = 0
     row_id: int | None = None
     resolved_us: int | None = None
+
+
+class Origin(NamedTuple):
+    """The message an observation came in: its channel, the message and the item in it.
+
+    ``message`` is the request id (api), the file name (file), the bundle (fhir),
+    ``sender|control id`` (mllp) or the topic (mqtt); ``entry`` the item in it
+    (``items[3]``, ``Bundle.entry[2]``, ``OBX[4]``, ``file.jsonl:17``).
+    """
+
+    channel: str
+    message: str
+    entry: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +110,21 @@ class Store(Protocol):
         channel: str = "api",
         care_team: str | None = None,
         extra: Callable[[Connection], None] | None = None,
+        origins: Sequence[Origin | None] | None = None,
     ) -> list[AppendStatus]:
         """Store a batch in one transaction; one status per observation.
 
         Conflicts (same key, other content) are quarantined in the same transaction.
         ``extra`` is called inside that transaction after the inserts (an adapter's own
         rows, committed with the batch); an exception from it rolls the batch back.
+        ``origins``, one per observation, records the message each stored one came in.
         """
+        ...
+
+    def origins_of(
+        self, keys: Sequence[tuple[str, str, int]]
+    ) -> dict[tuple[str, str, int], Origin]:
+        """The origin of each stored observation among ``keys`` (source, source_id, version)."""
         ...
 
     def quarantine(self, entries: Sequence[QuarantineEntry]) -> None: ...
@@ -197,6 +218,7 @@ _MERGED_TABLES = (
     "observations",
     "interventions",
     "derived",
+    "module_results",
     "device_bindings",
     "fhir_resources",
     "consents",
@@ -301,7 +323,10 @@ class SqlStore:
         channel: str = "api",
         care_team: str | None = None,
         extra: Callable[[Connection], None] | None = None,
+        origins: Sequence[Origin | None] | None = None,
     ) -> list[AppendStatus]:
+        if origins is not None and len(origins) != len(observations):
+            raise ValueError(f"{len(origins)} origins for {len(observations)} observations")
         statuses, unique = _dedupe(observations)
         with self._write() as conn:
             if new_patients:
@@ -311,6 +336,8 @@ class SqlStore:
             fresh = self._insert_observations(conn, unique, received_us)
             if len(fresh) != len(unique):
                 self._classify_existing(conn, unique, fresh, statuses)
+            if origins is not None and fresh:
+                self._insert_origins(conn, unique, fresh, origins)
             conflicts = [
                 _conflict_entry(obs, channel, received_us)
                 for obs, status in zip(observations, statuses, strict=True)
@@ -328,6 +355,40 @@ class SqlStore:
     ) -> set[int]:
         """Insert, skipping keys already stored; return the positions (into ``rows``) inserted."""
         raise NotImplementedError
+
+    def _insert_origins(
+        self,
+        conn: Connection,
+        rows: Sequence[tuple[int, Observation]],
+        fresh: set[int],
+        origins: Sequence[Origin | None],
+    ) -> None:
+        values = [
+            (obs.source, obs.source_id, obs.version, *origin)
+            for position, (index, obs) in enumerate(rows)
+            if position in fresh and (origin := origins[index]) is not None
+        ]
+        if values:
+            conn.exec_driver_sql(
+                "INSERT INTO observation_origins "
+                "(source, source_id, version, channel, message, entry) "
+                f"VALUES ({self._params(6)})",
+                values,
+            )
+
+    def origins_of(
+        self, keys: Sequence[tuple[str, str, int]]
+    ) -> dict[tuple[str, str, int], Origin]:
+        table = schema.observation_origins
+        wanted = sorted(set(keys))
+        key = sa.tuple_(table.c.source, table.c.source_id, table.c.version)
+        out: dict[tuple[str, str, int], Origin] = {}
+        with self._read() as conn:
+            for start in range(0, len(wanted), 300):
+                query = sa.select(table).where(key.in_(wanted[start : start + 300]))
+                for r in conn.execute(query):
+                    out[(r.source, r.source_id, r.version)] = Origin(r.channel, r.message, r.entry)
+        return out
 
     def _classify_existing(
         self,

@@ -279,3 +279,41 @@ code_mappings = Table(
     Column("code", Text, nullable=False),
     Column("unit", Text),
 )
+
+observation_origins = Table(
+    "observation_origins",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("source_id", Text, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("channel", Text, nullable=False),  # api, file, fhir, mllp, mqtt
+    Column("message", Text, nullable=False),  # request id, bundle, sender|control id, topic
+    Column("entry", Text),  # the item within the message: items[3], Bundle.entry[2], OBX[4]
+)
+
+module_results = Table(
+    "module_results",
+    metadata,
+    Column("fingerprint", Text, primary_key=True),
+    Column("module", Text, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("computed_us", BigInteger, nullable=False),
+    Column("outputs", Text, nullable=False),  # JSON {output: number or null}
+    Column("parameters", Text, nullable=False),  # JSON, as fingerprinted
+    Index("ix_module_results_patient", "patient_id", "module", "computed_us"),
+)
+
+module_inputs = Table(
+    "module_inputs",
+    metadata,
+    Column("fingerprint", Text, primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("input", Text, nullable=False),  # the module's name for the input
+    Column("kind", Text, nullable=False),  # observation, result or attribute
+    Column("source", Text),  # observation: (source, source_id, version)
+    Column("source_id", Text),
+    Column("version", Integer),
+    Column("upstream", Text),  # result: the fingerprint it read
+    Column("value", Text),  # attribute: its value
+)

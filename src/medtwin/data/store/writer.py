@@ -44,7 +44,7 @@ from typing import Any
 
 from medtwin.core.errors import StoreError
 from medtwin.core.records import Observation, Patient
-from medtwin.data.store.base import AppendStatus, QuarantineEntry, SqlStore, Store
+from medtwin.data.store.base import AppendStatus, Origin, QuarantineEntry, SqlStore, Store
 
 _STATUS = {status.value: status for status in AppendStatus}
 
@@ -129,6 +129,7 @@ class WriterProcess:
         rejected: Sequence[QuarantineEntry] = (),
         channel: str = "api",
         care_team: str | None = None,
+        origins: Sequence[Origin | None] | None = None,
     ) -> None:
         """Send one :meth:`Store.append` request; :meth:`result` gives its statuses.
 
@@ -148,6 +149,7 @@ class WriterProcess:
             [_fields(entry) for entry in rejected],
             channel,
             care_team,
+            None if origins is None else [None if o is None else tuple(o) for o in origins],
         )
         try:
             self._conn.send(request)
@@ -184,6 +186,7 @@ class WriterProcess:
         rejected: Sequence[QuarantineEntry] = (),
         channel: str = "api",
         care_team: str | None = None,
+        origins: Sequence[Origin | None] | None = None,
     ) -> list[AppendStatus]:
         """Submit one request and wait for its statuses (nothing else may be pending)."""
         if self._pending:
@@ -195,6 +198,7 @@ class WriterProcess:
             rejected=rejected,
             channel=channel,
             care_team=care_team,
+            origins=origins,
         )
         return self.result()
 
@@ -379,7 +383,7 @@ def _read_requests(
 
 def _decode(request: tuple[Any, ...]) -> tuple[int, dict[str, Any]]:
     """(epoch, keyword arguments of Store.append) of an append request."""
-    _, epoch, rows, received_us, patients, rejected, channel, care_team = request
+    _, epoch, rows, received_us, patients, rejected, channel, care_team, origins = request
     return epoch, {
         "observations": list(map(Observation._make, rows)),
         "received_us": received_us,
@@ -387,6 +391,7 @@ def _decode(request: tuple[Any, ...]) -> tuple[int, dict[str, Any]]:
         "rejected": [QuarantineEntry(*fields) for fields in rejected],
         "channel": channel,
         "care_team": care_team,
+        "origins": None if origins is None else [o and Origin(*o) for o in origins],
     }
 
 
