@@ -65,6 +65,8 @@ class TwinRuntime:
         self._values = np.full((capacity, len(self.codes)), np.nan)
         self._times = np.full((capacity, len(self.codes)), _NEVER, dtype=np.int64)
         self._flags = np.zeros((capacity, len(self.codes)), dtype=np.int32)
+        # (source, source_id, version) of each held value: what a module read, for provenance.
+        self._keys = np.full((capacity, len(self.codes)), None, dtype=object)
         self._scale = np.ones(capacity, dtype=np.int8)
         self._news2_state = np.full((capacity, len(PARAMETERS) + 3), -2, dtype=np.int16)
         self._unmapped: dict[str, dict[str, Observation]] = {}
@@ -113,6 +115,7 @@ class TwinRuntime:
                 self._values[dst, newer] = self._values[src, newer]
                 self._times[dst, newer] = self._times[src, newer]
                 self._flags[dst, newer] = self._flags[src, newer]
+                self._keys[dst, newer] = self._keys[src, newer]
                 for key, obs in self._unmapped.pop(prior, {}).items():
                     held = self._unmapped.setdefault(survivor, {}).get(key)
                     if held is None or held.effective_us <= obs.effective_us:
@@ -126,7 +129,8 @@ class TwinRuntime:
         last = len(self.patient_ids) - 1
         if row != last:
             moved = self.patient_ids[last]
-            for array in (self._values, self._times, self._flags, self._scale, self._news2_state):
+            arrays = (self._values, self._times, self._flags, self._keys, self._scale)
+            for array in (*arrays, self._news2_state):
                 array[row] = array[last]
             self.patient_ids[row] = moved
             self._row[moved] = row
@@ -134,6 +138,7 @@ class TwinRuntime:
         self._values[last] = np.nan
         self._times[last] = _NEVER
         self._flags[last] = 0
+        self._keys[last] = None
         self._scale[last] = 1
         self._news2_state[last] = -2
 
@@ -148,6 +153,7 @@ class TwinRuntime:
         self._values = np.vstack([self._values, np.full_like(self._values[:grow], np.nan)])
         self._times = np.vstack([self._times, np.full_like(self._times[:grow], _NEVER)])
         self._flags = np.vstack([self._flags, np.zeros_like(self._flags[:grow])])
+        self._keys = np.vstack([self._keys, np.full_like(self._keys[:grow], None)])
         self._scale = np.concatenate([self._scale, np.ones(grow, dtype=np.int8)])
         self._news2_state = np.vstack(
             [self._news2_state, np.full_like(self._news2_state[:grow], -2)]
@@ -163,6 +169,7 @@ class TwinRuntime:
             times: list[int] = []
             values: list[float] = []
             flags: list[int] = []
+            keys: list[tuple[str, str, int]] = []
             touched: set[int] = set()
             retracted: list[tuple[int, int, int]] = []
             column_of = self._column.get
@@ -187,6 +194,7 @@ class TwinRuntime:
                 times.append(obs.effective_us)
                 values.append(value)
                 flags.append(obs.flags)
+                keys.append((obs.source, obs.source_id, obs.version))
             if rows:
                 self._fold(
                     np.array(rows, dtype=np.intp),
@@ -194,6 +202,7 @@ class TwinRuntime:
                     np.array(times, dtype=np.int64),
                     np.array(values, dtype=np.float64),
                     np.array(flags, dtype=np.int32),
+                    _object_array(keys),
                 )
             # A result entered in error stops counting: the twin forgets the value it held
             # from that measurement (an older one comes back with the next warm start).
@@ -202,6 +211,7 @@ class TwinRuntime:
                     self._values[row, column] = np.nan
                     self._times[row, column] = _NEVER
                     self._flags[row, column] = 0
+                    self._keys[row, column] = None
             return self._score(np.array(sorted(touched), dtype=np.intp))
 
     def _fold(
@@ -211,30 +221,34 @@ class TwinRuntime:
         times: NDArray[np.int64],
         values: NDArray[np.float64],
         flags: NDArray[np.int32],
+        keys: NDArray[np.object_],
     ) -> None:
         # Newest reading per (row, column) within the batch: sort, keep each group's last.
         order = np.lexsort((times, columns, rows))
-        rows, columns, times, values, flags = (
+        rows, columns, times, values, flags, keys = (
             rows[order],
             columns[order],
             times[order],
             values[order],
             flags[order],
+            keys[order],
         )
         last = np.ones(len(rows), dtype=bool)
         last[:-1] = (rows[1:] != rows[:-1]) | (columns[1:] != columns[:-1])
-        rows, columns, times, values, flags = (
+        rows, columns, times, values, flags, keys = (
             rows[last],
             columns[last],
             times[last],
             values[last],
             flags[last],
+            keys[last],
         )
         newer = times >= self._times[rows, columns]
         rows, columns = rows[newer], columns[newer]
         self._times[rows, columns] = times[newer]
         self._values[rows, columns] = values[newer]
         self._flags[rows, columns] = flags[newer]
+        self._keys[rows, columns] = keys[newer]
 
     def _remember_unmapped(self, obs: Observation) -> None:
         latest = self._unmapped.setdefault(obs.patient, {})
@@ -267,6 +281,34 @@ class TwinRuntime:
         if commit:
             self._news2_state[rows] = state
         return TwinUpdate(rows, result, changed, now)
+
+    # -- module inputs --------------------------------------------------------
+
+    def latest_values(
+        self, rows: NDArray[np.intp], code: str, window_us: int, now_us: int
+    ) -> tuple[NDArray[np.float64], NDArray[np.object_]]:
+        """Newest usable value of ``code`` per row within the window, and its key.
+
+        Usable as NEWS2 uses it: not older than ``window_us``, not flagged as a
+        suspected artifact. Keys are (source, source_id, version), None where no value.
+        """
+        with self._lock:
+            column = self._column[code]
+            usable = (now_us - self._times[rows, column] <= window_us) & ~(
+                self._flags[rows, column] & _HIDDEN
+            ).astype(bool)
+            values = np.where(usable, self._values[rows, column], np.nan)
+            keys: NDArray[np.object_] = self._keys[rows, column]
+            keys[~usable] = None  # fancy indexing copied: the twin keeps its keys
+            return values, keys
+
+    def attribute(self, rows: NDArray[np.intp], name: str) -> NDArray[np.float64]:
+        """A twin attribute per row (see ``medtwin.models.modules.ATTRIBUTES``)."""
+        if name != "spo2_scale":
+            raise KeyError(f"no twin attribute {name!r}")
+        with self._lock:
+            out: NDArray[np.float64] = self._scale[rows].astype(np.float64)
+            return out
 
     # -- views ----------------------------------------------------------------
 
@@ -347,3 +389,10 @@ class TwinRuntime:
 
 def _iso(time_us: int) -> str:
     return from_us(time_us).isoformat().replace("+00:00", "Z")
+
+
+def _object_array(items: Sequence[object]) -> NDArray[np.object_]:
+    """A 1-D object array of ``items`` (tuples stay elements, not rows)."""
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out

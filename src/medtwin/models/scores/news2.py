@@ -43,7 +43,22 @@ import numpy as np
 import numpy.typing as npt
 from numpy.typing import NDArray
 
-__all__ = ["ACVPU", "BANDS", "INPUT_CODES", "PARAMETERS", "News2Batch", "news2"]
+__all__ = [
+    "ACVPU",
+    "BANDS",
+    "INPUT_CODES",
+    "PARAMETERS",
+    "News2Batch",
+    "aggregate",
+    "air_or_oxygen_subscore",
+    "consciousness_subscore",
+    "news2",
+    "pulse_subscore",
+    "respiration_rate_subscore",
+    "spo2_subscore",
+    "systolic_bp_subscore",
+    "temperature_subscore",
+]
 
 PARAMETERS: tuple[str, ...] = (
     "respiration_rate",
@@ -160,6 +175,123 @@ def _as_input(name: str, x: npt.ArrayLike, n: int | None) -> NDArray[np.float64]
     return arr
 
 
+def _spo2_scale(spo2_scale: npt.ArrayLike, n: int) -> NDArray[np.bool_]:
+    """Validate the SpO2 scale; True where Scale 2 applies."""
+    scale = np.asarray(spo2_scale)
+    if scale.ndim == 0:
+        scale = np.full(n, scale)
+    if scale.shape != (n,):
+        raise ValueError(f"spo2_scale must be a scalar or shape ({n},), got {scale.shape}")
+    if not np.isin(scale, (1, 2)).all():
+        raise ValueError("spo2_scale values must be 1 or 2")
+    out: NDArray[np.bool_] = scale == 2
+    return out
+
+
+def _charted(
+    name: str, x: npt.ArrayLike, edges: tuple[int, ...], points: tuple[int, ...], decimals: int = 0
+) -> NDArray[np.int16]:
+    arr = _as_input(name, x, None)
+    out = _chart(_round_half_away(arr, decimals), edges, points)
+    out[~np.isfinite(arr)] = _MISSING
+    return out
+
+
+def respiration_rate_subscore(respiration_rate: npt.ArrayLike) -> NDArray[np.int16]:
+    """Respiration rate (breaths /min) sub-score, -1 where missing."""
+    return _charted("respiration_rate", respiration_rate, *_RESPIRATION)
+
+
+def systolic_bp_subscore(systolic_bp: npt.ArrayLike) -> NDArray[np.int16]:
+    """Systolic blood pressure (mm[Hg]) sub-score, -1 where missing."""
+    return _charted("systolic_bp", systolic_bp, *_SYSTOLIC)
+
+
+def pulse_subscore(pulse: npt.ArrayLike) -> NDArray[np.int16]:
+    """Pulse (beats /min) sub-score, -1 where missing."""
+    return _charted("pulse", pulse, *_PULSE)
+
+
+def temperature_subscore(temperature: npt.ArrayLike) -> NDArray[np.int16]:
+    """Temperature (Cel) sub-score, -1 where missing."""
+    return _charted("temperature", temperature, *_TEMPERATURE_TENTHS, decimals=1)
+
+
+def consciousness_subscore(consciousness: npt.ArrayLike) -> NDArray[np.int16]:
+    """Consciousness (index into ``ACVPU``) sub-score, -1 where missing.
+
+    ValueError for a value that is not a whole number in 0..4.
+    """
+    avpu = _as_input("consciousness", consciousness, None)
+    present = np.isfinite(avpu)
+    if not (~present | np.isin(avpu, np.arange(len(ACVPU), dtype=np.float64))).all():
+        raise ValueError("consciousness must be an index into ACVPU (0..4) or NaN")
+    out = np.asarray(_CONSCIOUSNESS, dtype=np.int16)[np.where(present, avpu, 0.0).astype(np.intp)]
+    out[~present] = _MISSING
+    return out
+
+
+def _on_oxygen(fio2: NDArray[np.float64]) -> NDArray[np.bool_]:
+    out: NDArray[np.bool_] = np.isfinite(fio2) & (_round_half_away(fio2) > _OXYGEN_THRESHOLD)
+    return out
+
+
+def air_or_oxygen_subscore(fio2: npt.ArrayLike) -> NDArray[np.int16]:
+    """Supplemental oxygen sub-score from the inhaled O2 fraction (%), -1 where missing."""
+    fio = _as_input("fio2", fio2, None)
+    out = np.where(_on_oxygen(fio), 2, 0).astype(np.int16)
+    out[~np.isfinite(fio)] = _MISSING
+    return out
+
+
+def spo2_subscore(
+    spo2: npt.ArrayLike, fio2: npt.ArrayLike, spo2_scale: npt.ArrayLike
+) -> NDArray[np.int16]:
+    """SpO2 (%) sub-score on the patient's scale, -1 where missing or undeterminable.
+
+    ``fio2`` (%) matters on Scale 2 only: at SpO2 >= 93 % the points depend on air
+    or oxygen, and are undeterminable (-1) when the inhaled fraction is unknown.
+    """
+    sat = _as_input("spo2", spo2, None)
+    n = int(sat.shape[0])
+    fio = _as_input("fio2", fio2, n)
+    scale2 = _spo2_scale(spo2_scale, n)
+    sat_r = _round_half_away(sat)
+    on_oxygen = _on_oxygen(fio)
+    on_air = np.isfinite(fio) & ~on_oxygen
+    s2_air = _chart(sat_r, _SPO2_SCALE2_EDGES, _SPO2_SCALE2_AIR)
+    s2_oxygen = _chart(sat_r, _SPO2_SCALE2_EDGES, _SPO2_SCALE2_OXYGEN)
+    s2_unknown = np.where(sat_r >= _SPO2_SCALE2_HIGH, np.int16(_MISSING), s2_air)
+    spo2_s2 = np.select([on_oxygen, on_air], [s2_oxygen, s2_air], default=s2_unknown)
+    out = np.where(scale2, spo2_s2, _chart(sat_r, *_SPO2_SCALE1)).astype(np.int16)
+    out[~np.isfinite(sat)] = _MISSING
+    return out
+
+
+def aggregate(
+    subscores: npt.ArrayLike,
+) -> tuple[NDArray[np.int16], NDArray[np.int16], NDArray[np.int8]]:
+    """(score, partial score, band) from sub-scores of shape (n, 7), -1 meaning missing.
+
+    The score is null (-1) unless every sub-score is known; the band follows the
+    RCP chart: high at 7+, medium at 5-6, low-medium for a single 3, else low.
+    """
+    subs = np.asarray(subscores, dtype=np.int16)
+    if subs.ndim != 2 or subs.shape[1] != len(PARAMETERS):
+        raise ValueError(f"subscores must have shape (n, {len(PARAMETERS)}), got {subs.shape}")
+    known = subs != _MISSING
+    partial = np.where(known, subs, 0).sum(axis=1).astype(np.int16)
+    complete = known.all(axis=1)
+    score = np.where(complete, partial, _MISSING).astype(np.int16)
+    any_three = (subs == 3).any(axis=1)
+    band = np.select(
+        [~complete, score >= 7, score >= 5, any_three],
+        [_MISSING, 3, 2, 1],
+        default=0,
+    ).astype(np.int8)
+    return score, partial, band
+
+
 def news2(
     *,
     respiration_rate: npt.ArrayLike,
@@ -180,72 +312,31 @@ def news2(
     """
     rr = _as_input("respiration_rate", respiration_rate, None)
     n = int(rr.shape[0])
-    sat = _as_input("spo2", spo2, n)
-    fio = _as_input("fio2", fio2, n)
-    sbp = _as_input("systolic_bp", systolic_bp, n)
-    hr = _as_input("pulse", pulse, n)
-    avpu = _as_input("consciousness", consciousness, n)
-    temp = _as_input("temperature", temperature, n)
-
-    scale = np.asarray(spo2_scale)
-    if scale.ndim == 0:
-        scale = np.full(n, scale)
-    if scale.shape != (n,):
-        raise ValueError(f"spo2_scale must be a scalar or shape ({n},), got {scale.shape}")
-    if not np.isin(scale, (1, 2)).all():
-        raise ValueError("spo2_scale values must be 1 or 2")
-    scale2 = scale == 2
-
-    inputs = (rr, sat, fio, sbp, hr, avpu, temp)
-    present = np.stack([np.isfinite(a) for a in inputs], axis=1)  # (n, 7), PARAMETERS order
-
-    avpu_ok = ~present[:, 5] | (np.isin(avpu, np.arange(len(ACVPU), dtype=np.float64)))
-    if not avpu_ok.all():
-        raise ValueError("consciousness must be an index into ACVPU (0..4) or NaN")
-
-    rr_r = _round_half_away(rr)
-    sat_r = _round_half_away(sat)
-    fio_r = _round_half_away(fio)
-    sbp_r = _round_half_away(sbp)
-    hr_r = _round_half_away(hr)
-    temp_t = _round_half_away(temp, decimals=1)
-
-    on_oxygen = present[:, 2] & (fio_r > _OXYGEN_THRESHOLD)
-    on_air = present[:, 2] & ~on_oxygen
-
-    s2_air = _chart(sat_r, _SPO2_SCALE2_EDGES, _SPO2_SCALE2_AIR)
-    s2_oxygen = _chart(sat_r, _SPO2_SCALE2_EDGES, _SPO2_SCALE2_OXYGEN)
-    s2_unknown = np.where(sat_r >= _SPO2_SCALE2_HIGH, np.int16(_MISSING), s2_air)
-    spo2_s2 = np.select([on_oxygen, on_air], [s2_oxygen, s2_air], default=s2_unknown)
-    spo2_s1 = _chart(sat_r, *_SPO2_SCALE1)
-
-    avpu_idx = np.where(present[:, 5], avpu, 0.0).astype(np.intp)
+    inputs = (
+        rr,
+        _as_input("spo2", spo2, n),
+        _as_input("fio2", fio2, n),
+        _as_input("systolic_bp", systolic_bp, n),
+        _as_input("pulse", pulse, n),
+        _as_input("consciousness", consciousness, n),
+        _as_input("temperature", temperature, n),
+    )
+    _spo2_scale(spo2_scale, n)
+    rr, sat, fio, sbp, hr, avpu, temp = inputs
     subscores = np.stack(
         [
-            _chart(rr_r, *_RESPIRATION),
-            np.where(scale2, spo2_s2, spo2_s1),
-            np.where(on_oxygen, 2, 0),
-            _chart(sbp_r, *_SYSTOLIC),
-            _chart(hr_r, *_PULSE),
-            np.asarray(_CONSCIOUSNESS)[avpu_idx],
-            _chart(temp_t, *_TEMPERATURE_TENTHS),
+            respiration_rate_subscore(rr),
+            spo2_subscore(sat, fio, spo2_scale),
+            air_or_oxygen_subscore(fio),
+            systolic_bp_subscore(sbp),
+            pulse_subscore(hr),
+            consciousness_subscore(avpu),
+            temperature_subscore(temp),
         ],
         axis=1,
     ).astype(np.int16)
-    subscores[~present] = _MISSING
-
-    known = subscores != _MISSING
-    partial = np.where(known, subscores, 0).sum(axis=1).astype(np.int16)
-    complete = known.all(axis=1)
-    score = np.where(complete, partial, _MISSING).astype(np.int16)
-    any_three = (subscores == 3).any(axis=1)
-    band = np.select(
-        [~complete, score >= 7, score >= 5, any_three],
-        [_MISSING, 3, 2, 1],
-        default=0,
-    ).astype(np.int8)
-
-    missing = ~present
+    score, partial, band = aggregate(subscores)
+    missing = np.stack([~np.isfinite(a) for a in inputs], axis=1)  # PARAMETERS order
     for arr in (subscores, score, partial, band, missing):
         arr.setflags(write=False)
     return News2Batch(

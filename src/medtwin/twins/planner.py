@@ -1,0 +1,396 @@
+"""The planner: asks for module outputs, runs only what is stale, records provenance.
+
+A request names target modules and twins. The planner compiles the modules they
+need in dependency order (:meth:`ModuleGraph.plan`) and, module by module,
+gathers each twin's inputs, computes its *execution fingerprint*, and looks the
+fingerprint up: first in memory, then in the store. Only the twins whose
+fingerprint is unknown are computed, in one vectorized call per module; their
+results and the inputs they read are stored in one transaction at the end.
+
+The fingerprint hashes the module's name, version and parameters, the twin, and
+per input its declaration (window length, aggregation) and the identities of
+exactly what was read: observation (source, id, version) keys, upstream
+fingerprints, attribute values. The absolute window bounds enter through which
+observations fall inside them, so a value ageing out of a window, a new or a
+corrected observation, or a new module version each give a new fingerprint, and
+a repeated request with nothing changed gives the same one and computes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from numpy.typing import NDArray
+
+from medtwin.core.clock import Clock
+from medtwin.core.errors import NotFoundError
+from medtwin.core.records import ObservationStatus, QualityFlag
+from medtwin.data.provenance import InputRecord, ProvenanceStore, ResultRecord
+from medtwin.data.store import SqlStore, schema
+from medtwin.models.modules import (
+    AttributeInput,
+    Module,
+    ModuleGraph,
+    ObservationInput,
+    Ragged,
+    ResultInput,
+)
+from medtwin.twins.runtime import TwinRuntime
+
+__all__ = ["Derivation", "ModuleRun", "Planner", "PlannerStats"]
+
+_HIDDEN = int(QualityFlag.ARTIFACT_SUSPECTED)
+_ENTERED_IN_ERROR = ObservationStatus.ENTERED_IN_ERROR.value
+ObservationKey = tuple[str, str, int]
+
+
+@dataclass(frozen=True)
+class ModuleRun:
+    """One module's results for the twins of a request, in the request's order."""
+
+    module: str
+    version: str
+    fingerprints: list[str]
+    outputs: dict[str, NDArray[np.float64]]
+    computed: NDArray[np.bool_]  # computed by this request (False: found cached)
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """The answer to a request: each planned module's run over the requested twins."""
+
+    patients: list[str]
+    at_us: int
+    runs: dict[str, ModuleRun]
+
+    def value(self, module: str, output: str, patient: str) -> float | None:
+        value = float(self.runs[module].outputs[output][self.patients.index(patient)])
+        return None if np.isnan(value) else value
+
+    def fingerprint(self, module: str, patient: str) -> str:
+        return self.runs[module].fingerprints[self.patients.index(patient)]
+
+
+@dataclass
+class PlannerStats:
+    """What requests cost: compute calls and twins computed per module, cache hits."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    computed: Counter[str] = field(default_factory=Counter)
+    memory_hits: int = 0
+    store_hits: int = 0
+
+
+@dataclass
+class _Inputs:
+    """A module's inputs for the twins of a request, and what each twin's value came from."""
+
+    values: dict[str, Any]
+    identities: list[list[str]]  # per input, per twin: what the fingerprint hashes
+    records: list[list[InputRecord]]  # per twin: every input it read
+
+
+class Planner:
+    """Plans, runs and caches module requests over the twins of a runtime."""
+
+    def __init__(
+        self,
+        graph: ModuleGraph,
+        runtime: TwinRuntime,
+        store: SqlStore,
+        *,
+        clock: Clock | None = None,
+        cache_size: int = 200_000,
+    ) -> None:
+        self.graph = graph
+        self.runtime = runtime
+        self.store = store
+        self.provenance = ProvenanceStore(store)
+        self.clock = clock or runtime.clock
+        self.cache_size = cache_size
+        self.stats = PlannerStats()
+        self._cache: OrderedDict[str, dict[str, float | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def request(
+        self, targets: Sequence[str], patients: Sequence[str] | None = None, *, persist: bool = True
+    ) -> Derivation:
+        """Outputs of ``targets`` (module names) for ``patients`` (default: every twin).
+
+        NotFoundError for an unknown module or a patient without a twin. With
+        ``persist`` the new results and their inputs are stored (one transaction).
+        """
+        order = self.graph.plan(targets)
+        runtime = self.runtime
+        if patients is None:
+            patients = list(runtime.patient_ids)
+        else:
+            patients = list(patients)
+            unknown = [p for p in patients if p not in runtime]
+            if unknown:
+                raise NotFoundError(f"no twin for patient {unknown[0]!r}")
+        with self._lock:
+            rows = runtime.rows_of(patients)
+            now = self.clock.now_us()
+            runs: dict[str, ModuleRun] = {}
+            fresh: list[tuple[ResultRecord, Sequence[InputRecord]]] = []
+            for module in order:
+                runs[module.name] = self._run(module, patients, rows, now, runs, fresh)
+            if persist and fresh:
+                self.provenance.save(fresh)
+        return Derivation(patients, now, runs)
+
+    def _run(
+        self,
+        module: Module,
+        patients: list[str],
+        rows: NDArray[np.intp],
+        now: int,
+        runs: dict[str, ModuleRun],
+        fresh: list[tuple[ResultRecord, Sequence[InputRecord]]],
+    ) -> ModuleRun:
+        n = len(patients)
+        inputs = self._inputs(module, patients, rows, now, runs)
+        parameters = json.dumps(dict(module.parameters), sort_keys=True, separators=(",", ":"))
+        head = f"{module.name}\x1f{module.version}\x1f{parameters}\x1f"
+        fingerprints = [
+            hashlib.blake2b(
+                (
+                    head + patient + "\x1e" + "\x1e".join(ids[i] for ids in inputs.identities)
+                ).encode(),
+                digest_size=16,
+            ).hexdigest()
+            for i, patient in enumerate(patients)
+        ]
+        names = [out.name for out in module.outputs]
+        outputs = {name: np.full(n, np.nan) for name in names}
+        found = np.zeros(n, dtype=bool)
+        cache = self._cache
+        for i, fp in enumerate(fingerprints):
+            held = cache.get(fp)
+            if held is not None:
+                cache.move_to_end(fp)
+                _fill(outputs, i, held)
+                found[i] = True
+        self.stats.memory_hits += int(found.sum())
+        if not found.all():
+            unknown = np.flatnonzero(~found).tolist()
+            stored = self.provenance.load([fingerprints[i] for i in unknown])
+            for j in unknown:
+                record = stored.get(fingerprints[j])
+                if record is not None:
+                    _fill(outputs, j, record.outputs)
+                    self._remember(fingerprints[j], record.outputs)
+                    found[j] = True
+                    self.stats.store_hits += 1
+        computed = ~found
+        todo = np.flatnonzero(computed)
+        if len(todo):
+            subset = {name: _take(value, todo) for name, value in inputs.values.items()}
+            result = module.compute(subset)
+            self.stats.calls[module.name] += 1
+            self.stats.computed[module.name] += len(todo)
+            parameters_json = json.loads(parameters)
+            for name in names:
+                column = np.asarray(result[name], dtype=np.float64)
+                if column.shape != (len(todo),):
+                    raise ValueError(
+                        f"module {module.name!r} output {name!r} has shape {column.shape}, "
+                        f"expected ({len(todo)},)"
+                    )
+                outputs[name][todo] = column
+            for k in todo.tolist():
+                values = {name: _json_number(outputs[name][k]) for name in names}
+                self._remember(fingerprints[k], values)
+                record = ResultRecord(
+                    fingerprints[k],
+                    module.name,
+                    module.version,
+                    patients[k],
+                    now,
+                    values,
+                    parameters_json,
+                )
+                fresh.append((record, inputs.records[k]))
+        return ModuleRun(module.name, module.version, fingerprints, outputs, computed)
+
+    def _remember(self, fingerprint: str, values: dict[str, float | None]) -> None:
+        cache = self._cache
+        cache[fingerprint] = values
+        if len(cache) > self.cache_size:
+            cache.popitem(last=False)
+
+    def _inputs(
+        self,
+        module: Module,
+        patients: list[str],
+        rows: NDArray[np.intp],
+        now: int,
+        runs: dict[str, ModuleRun],
+    ) -> _Inputs:
+        n = len(patients)
+        values: dict[str, Any] = {}
+        identities: list[list[str]] = []
+        records: list[list[list[InputRecord]]] = []  # per input, per twin
+        for item in module.inputs:
+            name = item.name
+            if isinstance(item, ObservationInput):
+                window_us = round(item.window_s * 1_000_000)
+                declared = f"{name}\x1fobs\x1f{item.code}\x1f{item.window_s!r}\x1f{item.aggregate}"
+                if item.aggregate == "latest":
+                    value, keys = self.runtime.latest_values(rows, item.code, window_us, now)
+                    values[name] = value
+                    identities.append(
+                        [f"{declared}\x1f{_key_text(k)}" if k else declared for k in keys]
+                    )
+                    records.append([_observation_records(name, [k] if k else []) for k in keys])
+                else:
+                    found = self._window(patients, item.code, now - window_us, now)
+                    values[name] = _aggregate(found, item.aggregate)
+                    identities.append(
+                        [
+                            declared + "".join(f"\x1f{_key_text(k)}" for k, _, _ in readings)
+                            for readings in found
+                        ]
+                    )
+                    records.append(
+                        [_observation_records(name, [k for k, _, _ in r]) for r in found]
+                    )
+            elif isinstance(item, ResultInput):
+                upstream = runs[item.module]
+                values[name] = upstream.outputs[item.output]
+                declared = f"{name}\x1fresult\x1f{item.module}\x1f{item.output}"
+                identities.append([f"{declared}\x1f{fp}" for fp in upstream.fingerprints])
+                records.append(
+                    [[InputRecord(name, "result", upstream=fp)] for fp in upstream.fingerprints]
+                )
+            elif isinstance(item, AttributeInput):
+                value = self.runtime.attribute(rows, item.attribute)
+                values[name] = value
+                texts = [_number_text(v) for v in value]
+                declared = f"{name}\x1fattribute\x1f{item.attribute}"
+                identities.append([f"{declared}\x1f{t}" for t in texts])
+                records.append([[InputRecord(name, "attribute", value=t)] for t in texts])
+        # Records per twin: the inputs flattened in declaration order.
+        per_twin = [[r for records_of in records for r in records_of[i]] for i in range(n)]
+        return _Inputs(values, identities, per_twin)
+
+    def _window(
+        self, patients: list[str], code: str, start_us: int, end_us: int
+    ) -> list[list[tuple[ObservationKey, int, float]]]:
+        """Per twin, the usable readings of ``code`` in (start, end], oldest first.
+
+        The newest version of each (source, id) counts; entered-in-error and
+        suspected artifacts do not.
+        """
+        table = schema.observations
+        index = {p: i for i, p in enumerate(patients)}
+        newest: dict[tuple[str, str], tuple[int, int, float, str, int, int]] = {}
+        with self.store.reading() as conn:
+            for start in range(0, len(patients), 500):
+                query = sa.select(
+                    table.c.patient_id,
+                    table.c.source,
+                    table.c.source_id,
+                    table.c.version,
+                    table.c.value_num,
+                    table.c.effective_us,
+                    table.c.status,
+                    table.c.flags,
+                ).where(
+                    table.c.patient_id.in_(patients[start : start + 500]),
+                    table.c.code == code,
+                    table.c.effective_us > start_us,
+                    table.c.effective_us <= end_us,
+                )
+                for r in conn.execute(query):
+                    held = newest.get((r.source, r.source_id))
+                    if held is None or r.version > held[0]:
+                        value = np.nan if r.value_num is None else float(r.value_num)
+                        newest[(r.source, r.source_id)] = (
+                            r.version,
+                            r.effective_us,
+                            value,
+                            r.status,
+                            r.flags,
+                            index[r.patient_id],
+                        )
+        out: list[list[tuple[ObservationKey, int, float]]] = [[] for _ in patients]
+        for (source, source_id), (version, at, value, status, flags, i) in newest.items():
+            if status != _ENTERED_IN_ERROR and not flags & _HIDDEN:
+                out[i].append(((source, source_id, version), at, value))
+        for readings in out:
+            readings.sort(key=lambda reading: (reading[1], reading[0]))
+        return out
+
+
+def _observation_records(name: str, keys: Sequence[ObservationKey]) -> list[InputRecord]:
+    return [InputRecord(name, "observation", key=key) for key in keys]
+
+
+def _aggregate(found: list[list[tuple[ObservationKey, int, float]]], how: str) -> Any:
+    if how == "all":
+        counts = np.array([len(r) for r in found], dtype=np.intp)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.intp)
+        return Ragged(
+            np.array([v for r in found for _, _, v in r], dtype=np.float64),
+            np.array([t for r in found for _, t, _ in r], dtype=np.int64),
+            offsets,
+        )
+    out = np.full(len(found), np.nan)
+    for i, readings in enumerate(found):
+        values = np.array([v for _, _, v in readings if not np.isnan(v)])
+        if how == "count":
+            out[i] = len(values)
+        elif len(values) == 0:
+            continue
+        elif how == "latest":
+            out[i] = values[-1]
+        elif how == "mean":
+            out[i] = values.mean()
+        elif how == "min":
+            out[i] = values.min()
+        elif how == "max":
+            out[i] = values.max()
+    return out
+
+
+def _take(value: Any, index: NDArray[np.intp]) -> Any:
+    if isinstance(value, Ragged):
+        counts = np.diff(value.offsets)[index]
+        parts = [np.arange(value.offsets[i], value.offsets[i + 1]) for i in index]
+        picked = np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
+        return Ragged(
+            value.values[picked],
+            value.times_us[picked],
+            np.concatenate([[0], np.cumsum(counts)]).astype(np.intp),
+        )
+    return value[index]
+
+
+def _fill(outputs: dict[str, NDArray[np.float64]], i: int, values: dict[str, float | None]) -> None:
+    for name, column in outputs.items():
+        value = values.get(name)
+        column[i] = np.nan if value is None else value
+
+
+def _json_number(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def _number_text(value: float) -> str:
+    if np.isnan(value):
+        return "null"
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _key_text(key: ObservationKey) -> str:
+    return f"{key[0]}\x1d{key[1]}\x1d{key[2]}"
