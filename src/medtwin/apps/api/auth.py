@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,16 +168,34 @@ class Policy:
     """Who may call a route, and whether it is scoped to the patient in its path.
 
     ``action`` names the operation in the audit trail (read, search, write, ...).
+    A patient-scoped route names its patient in the path parameter ``patient``, or
+    in another parameter that ``patient_of(context, value)`` resolves to a patient
+    (a derived value's id); an unknown value there raises NotFoundError.
     """
 
     roles: frozenset[Role]
     action: str
     patient_scoped: bool = False
     public: bool = False
+    patient_param: str = "patient"
+    patient_of: Callable[[Any, str], str] | None = None
 
     @classmethod
-    def allow(cls, *roles: Role, action: str, patient_scoped: bool = False) -> Policy:
-        return cls(frozenset(roles), action, patient_scoped)
+    def allow(
+        cls,
+        *roles: Role,
+        action: str,
+        patient_scoped: bool = False,
+        patient_param: str = "patient",
+        patient_of: Callable[[Any, str], str] | None = None,
+    ) -> Policy:
+        return cls(
+            frozenset(roles),
+            action,
+            patient_scoped,
+            patient_param=patient_param,
+            patient_of=patient_of,
+        )
 
     @classmethod
     def open(cls, action: str) -> Policy:

@@ -13,9 +13,13 @@ from medtwin.core.settings import Settings
 from medtwin.data.accounts import Accounts
 from medtwin.data.audit import AuditEntry, AuditLog
 from medtwin.data.consent import ConsentStore
+from medtwin.data.provenance import ProvenanceStore
 from medtwin.data.store import SqlStore, store_for
 from medtwin.data.vault import PatientVault, Privacy
+from medtwin.models.modules import ModuleGraph
+from medtwin.models.scores.news2_modules import news2_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
+from medtwin.twins.planner import Planner
 from medtwin.twins.replay import Replayers
 
 # Twins start from the newest values of this look-back when the service starts.
@@ -37,7 +41,12 @@ class ServiceContext:
     vault: PatientVault
     consents: ConsentStore
     replayers: Replayers
+    planner: Planner
     extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def provenance(self) -> ProvenanceStore:
+        return self.planner.provenance
 
     @classmethod
     def build(
@@ -86,6 +95,12 @@ class ServiceContext:
             PatientVault(store, privacy),
             ConsentStore(store, privacy.keyring),
             Replayers(store, ingestor, clock),
+            Planner(
+                ModuleGraph(news2_modules(settings.news2_window_s), codes=runtime.codes),
+                runtime,
+                store,
+                clock=clock,
+            ),
         )
         # One HL7 processor serves the MLLP listener (apps.adapters) and the replay of
         # quarantined HL7 parts (which runs from the CLI too, without a listener).

@@ -86,7 +86,16 @@ class Guard:
             if websocket:
                 raise WebSocketException(status.WS_1008_POLICY_VIOLATION, "role not allowed")
             raise HTTPException(403, f"role {principal.role.value} may not {policy.action} here")
-        patient = connection.path_params.get("patient") if policy.patient_scoped else None
+        patient = (
+            connection.path_params.get(policy.patient_param) if policy.patient_scoped else None
+        )
+        asked = patient
+        if patient is not None and policy.patient_of is not None:
+            try:
+                patient = policy.patient_of(context, patient)
+            except NotFoundError:
+                audit(principal, "denied", detail={"reason": "not found"})
+                raise
         if patient is None:
             audit(principal, "success")
             return principal
@@ -111,6 +120,8 @@ class Guard:
         if denial is not None:
             audit(principal, "denied", patient=patient, priority="high", detail={"reason": denial})
             # The same answer as for a patient that does not exist: no enumeration.
+            if policy.patient_of is not None:
+                raise NotFoundError(f"no {policy.patient_param.replace('_', ' ')} {asked!r}")
             raise NotFoundError(f"no patient {patient!r}")
         audit(principal, "success", patient=patient, priority=priority)
         return principal

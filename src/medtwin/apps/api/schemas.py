@@ -223,3 +223,47 @@ class InterventionOut(BaseModel):
     duration_s: float = Field(description="Infusion length, 0 for a bolus")
     drug: str | None = None
     route: str | None = None
+
+
+class DerivedOutput(BaseModel):
+    name: str
+    value: float | None = Field(description="In unit; null when the module could not derive it")
+    unit: str | None = Field(description="UCUM")
+    code: str | None = Field(None, description="LOINC code, where one exists")
+
+
+class DerivedOut(BaseModel):
+    id: str = Field(description="Execution fingerprint: the same inputs give the same id")
+    module: str
+    version: str
+    patient: str
+    computed: str
+    cached: bool = Field(description="Found under its fingerprint, not computed by this request")
+    outputs: list[DerivedOutput]
+    provenance: str = Field(description="Where the provenance tree of this value is served")
+
+
+class ModuleInputOut(BaseModel):
+    name: str
+    kind: str = Field(description="observation, result or attribute")
+    code: str | None = None
+    window_s: float | None = Field(None, description="Observation window (s)")
+    aggregate: str | None = Field(None, description="latest, mean, min, max, count or all")
+    module: str | None = None
+    output: str | None = None
+    attribute: str | None = None
+
+
+class ModuleOutputOut(BaseModel):
+    name: str
+    unit: str
+    code: str | None
+    description: str
+
+
+class ModuleOut(BaseModel):
+    name: str
+    version: str
+    parameters: dict[str, float | int | str | bool]
+    inputs: list[ModuleInputOut]
+    outputs: list[ModuleOutputOut]
