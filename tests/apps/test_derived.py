@@ -35,6 +35,14 @@ def test_a_derived_value_is_computed_once_and_traces_to_the_posted_observations(
     posted = {f"v-p1-{i}" for i, (code, _, _) in enumerate(NEWS2_ZERO) if code != "8462-4"}
     assert {leaf["source_id"] for leaf in leaves} == posted  # diastolic is not a NEWS2 input
     assert all(leaf["origin"]["channel"] == "api" for leaf in leaves)
+    bundle = admin.get(body["provenance"], params={"format": "fhir"}).json()
+    assert bundle["resourceType"] == "Bundle"
+    kinds = [e["resource"]["target"][0]["identifier"]["system"] for e in bundle["entry"]]
+    assert kinds.count("urn:medtwin:derived") == 8
+    assert kinds.count("urn:medtwin:observation") == len(posted)
+    prov = admin.get(body["provenance"], params={"format": "prov-json"}).json()
+    assert len(prov["activity"]) == 8
+    assert len(prov["wasGeneratedBy"]) == 8
     shallow = admin.get(body["provenance"], params={"depth": 0}).json()
     assert shallow["truncated"] is True
     assert "inputs" not in shallow

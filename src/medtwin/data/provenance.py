@@ -10,10 +10,11 @@ HTTP requests.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 
@@ -24,12 +25,16 @@ from medtwin.data.store import Origin, SqlStore, schema
 __all__ = ["InputRecord", "ObservationKey", "ProvenanceStore", "ResultRecord", "observation_id"]
 
 ObservationKey = tuple[str, str, int]  # (source, source_id, version)
+_NO_KEY = (None, None, None)
+_CHUNK = 2000  # ids per IN list: well under SQLite's and PostgreSQL's parameter limits
 InputKind = Literal["observation", "result", "attribute"]
 
 
-@dataclass(frozen=True, slots=True)
-class ResultRecord:
-    """One module result: outputs (None = null) of one twin, under its fingerprint."""
+class ResultRecord(NamedTuple):
+    """One module result: outputs (None = null) of one twin, under its fingerprint.
+
+    A tuple: the planner makes thousands per request.
+    """
 
     fingerprint: str
     module: str
@@ -40,8 +45,7 @@ class ResultRecord:
     parameters: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class InputRecord:
+class InputRecord(NamedTuple):
     """One input a result read: an observation key, an upstream fingerprint or a value."""
 
     input: str
@@ -49,6 +53,29 @@ class InputRecord:
     key: ObservationKey | None = None
     upstream: str | None = None
     value: str | None = None
+
+
+def outputs_json(outputs: dict[str, float | None]) -> str:
+    """``outputs`` as compact JSON; non-finite numbers as null (JSON has no NaN)."""
+    return (
+        "{"
+        + ",".join(
+            _json_key(name)
+            + ("null" if value is None or not math.isfinite(value) else repr(float(value)))
+            for name, value in outputs.items()
+        )
+        + "}"
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_key(name: str) -> str:
+    return json.dumps(name) + ":"
+
+
+def parameters_json(parameters: dict[str, Any]) -> str:
+    """Module parameters as canonical JSON (sorted keys): they are part of the fingerprint."""
+    return json.dumps(parameters, separators=(",", ":"), sort_keys=True)
 
 
 def observation_id(key: ObservationKey) -> str:
@@ -66,47 +93,48 @@ class ProvenanceStore:
 
     def save(self, results: Sequence[tuple[ResultRecord, Sequence[InputRecord]]]) -> None:
         """Store results with their inputs in one transaction; known fingerprints are kept."""
-        if not results:
-            return
-        params = self.store._params
+        encoded: dict[int, str] = {}  # the results of one module share their parameters
         result_rows = [
             (
-                r.fingerprint,
-                r.module,
-                r.version,
-                r.patient,
-                r.computed_us,
-                json.dumps(r.outputs, separators=(",", ":")),
-                json.dumps(r.parameters, separators=(",", ":"), sort_keys=True),
+                *r[:5],
+                outputs_json(r.outputs),
+                encoded.get(id(r.parameters))
+                or encoded.setdefault(id(r.parameters), parameters_json(r.parameters)),
             )
             for r, _ in results
         ]
         input_rows = [
-            (
-                r.fingerprint,
-                position,
-                i.input,
-                i.kind,
-                *(i.key if i.key is not None else (None, None, None)),
-                i.upstream,
-                i.value,
-            )
+            (r.fingerprint, position, i.input, i.kind, *(i.key or _NO_KEY), i.upstream, i.value)
             for r, inputs in results
             for position, i in enumerate(inputs)
         ]
+        self.save_rows(result_rows, input_rows)
+
+    def save_rows(
+        self, results: Sequence[tuple[Any, ...]], inputs: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """:meth:`save` for rows already in column order (the planner's bulk path).
+
+        ``results``: (fingerprint, module, version, patient, computed_us, outputs JSON,
+        parameters JSON); ``inputs``: (fingerprint, position, input, kind, source,
+        source_id, version, upstream, value).
+        """
+        if not results:
+            return
+        params = self.store._params
         with self.store.transaction() as conn:
             conn.exec_driver_sql(
                 "INSERT INTO module_results (fingerprint, module, version, patient_id, "
                 f"computed_us, outputs, parameters) VALUES ({params(7)}) "
                 "ON CONFLICT (fingerprint) DO NOTHING",
-                result_rows,
+                list(results),
             )
-            if input_rows:
+            if inputs:
                 conn.exec_driver_sql(
                     "INSERT INTO module_inputs (fingerprint, position, input, kind, source, "
                     f"source_id, version, upstream, value) VALUES ({params(9)}) "
                     "ON CONFLICT (fingerprint, position) DO NOTHING",
-                    input_rows,
+                    list(inputs),
                 )
 
     # -- reading --------------------------------------------------------------
@@ -117,8 +145,9 @@ class ProvenanceStore:
         wanted = sorted(set(fingerprints))
         out: dict[str, ResultRecord] = {}
         with self.store.reading() as conn:
-            for start in range(0, len(wanted), 500):
-                query = sa.select(table).where(table.c.fingerprint.in_(wanted[start : start + 500]))
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                query = sa.select(table).where(table.c.fingerprint.in_(chunk))
                 for row in conn.execute(query):
                     out[row.fingerprint] = _result(row)
         return out
@@ -169,10 +198,10 @@ class ProvenanceStore:
         wanted = sorted(set(fingerprints))
         out: dict[str, list[InputRecord]] = {fp: [] for fp in wanted}
         with self.store.reading() as conn:
-            for start in range(0, len(wanted), 500):
+            for start in range(0, len(wanted), _CHUNK):
                 query = (
                     sa.select(table)
-                    .where(table.c.fingerprint.in_(wanted[start : start + 500]))
+                    .where(table.c.fingerprint.in_(wanted[start : start + _CHUNK]))
                     .order_by(table.c.fingerprint, table.c.position)
                 )
                 for row in conn.execute(query):

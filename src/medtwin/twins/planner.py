@@ -19,7 +19,6 @@ a repeated request with nothing changed gives the same one and computes nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from numpy.typing import NDArray
 from medtwin.core.clock import Clock
 from medtwin.core.errors import NotFoundError
 from medtwin.core.records import ObservationStatus, QualityFlag
-from medtwin.data.provenance import InputRecord, ProvenanceStore, ResultRecord
+from medtwin.data.provenance import ProvenanceStore, outputs_json, parameters_json
 from medtwin.data.store import SqlStore, schema
 from medtwin.models.modules import (
     AttributeInput,
@@ -90,12 +89,42 @@ class PlannerStats:
 
 
 @dataclass
+class _Fresh:
+    """Rows of the results a request computed, stored together at its end."""
+
+    results: list[tuple[Any, ...]] = field(default_factory=list)
+    inputs: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+@dataclass
 class _Inputs:
     """A module's inputs for the twins of a request, and what each twin's value came from."""
 
     values: dict[str, Any]
     identities: list[list[str]]  # per input, per twin: what the fingerprint hashes
-    records: list[list[InputRecord]]  # per twin: every input it read
+    # Per input: its name, kind, and per twin the observation keys, fingerprint or value.
+    reads: list[tuple[str, str, list[Any]]]
+
+    def rows(self, i: int, fingerprint: str, out: list[tuple[Any, ...]]) -> None:
+        """Append the ``module_inputs`` rows of twin ``i``: every input it read, in order.
+
+        Built only for the twins computed, straight as rows (thousands per request).
+        """
+        position = 0
+        for name, kind, per_twin in self.reads:
+            read = per_twin[i]
+            if kind == "observation":
+                for source, source_id, version in read:
+                    out.append(
+                        (fingerprint, position, name, kind, source, source_id, version, None, None)
+                    )
+                    position += 1
+                continue
+            if kind == "result":
+                out.append((fingerprint, position, name, kind, None, None, None, read, None))
+            else:
+                out.append((fingerprint, position, name, kind, None, None, None, None, read))
+            position += 1
 
 
 class Planner:
@@ -141,11 +170,11 @@ class Planner:
             rows = runtime.rows_of(patients)
             now = self.clock.now_us()
             runs: dict[str, ModuleRun] = {}
-            fresh: list[tuple[ResultRecord, Sequence[InputRecord]]] = []
+            fresh = _Fresh()
             for module in order:
                 runs[module.name] = self._run(module, patients, rows, now, runs, fresh)
-            if persist and fresh:
-                self.provenance.save(fresh)
+            if persist and fresh.results:
+                self.provenance.save_rows(fresh.results, fresh.inputs)
         return Derivation(patients, now, runs)
 
     def _run(
@@ -155,11 +184,11 @@ class Planner:
         rows: NDArray[np.intp],
         now: int,
         runs: dict[str, ModuleRun],
-        fresh: list[tuple[ResultRecord, Sequence[InputRecord]]],
+        fresh: _Fresh,
     ) -> ModuleRun:
         n = len(patients)
         inputs = self._inputs(module, patients, rows, now, runs)
-        parameters = json.dumps(dict(module.parameters), sort_keys=True, separators=(",", ":"))
+        parameters = parameters_json(dict(module.parameters))
         head = f"{module.name}\x1f{module.version}\x1f{parameters}\x1f"
         fingerprints = [
             hashlib.blake2b(
@@ -198,7 +227,6 @@ class Planner:
             result = module.compute(subset)
             self.stats.calls[module.name] += 1
             self.stats.computed[module.name] += len(todo)
-            parameters_json = json.loads(parameters)
             for name in names:
                 column = np.asarray(result[name], dtype=np.float64)
                 if column.shape != (len(todo),):
@@ -207,19 +235,26 @@ class Planner:
                         f"expected ({len(todo)},)"
                     )
                 outputs[name][todo] = column
+            columns = [outputs[name].tolist() for name in names]
             for k in todo.tolist():
-                values = {name: _json_number(outputs[name][k]) for name in names}
-                self._remember(fingerprints[k], values)
-                record = ResultRecord(
-                    fingerprints[k],
-                    module.name,
-                    module.version,
-                    patients[k],
-                    now,
-                    values,
-                    parameters_json,
+                values = {
+                    name: None if column[k] != column[k] else column[k]  # NaN is null
+                    for name, column in zip(names, columns, strict=True)
+                }
+                fingerprint = fingerprints[k]
+                self._remember(fingerprint, values)
+                fresh.results.append(
+                    (
+                        fingerprint,
+                        module.name,
+                        module.version,
+                        patients[k],
+                        now,
+                        outputs_json(values),
+                        parameters,
+                    )
                 )
-                fresh.append((record, inputs.records[k]))
+                inputs.rows(k, fingerprint, fresh.inputs)
         return ModuleRun(module.name, module.version, fingerprints, outputs, computed)
 
     def _remember(self, fingerprint: str, values: dict[str, float | None]) -> None:
@@ -236,10 +271,9 @@ class Planner:
         now: int,
         runs: dict[str, ModuleRun],
     ) -> _Inputs:
-        n = len(patients)
         values: dict[str, Any] = {}
         identities: list[list[str]] = []
-        records: list[list[list[InputRecord]]] = []  # per input, per twin
+        reads: list[tuple[str, str, list[Any]]] = []
         for item in module.inputs:
             name = item.name
             if isinstance(item, ObservationInput):
@@ -251,7 +285,7 @@ class Planner:
                     identities.append(
                         [f"{declared}\x1f{_key_text(k)}" if k else declared for k in keys]
                     )
-                    records.append([_observation_records(name, [k] if k else []) for k in keys])
+                    reads.append((name, "observation", [[k] if k else [] for k in keys]))
                 else:
                     found = self._window(patients, item.code, now - window_us, now)
                     values[name] = _aggregate(found, item.aggregate)
@@ -261,27 +295,21 @@ class Planner:
                             for readings in found
                         ]
                     )
-                    records.append(
-                        [_observation_records(name, [k for k, _, _ in r]) for r in found]
-                    )
+                    reads.append((name, "observation", [[k for k, _, _ in r] for r in found]))
             elif isinstance(item, ResultInput):
                 upstream = runs[item.module]
                 values[name] = upstream.outputs[item.output]
                 declared = f"{name}\x1fresult\x1f{item.module}\x1f{item.output}"
                 identities.append([f"{declared}\x1f{fp}" for fp in upstream.fingerprints])
-                records.append(
-                    [[InputRecord(name, "result", upstream=fp)] for fp in upstream.fingerprints]
-                )
+                reads.append((name, "result", upstream.fingerprints))
             elif isinstance(item, AttributeInput):
                 value = self.runtime.attribute(rows, item.attribute)
                 values[name] = value
                 texts = [_number_text(v) for v in value]
                 declared = f"{name}\x1fattribute\x1f{item.attribute}"
                 identities.append([f"{declared}\x1f{t}" for t in texts])
-                records.append([[InputRecord(name, "attribute", value=t)] for t in texts])
-        # Records per twin: the inputs flattened in declaration order.
-        per_twin = [[r for records_of in records for r in records_of[i]] for i in range(n)]
-        return _Inputs(values, identities, per_twin)
+                reads.append((name, "attribute", texts))
+        return _Inputs(values, identities, reads)
 
     def _window(
         self, patients: list[str], code: str, start_us: int, end_us: int
@@ -332,10 +360,6 @@ class Planner:
         return out
 
 
-def _observation_records(name: str, keys: Sequence[ObservationKey]) -> list[InputRecord]:
-    return [InputRecord(name, "observation", key=key) for key in keys]
-
-
 def _aggregate(found: list[list[tuple[ObservationKey, int, float]]], how: str) -> Any:
     if how == "all":
         counts = np.array([len(r) for r in found], dtype=np.intp)
@@ -380,10 +404,6 @@ def _fill(outputs: dict[str, NDArray[np.float64]], i: int, values: dict[str, flo
     for name, column in outputs.items():
         value = values.get(name)
         column[i] = np.nan if value is None else value
-
-
-def _json_number(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
 
 
 def _number_text(value: float) -> str:

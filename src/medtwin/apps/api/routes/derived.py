@@ -14,6 +14,7 @@ from medtwin.apps.api.schemas import DerivedOut, ErrorAnswer, ModuleOut
 from medtwin.core.errors import NotFoundError
 from medtwin.data.accounts import Role
 from medtwin.data.provenance import ResultRecord
+from medtwin.data.provenance_export import to_fhir, to_prov_json
 from medtwin.models.modules import AttributeInput, Module, ObservationInput, ResultInput
 
 router = APIRouter(prefix="/api/v1", tags=["derived"])
@@ -84,10 +85,20 @@ async def get_provenance(
     depth: Annotated[
         int | None, Query(ge=0, le=64, description="result levels to expand; default all")
     ] = None,
-    format: Annotated[Literal["tree"], Query(description="tree (medtwin JSON)")] = "tree",
+    format: Annotated[
+        Literal["tree", "fhir", "prov-json"],
+        Query(
+            description="tree: medtwin JSON; fhir: a FHIR R4 Bundle of Provenance "
+            "resources; prov-json: a W3C PROV-JSON document"
+        ),
+    ] = "tree",
 ) -> dict[str, Any]:
     """Everything the value was computed from: module results, observations, messages."""
     tree: dict[str, Any] = await run_in_threadpool(context.provenance.tree, derived_id, depth=depth)
+    if format == "fhir":
+        return to_fhir(tree)
+    if format == "prov-json":
+        return to_prov_json(tree)
     return tree
 
 
