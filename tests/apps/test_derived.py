@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from medtwin.data.accounts import Role
 from tests.apps.conftest import NEWS2_ZERO, LiveServer, post_values
 
@@ -107,3 +109,20 @@ def httpx_status(server: LiveServer, path: str) -> int:
     import httpx
 
     return httpx.get(server.url + path, timeout=10).status_code
+
+
+def test_the_service_derives_and_stores_values_without_being_asked(
+    live_server: LiveServer,
+) -> None:
+    post_values(live_server, "p1", NEWS2_ZERO, prefix="auto")
+    provenance = live_server.context.provenance
+    deadline = time.monotonic() + 10
+    while provenance.latest("p1", "news2") is None:
+        assert time.monotonic() < deadline, "no NEWS2 derived by the refresh pass"
+        time.sleep(0.1)
+    stored = provenance.latest("p1", "news2")
+    assert stored is not None
+    assert stored.outputs["score"] == 0
+    asked = live_server.admin.get("/api/v1/patients/p1/derived/news2").json()
+    assert asked["id"] == stored.fingerprint
+    assert asked["cached"] is True

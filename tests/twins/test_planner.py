@@ -336,3 +336,20 @@ def test_a_module_answering_the_wrong_shape_is_named(rig: Rig) -> None:
         ValueError, match=r"module 'bad' output 'out' has shape \(3,\), expected \(1,\)"
     ):
         rig.planner.request(["bad"], ["p1"])
+
+
+def test_derive_brings_every_twin_up_to_date_and_announces_new_values(rig: Rig) -> None:
+    rig.post("p1", NORMAL)
+    rig.post("p2", NORMAL)
+    events = rig.planner.derive()
+    assert sorted(e["patient"] for e in events) == ["p1", "p2"]
+    assert {e["module"] for e in events} == {"news2"}  # only what nothing else reads
+    assert events[0]["outputs"]["score"] == {"value": 0, "unit": "{score}"}
+    assert rig.planner.derive() == []
+    rig.post("p2", {RR: 27}, minutes_ago=1)
+    (event,) = rig.planner.derive()
+    assert event["patient"] == "p2"
+    assert event["outputs"]["score"]["value"] == 3
+    assert rig.planner.provenance.latest("p2", "news2") == rig.planner.provenance.result(
+        event["id"]
+    )

@@ -177,6 +177,39 @@ class Planner:
                 self.provenance.save_rows(fresh.results, fresh.inputs)
         return Derivation(patients, now, runs)
 
+    def derive(self, targets: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Bring ``targets`` (default: modules nothing reads) up to date for every twin.
+
+        Returns a ``derived.updated`` event for each target result computed now (the
+        twins whose inputs changed, or aged out of a window, since the last pass).
+        """
+        if targets is None:
+            read = {i.module for m in self.graph for i in m.inputs if isinstance(i, ResultInput)}
+            targets = [m.name for m in self.graph if m.name not in read]
+        derivation = self.request(targets)
+        events: list[dict[str, Any]] = []
+        for name in targets:
+            run = derivation.runs[name]
+            units = {out.name: out.unit for out in self.graph[name].outputs}
+            for i in np.flatnonzero(run.computed).tolist():
+                events.append(
+                    {
+                        "type": "derived.updated",
+                        "patient": derivation.patients[i],
+                        "module": name,
+                        "version": run.version,
+                        "id": run.fingerprints[i],
+                        "outputs": {
+                            output: {
+                                "value": derivation.value(name, output, derivation.patients[i]),
+                                "unit": unit,
+                            }
+                            for output, unit in units.items()
+                        },
+                    }
+                )
+        return events
+
     def _run(
         self,
         module: Module,
