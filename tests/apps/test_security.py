@@ -93,13 +93,18 @@ def bearer(client: TestClient, user: str) -> dict[str, str]:
 
 
 def patient_routes(client: TestClient, role: Role | None = None) -> list[tuple[str, str]]:
-    """(method, path) of each patient-scoped HTTP route (that ``role`` may call), {patient} kept."""
+    """(method, path) of each patient-scoped HTTP route (that ``role`` may call), {patient} kept.
+
+    Routes that name their patient through another id (a derived value's) are left to
+    their own tests; a module name in the path is filled in.
+    """
     out = []
     for route in routes_of(client.app.routes):  # type: ignore[attr-defined]
-        if isinstance(route, APIRoute):
+        if isinstance(route, APIRoute) and "{patient}" in route.path:
             policies = [p for d in route.dependant.dependencies if (p := policy_of(d))]
             if any(p.patient_scoped and (role is None or role in p.roles) for p in policies):
-                out += [(method, route.path) for method in sorted(route.methods)]
+                path = route.path.replace("{name}", "news2")
+                out += [(method, path) for method in sorted(route.methods)]
     return out
 
 

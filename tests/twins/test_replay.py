@@ -9,7 +9,7 @@ import pytest
 
 from medtwin.core.clock import FixedClock
 from medtwin.core.errors import NotFoundError
-from medtwin.data.store import QuarantineEntry, SqlStore
+from medtwin.data.store import Origin, QuarantineEntry, SqlStore
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
 from medtwin.twins.replay import Replayers
 
@@ -83,3 +83,40 @@ def test_whole_bodies_and_unknown_channels(store: SqlStore) -> None:
     assert [e.channel for e in store.quarantined(channel="pager")] == ["pager"]
     with pytest.raises(NotFoundError):
         replayers.replay(999)
+
+
+def test_what_a_replay_stores_traces_to_its_quarantine_entry(store: SqlStore) -> None:
+    clock = FixedClock(NOW)
+    ingestor = Ingestor(store, TwinRuntime(clock), EventBus(), clock)
+    replayers = Replayers(store, ingestor, clock)
+    body = json.dumps({"observations": [_item(0), {**_item(0), "id": "hr-2"}]})
+    listed = json.dumps([{**_item(0), "id": "hr-3"}])
+    store.quarantine(
+        [
+            QuarantineEntry("api", "body", "rate limited", body, received_us=clock.now_us()),
+            QuarantineEntry("cli:night.jsonl", "night.jsonl:4", "x", listed, received_us=1),
+        ]
+    )
+    (item_entry,) = [e for e in store.quarantined() if e.channel == "api"]
+    (file_entry,) = [e for e in store.quarantined() if e.channel.startswith("cli:")]
+    assert item_entry.row_id is not None
+    assert file_entry.row_id is not None
+    # An item refused for its time: the replay that takes it in is its origin.
+    ingestor.ingest([{**_item(30), "id": "hr-4"}], origins=[Origin("api", "req-1", "[0]")])
+    (late,) = [e for e in store.quarantined() if e.location == "observations[0].time"]
+    assert late.row_id is not None
+    clock.advance(31 * 60)
+    for entry in (item_entry, file_entry, late):
+        assert replayers.replay(entry.row_id or 0).taken
+    keys = [("monitor-1", f"hr-{n}", 1) for n in (1, 2, 3, 4)]
+    assert store.origins_of(keys) == {
+        keys[0]: Origin("api", f"quarantine/{item_entry.row_id}", "observations[0]"),
+        keys[1]: Origin("api", f"quarantine/{item_entry.row_id}", "observations[1]"),
+        keys[2]: Origin("file", f"quarantine/{file_entry.row_id}", "[0]"),
+        keys[3]: Origin("api", f"quarantine/{late.row_id}", None),
+    }
+    # Replayed items already stored are duplicates: the first origin stays.
+    store.quarantine([QuarantineEntry("api", "b", "again", body, received_us=clock.now_us())])
+    (repeat,) = store.quarantined(resolved=False)
+    assert replayers.replay(repeat.row_id or 0).taken
+    assert store.origins_of(keys[:1])[keys[0]].message == f"quarantine/{item_entry.row_id}"

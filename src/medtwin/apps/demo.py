@@ -21,7 +21,7 @@ from medtwin.apps.commands.users import new_password
 from medtwin.core.clock import AcceleratedClock, from_us
 from medtwin.core.settings import Settings
 from medtwin.data.accounts import Accounts, Role
-from medtwin.data.store import SqlStore, store_for
+from medtwin.data.store import Origin, SqlStore, store_for
 from medtwin.devices.simulated import VirtualWard, WardConfig
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,13 @@ def run_ward(ward: VirtualWard) -> BackgroundTask:
 
     async def run(context: ServiceContext) -> None:
         while True:
-            items = ward.advance(context.clock.now())
+            now = context.clock.now()
+            items = ward.advance(now)
+            # One message per step of the ward, named by its (simulated) time.
+            message = f"ward-{now:%Y%m%dT%H%M%SZ}"
+            origins: list[Origin | None] = [
+                Origin("demo", message, f"[{i}]") for i in range(len(items))
+            ]
             for start in range(0, len(items), BATCH):
                 try:
                     await run_in_threadpool(
@@ -46,6 +52,7 @@ def run_ward(ward: VirtualWard) -> BackgroundTask:
                             items[start : start + BATCH],
                             channel="simulator",
                             care_team=DEMO_TEAM,
+                            origins=origins[start : start + BATCH],
                         )
                     )
                 except Exception:  # the ward keeps running; the failure is logged

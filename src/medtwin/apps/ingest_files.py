@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from medtwin.data.store import QuarantineEntry
+from medtwin.data.store import Origin, QuarantineEntry
 from medtwin.data.store.writer import WriterProcess
 from medtwin.devices.jsonl import Line, read_jsonl
 from medtwin.twins import Ingestor
@@ -30,6 +30,9 @@ def ingest_files(
     ``read`` turns a file into lines, each an item or a fault with its place
     (``read_jsonl``; ``functools.partial(read_csv, mapping=...)`` for CSV).
 
+    Every stored observation records its origin: channel ``file``, the file's name
+    and ``name:line``.
+
     With ``writer`` (a :class:`WriterProcess` on the ingestor's store), batches are
     stored by the writer while the next ones are read and validated here
     (:meth:`Ingestor.ingest_stream`): same outcome, about half again as fast for
@@ -38,10 +41,16 @@ def ingest_files(
     totals = {"stored": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
     for path in paths:
         channel = f"cli:{path.name}"
+        name = _storable(path.name)
         line_numbers: deque[list[int]] = deque()  # of the batches read, not yet answered
+        origins: deque[list[Origin | None]] = deque()  # taken by ingest_stream as it reads
 
         def batches(
-            path: Path, channel: str, line_numbers: deque[list[int]]
+            path: Path,
+            channel: str,
+            name: str,
+            line_numbers: deque[list[int]],
+            origins: deque[list[Origin | None]],
         ) -> Iterator[list[Any]]:
             items: list[Any] = []
             numbers: list[int] = []
@@ -68,14 +77,19 @@ def ingest_files(
                 numbers.append(line.number)
                 if len(items) >= batch:
                     line_numbers.append(numbers)
+                    origins.append(_origins(name, numbers))
                     yield items
                     items, numbers = [], []
             if items:
                 line_numbers.append(numbers)
+                origins.append(_origins(name, numbers))
                 yield items
 
         for results in ingestor.ingest_stream(
-            batches(path, channel, line_numbers), channel=channel, writer=writer
+            batches(path, channel, name, line_numbers, origins),
+            channel=channel,
+            writer=writer,
+            origins=_drain(origins),
         ):
             numbers = line_numbers.popleft()
             for result in results:
@@ -85,3 +99,21 @@ def ingest_files(
             if progress:
                 progress(path, len(results))
     return totals
+
+
+def _origins(name: str, numbers: list[int]) -> list[Origin | None]:
+    return [Origin("file", name, f"{name}:{number}") for number in numbers]
+
+
+def _drain(origins: deque[list[Origin | None]]) -> Iterator[list[Origin | None]]:
+    """The origins of each batch, taken once reading that batch has put them there.
+
+    ``ingest_stream`` zips this with the batches, asking for a batch first.
+    """
+    while origins:
+        yield origins.popleft()
+
+
+def _storable(name: str) -> str:
+    """A file name every store can keep: undecodable bytes of it become ``?``."""
+    return name.encode("utf-8", "replace").decode("utf-8")

@@ -6,6 +6,7 @@ through that channel's own path. A replay either takes the whole payload in
 nothing: a payload still at fault is reported, not quarantined again.
 Adapters register their replayers for their channels (``fhir``, ``mllp``,
 ``mqtt``); observation items (``api``, ``cli``, ``replay``) are built in.
+What a replay stores has the quarantine entry as its origin (``quarantine/<row id>``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from medtwin.core.clock import Clock
 from medtwin.core.errors import NotFoundError
-from medtwin.data.store import QuarantineEntry, Store
+from medtwin.data.store import Origin, QuarantineEntry, Store
 from medtwin.twins.ingest import Ingestor
 
 __all__ = ["ReplayOutcome", "Replayer", "Replayers"]
@@ -38,6 +39,9 @@ class ReplayOutcome:
 Replayer = Callable[[QuarantineEntry], tuple[str, str] | None]
 
 _ITEM_CHANNELS = ("api", "cli", "replay")
+# Quarantine channel -> the origin channel of what its replay stores (a file ingested
+# from the command line is quarantined as "cli:<file name>").
+_ORIGIN_CHANNELS = {"cli": "file"}
 
 
 class Replayers:
@@ -76,13 +80,23 @@ class Replayers:
             document: Any = json.loads(entry.payload)
         except json.JSONDecodeError as exc:
             return f"payload is not JSON: {exc.msg}", f"payload:{exc.lineno}:{exc.colno}"
+        paths: list[str | None]  # of each item in the payload, for its origin
         if isinstance(document, dict) and isinstance(document.get("observations"), list):
             items = document["observations"]
+            paths = [f"observations[{i}]" for i in range(len(items))]
         elif isinstance(document, list):
             items = document
+            paths = [f"[{i}]" for i in range(len(items))]
         else:
             items = [document]
-        prepared = self.ingestor.prepare(items, channel="replay")
+            paths = [None]
+        origins = None
+        if entry.row_id is not None:
+            kind = entry.channel.split(":", 1)[0]
+            channel = _ORIGIN_CHANNELS.get(kind, kind)
+            message = f"quarantine/{entry.row_id}"
+            origins = [Origin(channel, message, path) for path in paths]
+        prepared = self.ingestor.prepare(items, channel="replay", origins=origins)
         if prepared.rejections:
             first = prepared.rejections[0]
             return first.reason, first.location()

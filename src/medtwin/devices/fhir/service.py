@@ -27,7 +27,7 @@ from medtwin.core.records import LOINC, Intervention, Patient, QualityFlag
 from medtwin.data import mappings
 from medtwin.data.consent import ConsentStore
 from medtwin.data.crypto import DataKeys
-from medtwin.data.store import AppendStatus, QuarantineEntry, SqlStore, schema
+from medtwin.data.store import AppendStatus, Origin, QuarantineEntry, SqlStore, schema
 from medtwin.data.store.base import _conflict_entry, _dedupe
 from medtwin.data.validation import ID_PATTERN as PATIENT_ID
 from medtwin.data.vault import PatientVault, Privacy, encode
@@ -230,7 +230,15 @@ class FhirService:
             digest = hashlib.sha256(
                 json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
             ).hexdigest()
-            return self._commit(kind, entries, digest, care_team=care_team, source=source)
+            bundle_id = document.get("id")
+            message = (
+                bundle_id
+                if isinstance(bundle_id, str) and ID_PATTERN.fullmatch(bundle_id)
+                else f"bundle-{digest[:16]}"
+            )
+            return self._commit(
+                kind, entries, digest, message=message, care_team=care_team, source=source
+            )
         except FhirError as exc:
             self._quarantine(exc, raw, document, source)
             raise
@@ -265,7 +273,14 @@ class FhirService:
             issues = [issue for entry in entries for issue in entry.issues]
             if issues:
                 raise InvalidResourceError(issues)
-            self._commit("transaction", entries, None, care_team=care_team, source=source)
+            self._commit(
+                "transaction",
+                entries,
+                None,
+                message=f"{resource_type}/{resource_id}",
+                care_team=care_team,
+                source=source,
+            )
         except FhirError as exc:
             self._quarantine(exc, raw, document, source)
             raise
@@ -436,9 +451,12 @@ class FhirService:
         entries: list[_Entry],
         digest: str | None,
         *,
+        message: str,
         care_team: str | None,
         source: str | None,
     ) -> BundleResult:
+        """Write what the entries carry in one transaction; ``message`` names the input
+        in the origin of every observation stored (the Bundle, or ``Type/id`` of a PUT)."""
         ingestor = self.ingestor
         now = ingestor.clock.now_us()
         # The ingestor's commit lock: the twins see batches in the order the store took them.
@@ -450,7 +468,8 @@ class FhirService:
                         report = BundleReport(**{**stored["report"], "replayed": True})
                         return BundleResult(stored["response"], report)
                 plan = self._plan(conn, kind, entries)
-                batch = self._prepare(kind, plan)
+                # Only a Bundle has entries to name (a PUT has no digest).
+                batch = self._prepare(kind, plan, message, in_bundle=digest is not None)
                 failed = [e for e in entries if e.failed]
                 if kind == "transaction" and failed:
                     raise _failure([i for e in failed for i in e.issues])
@@ -851,11 +870,20 @@ class FhirService:
                 if intervention is not None:
                     plan.interventions.append(intervention)
 
-    def _prepare(self, kind: str, plan: _Plan) -> PreparedBatch | None:
-        """Validate the observation items; a rejected one fails its entry."""
+    def _prepare(
+        self, kind: str, plan: _Plan, message: str, *, in_bundle: bool
+    ) -> PreparedBatch | None:
+        """Validate the observation items; a rejected one fails its entry.
+
+        Each item's origin is ``message`` and, in a Bundle, its entry ``Bundle.entry[i]``.
+        """
         if not plan.items:
             return None
-        batch = self.ingestor.prepare(plan.items, channel=CHANNEL)
+        origins = [
+            Origin(CHANNEL, message, f"Bundle.entry[{entry.index}]" if in_bundle else None)
+            for entry, _ in plan.item_entries
+        ]
+        batch = self.ingestor.prepare(plan.items, channel=CHANNEL, origins=origins)
         if not batch.rejections:
             return batch
         failed: set[int] = set()
@@ -876,6 +904,7 @@ class FhirService:
             rejections=[],
             observations=[obs for _, obs in accepted],
             quarantine=[],
+            origins=[origins[i] for i, _ in accepted],
         )
 
     # -- writing (inside the write transaction) ------------------------------
@@ -932,6 +961,8 @@ class FhirService:
         fresh = store._insert_observations(conn, unique, batch.received_us)
         if len(fresh) != len(unique):
             store._classify_existing(conn, unique, fresh, statuses)
+        if batch.origins is not None and fresh:
+            store._insert_origins(conn, unique, fresh, batch.origins)
         conflicts = [
             _conflict_entry(obs, CHANNEL, batch.received_us)
             for obs, status in zip(batch.observations, statuses, strict=True)

@@ -39,7 +39,7 @@ from medtwin.core.clock import Clock, from_us, to_us
 from medtwin.core.errors import ConfigurationError, InputError, StoreError
 from medtwin.core.records import LOINC, ObservationStatus, Patient
 from medtwin.data import mappings
-from medtwin.data.store import QuarantineEntry, SqlStore
+from medtwin.data.store import Origin, QuarantineEntry, SqlStore
 from medtwin.data.store import schema as tables
 from medtwin.devices.hl7.ack import AckCode, ErrorCode, Fault, build_ack, enhanced_code
 from medtwin.devices.hl7.ack import sends_accept_ack as _sends
@@ -223,7 +223,14 @@ class HL7Processor:
             if work.faults:
                 fault = work.faults[0][0]
                 return fault.reason, fault.location
-            prepared = self.ingestor.prepare([obx.item for obx in work.items], channel=CHANNEL)
+            # The origin is the quarantined part; its OBX keeps its place in the message.
+            message = f"quarantine/{entry.row_id}"
+            origins = [Origin(CHANNEL, message, f"OBX[{obx.index}]") for obx in work.items]
+            prepared = self.ingestor.prepare(
+                [obx.item for obx in work.items],
+                channel=CHANNEL,
+                origins=origins if entry.row_id is not None else None,
+            )
             if prepared.rejections:
                 rejection = prepared.rejections[0]
                 obx = work.items[rejection.index]
@@ -399,11 +406,14 @@ class HL7Processor:
         raises :class:`_ResendError` (rolled back) and the caller goes one by one.
         """
         items: list[Any] = []
+        origins: list[Origin | None] = []
         offsets: list[int] = []
         for work in works:
             offsets.append(len(items))
             items.extend(obx.item for obx in work.items)
-        prepared = self.ingestor.prepare(items, channel=CHANNEL)
+            message = _message_of(work.parsed.header)
+            origins.extend(Origin(CHANNEL, message, f"OBX[{obx.index}]") for obx in work.items)
+        prepared = self.ingestor.prepare(items, channel=CHANNEL, origins=origins)
         rejected: list[list[Fault]] = [[] for _ in works]
         entries: list[QuarantineEntry] = []
         for work in works:
@@ -792,6 +802,11 @@ def _code_of(item_field: str) -> int:
 def _obx_order(fault: Fault) -> tuple[int, str]:
     digits = "".join(c for c in fault.location.split("]")[0] if c.isdigit())
     return (int(digits) if digits else 0, fault.location)
+
+
+def _message_of(header: Header) -> str:
+    """The origin's message: ``sender|control id``, as a store can keep them."""
+    return f"{payload_text(header.sender)}|{payload_text(header.control_id)}"
 
 
 def _control(header: Header | None) -> str:

@@ -42,7 +42,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from medtwin.core.clock import from_us
 from medtwin.core.errors import ConfigurationError, MedtwinError
 from medtwin.core.settings import Settings
-from medtwin.data.store import QuarantineEntry, SqlStore
+from medtwin.data.store import Origin, QuarantineEntry, SqlStore
 from medtwin.devices.mqtt.bindings import DeviceBindings
 from medtwin.devices.mqtt.fastclient import BufferedClient
 from medtwin.devices.mqtt.interventions import store_interventions
@@ -400,7 +400,7 @@ class MqttSubscriber:
         index = self.bindings.index(p.device for p in parsed if not isinstance(p, PayloadRejection))
         now = self.ingestor.clock.now_us()
         items: list[dict[str, Any]] = []
-        origins: list[DeviceObservation] = []
+        readings: list[DeviceObservation] = []
         treatments: list[tuple[DeviceIntervention, str]] = []
         quarantine: list[QuarantineEntry] = []
         for reading in parsed:
@@ -426,7 +426,7 @@ class MqttSubscriber:
                 )
             elif isinstance(reading, DeviceObservation):
                 items.append(reading.item(patient))
-                origins.append(reading)
+                readings.append(reading)
             else:
                 treatments.append((reading, patient))
         treated = 0
@@ -440,14 +440,18 @@ class MqttSubscriber:
             )
             quarantine.extend(refused)
             treated = len(treatments) - len(refused)
-        prepared = self.ingestor.prepare(items, channel=CHANNEL)
+        # Each observation came in on its device's topic, as reading boot_id.seq.
+        origins: list[Origin | None] = [
+            Origin(CHANNEL, reading.topic, reading.reading_id) for reading in readings
+        ]
+        prepared = self.ingestor.prepare(items, channel=CHANNEL, origins=origins)
         invalid = [
             QuarantineEntry(
                 CHANNEL,
-                f"{origins[r.index].topic}: {_PAYLOAD_FIELD.get(r.field, r.field) or 'payload'}",
+                f"{readings[r.index].topic}: {_PAYLOAD_FIELD.get(r.field, r.field) or 'payload'}",
                 r.reason,
-                origins[r.index].raw,
-                origins[r.index].device,
+                readings[r.index].raw,
+                readings[r.index].device,
                 prepared.received_us,
             )
             for r in prepared.rejections

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -16,7 +18,7 @@ from medtwin.apps.api.deps import Context, guard
 from medtwin.apps.api.errors import error_response
 from medtwin.apps.api.schemas import ErrorAnswer, IngestAnswer, ObservationBatch
 from medtwin.data.accounts import Role
-from medtwin.data.store import QuarantineEntry
+from medtwin.data.store import Origin, QuarantineEntry
 from medtwin.twins.ingest import IngestResult
 
 router = APIRouter(prefix="/api/v1/observations", tags=["observations"])
@@ -29,8 +31,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# A client's own request id is kept only when it is a short, plain token: it is stored
+# with every observation of the request and echoed in a header.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
 class _TooLargeError(Exception):
     pass
+
+
+def request_id(request: Request) -> str:
+    """The client's ``X-Request-ID`` when it is a safe token, else a new ``req-<hex>``."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return f"req-{uuid.uuid4().hex}"
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -64,18 +80,29 @@ async def post_observations(
     """Validate, store and score a batch; one result per item, answered once durable.
 
     A device's API key writes only for the sources it owns; patients first seen
-    through a key bound to a care team join that team.
+    through a key bound to a care team join that team. The request id is answered
+    in ``X-Request-ID`` and recorded as the origin of every observation stored.
     """
+    request_key = request_id(request)
     items = await read_batch(request, context, principal, "observations")
     if isinstance(items, JSONResponse):
+        items.headers[REQUEST_ID_HEADER] = request_key
         return items
     sources = principal.sources if principal.role is Role.DEVICE else None
+    # Each item's entry is its JSON path, as a rejection of it would name it.
+    origins = [Origin("api", request_key, f"observations[{i}]") for i in range(len(items))]
     results = await run_in_threadpool(
         lambda: context.ingestor.ingest(
-            items, channel="api", sources=sources, care_team=principal.care_team
+            items,
+            channel="api",
+            sources=sources,
+            care_team=principal.care_team,
+            origins=origins,
         )
     )
-    return ingest_answer(results)
+    answer = ingest_answer(results)
+    answer.headers[REQUEST_ID_HEADER] = request_key
+    return answer
 
 
 async def read_batch(
