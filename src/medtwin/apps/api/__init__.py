@@ -19,6 +19,7 @@ from medtwin.apps.api.ratelimit import RateLimit
 from medtwin.apps.api.routes import (
     auth,
     consents,
+    derived,
     devices,
     events,
     fhir,
@@ -43,11 +44,16 @@ BackgroundTask = Callable[[ServiceContext], Coroutine[Any, Any, None]]
 
 
 async def refresh_twins(context: ServiceContext) -> None:
-    """Rescore twins as values age out of their windows, every refresh interval."""
+    """Every refresh interval: rescore twins as values age out of their windows, and
+    bring every derived value up to date (stored with its provenance, announced as
+    ``derived.updated`` events)."""
     while True:
         await asyncio.sleep(context.settings.refresh_interval_s)
         try:
             await run_in_threadpool(context.ingestor.refresh)
+            events = await run_in_threadpool(context.planner.derive)
+            if events and context.bus.has_subscribers:
+                context.bus.publish(events)
         except Exception:  # keep refreshing: one failed pass must not stop the ward
             log.exception("twin refresh failed")
 
@@ -103,6 +109,7 @@ def create_app(
         consents,
         devices,
         twins,
+        derived,
         research,
         quarantine,
         health,
@@ -110,6 +117,9 @@ def create_app(
         fhir,
     ):
         app.include_router(module.router)
+    from medtwin.apps.api import graphql
+
+    graphql.install(app, settings)
     from medtwin.apps import dashboard
 
     dashboard.install(app)
