@@ -108,6 +108,7 @@ def test_the_same_request_twice_computes_once(rig: Rig) -> None:
     assert not any(run.computed.any() for run in second.runs.values())
     assert second.fingerprint("news2", "p1") == first.fingerprint("news2", "p1")
     assert second.value("news2", "score", "p1") == 0
+    assert rig.planner.stats.memo_hits == 1  # the twin had not changed: no input was read
 
 
 def test_a_new_observation_makes_exactly_its_dependents_stale(rig: Rig) -> None:
@@ -119,6 +120,7 @@ def test_a_new_observation_makes_exactly_its_dependents_stale(rig: Rig) -> None:
     after = rig.planner.request(["news2"], ["p1", "p2"])
     assert _computed_since(rig, before) == {"news2.pulse": 1, "news2": 1}
     assert after.runs["news2.pulse"].computed.tolist() == [True, False]
+    assert rig.planner.stats.memo_hits == 1  # p2 unchanged
     assert after.runs["news2"].computed.tolist() == [True, False]
     for name in SUBSCORES:
         if name != "news2.pulse":

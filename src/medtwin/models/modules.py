@@ -159,6 +159,7 @@ class ModuleGraph:
 
     def __init__(self, modules: Iterable[Module] = (), *, codes: Collection[str]) -> None:
         self.codes = frozenset(codes)
+        self.generation = 0  # counts registrations: plans made before one are stale
         self._modules: dict[str, Module] = {}
         self.register(*modules)
 
@@ -194,6 +195,7 @@ class ModuleGraph:
             self._check_inputs(module, candidate)
         _check_acyclic(candidate)
         self._modules = candidate
+        self.generation += 1
 
     def _check_inputs(self, module: Module, modules: Mapping[str, Module]) -> None:
         for item in module.inputs:

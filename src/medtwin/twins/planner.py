@@ -86,6 +86,63 @@ class PlannerStats:
     computed: Counter[str] = field(default_factory=Counter)
     memory_hits: int = 0
     store_hits: int = 0
+    memo_hits: int = 0  # twins answered without reading inputs: nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """The results of one request's computed twins, shared by their memos."""
+
+    fingerprints: dict[str, list[str]]  # module -> per twin
+    outputs: dict[str, dict[str, list[float]]]  # module -> output -> per twin
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    """A twin's results for one plan, valid while its revision holds and until ``until``."""
+
+    revision: int
+    until: int  # µs: the first of its inputs ages out of its window after this
+    batch: _Batch
+    index: int  # the twin's place in the batch
+
+
+def _from_memos(
+    order: list[Module], patients: list[str], hits: dict[int, _Memo]
+) -> dict[str, ModuleRun]:
+    return _merged(order, patients, hits, [], {})
+
+
+def _merged(
+    order: list[Module],
+    patients: list[str],
+    hits: dict[int, _Memo],
+    misses: list[int],
+    runs: dict[str, ModuleRun],
+) -> dict[str, ModuleRun]:
+    """Runs over every patient from memo hits and the runs computed for the misses."""
+    n = len(patients)
+    out: dict[str, ModuleRun] = {}
+    for module in order:
+        name = module.name
+        fingerprints = [""] * n
+        outputs = {o.name: np.empty(n) for o in module.outputs}
+        computed = np.zeros(n, dtype=bool)
+        for i, memo in hits.items():
+            fingerprints[i] = memo.batch.fingerprints[name][memo.index]
+            held = memo.batch.outputs[name]
+            for output, column in outputs.items():
+                column[i] = held[output][memo.index]
+        run = runs.get(name)
+        if run is not None and misses:
+            index = np.array(misses, dtype=np.intp)
+            for j, i in enumerate(misses):
+                fingerprints[i] = run.fingerprints[j]
+            for output, column in outputs.items():
+                column[index] = run.outputs[output]
+            computed[index] = run.computed
+        out[name] = ModuleRun(name, module.version, fingerprints, outputs, computed)
+    return out
 
 
 @dataclass
@@ -147,6 +204,9 @@ class Planner:
         self.cache_size = cache_size
         self.stats = PlannerStats()
         self._cache: OrderedDict[str, dict[str, float | None]] = OrderedDict()
+        self._plans: dict[tuple[int, tuple[str, ...]], list[Module]] = {}
+        self._memo: dict[tuple[str, tuple[int, tuple[str, ...]]], _Memo] = {}
+        self._encoded: dict[int, tuple[Module, str]] = {}
         self._lock = threading.Lock()
 
     def request(
@@ -157,7 +217,7 @@ class Planner:
         NotFoundError for an unknown module or a patient without a twin. With
         ``persist`` the new results and their inputs are stored (one transaction).
         """
-        order = self.graph.plan(targets)
+        order = self._plan(targets)
         runtime = self.runtime
         if patients is None:
             patients = list(runtime.patient_ids)
@@ -167,14 +227,59 @@ class Planner:
             if unknown:
                 raise NotFoundError(f"no twin for patient {unknown[0]!r}")
         with self._lock:
-            rows = runtime.rows_of(patients)
             now = self.clock.now_us()
+            plan_key = (self.graph.generation, tuple(targets))
+            # Twins whose state has not changed since their last request, and none of whose
+            # inputs has aged out of its window since, read the same inputs: same results.
+            memoable = all(
+                item.aggregate == "latest"
+                for module in order
+                for item in module.inputs
+                if isinstance(item, ObservationInput)
+            )
+            revisions = runtime.revisions(patients) if memoable else []
+            hits: dict[int, _Memo] = {}
+            if memoable:
+                memo = self._memo
+                for i, patient in enumerate(patients):
+                    held = memo.get((patient, plan_key))
+                    if held is not None and held.revision == revisions[i] and now <= held.until:
+                        hits[i] = held
+                self.stats.memo_hits += len(hits)
+            if len(hits) == len(patients) and patients:
+                return Derivation(patients, now, _from_memos(order, patients, hits))
+            misses = [i for i in range(len(patients)) if i not in hits]
+            computing = [patients[i] for i in misses]
+            rows = runtime.rows_of(computing)
+            wanted = list(
+                dict.fromkeys(
+                    (item.code, round(item.window_s * 1_000_000))
+                    for module in order
+                    for item in module.inputs
+                    if isinstance(item, ObservationInput) and item.aggregate == "latest"
+                )
+            )
+            table, until = runtime.latest_cells(rows, wanted, now)
+            latest = dict(zip(wanted, table, strict=True))
             runs: dict[str, ModuleRun] = {}
             fresh = _Fresh()
             for module in order:
-                runs[module.name] = self._run(module, patients, rows, now, runs, fresh)
+                runs[module.name] = self._run(module, computing, rows, now, runs, fresh, latest)
             if persist and fresh.results:
                 self.provenance.save_rows(fresh.results, fresh.inputs)
+            if memoable:
+                batch = _Batch(
+                    {name: run.fingerprints for name, run in runs.items()},
+                    {
+                        name: {output: column.tolist() for output, column in run.outputs.items()}
+                        for name, run in runs.items()
+                    },
+                )
+                memo = self._memo
+                for j, (patient, moment) in enumerate(zip(computing, until.tolist(), strict=True)):
+                    memo[(patient, plan_key)] = _Memo(revisions[misses[j]], moment, batch, j)
+            if hits:
+                runs = _merged(order, patients, hits, misses, runs)
         return Derivation(patients, now, runs)
 
     def derive(self, targets: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -210,6 +315,20 @@ class Planner:
                 )
         return events
 
+    def _plan(self, targets: Sequence[str]) -> list[Module]:
+        key = (self.graph.generation, tuple(targets))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self.graph.plan(targets)
+        return plan
+
+    def _parameters(self, module: Module) -> str:
+        """The module's parameters as canonical JSON, encoded once per module object."""
+        held = self._encoded.get(id(module))
+        if held is None or held[0] is not module:
+            held = self._encoded[id(module)] = (module, parameters_json(dict(module.parameters)))
+        return held[1]
+
     def _run(
         self,
         module: Module,
@@ -218,10 +337,11 @@ class Planner:
         now: int,
         runs: dict[str, ModuleRun],
         fresh: _Fresh,
+        latest: dict[tuple[str, int], tuple[NDArray[np.float64], NDArray[np.object_]]],
     ) -> ModuleRun:
         n = len(patients)
-        inputs = self._inputs(module, patients, rows, now, runs)
-        parameters = parameters_json(dict(module.parameters))
+        inputs = self._inputs(module, patients, rows, now, runs, latest)
+        parameters = self._parameters(module)
         head = f"{module.name}\x1f{module.version}\x1f{parameters}\x1f"
         fingerprints = [
             hashlib.blake2b(
@@ -233,29 +353,33 @@ class Planner:
             for i, patient in enumerate(patients)
         ]
         names = [out.name for out in module.outputs]
-        outputs = {name: np.full(n, np.nan) for name in names}
-        found = np.zeros(n, dtype=bool)
         cache = self._cache
-        for i, fp in enumerate(fingerprints):
-            held = cache.get(fp)
-            if held is not None:
-                cache.move_to_end(fp)
-                _fill(outputs, i, held)
-                found[i] = True
-        self.stats.memory_hits += int(found.sum())
-        if not found.all():
-            unknown = np.flatnonzero(~found).tolist()
+        held: list[dict[str, float | None] | None] = [cache.get(fp) for fp in fingerprints]
+        unknown = [i for i, values in enumerate(held) if values is None]
+        self.stats.memory_hits += n - len(unknown)
+        if unknown:
             stored = self.provenance.load([fingerprints[i] for i in unknown])
             for j in unknown:
                 record = stored.get(fingerprints[j])
                 if record is not None:
-                    _fill(outputs, j, record.outputs)
+                    held[j] = record.outputs
                     self._remember(fingerprints[j], record.outputs)
-                    found[j] = True
                     self.stats.store_hits += 1
-        computed = ~found
-        todo = np.flatnonzero(computed)
-        if len(todo):
+            unknown = [i for i in unknown if held[i] is None]
+        for i, values in enumerate(held):
+            if values is not None:
+                cache.move_to_end(fingerprints[i])
+        outputs = {
+            name: np.array(
+                [np.nan if v is None or (got := v.get(name)) is None else got for v in held],
+                dtype=np.float64,
+            )
+            for name in names
+        }
+        computed = np.zeros(n, dtype=bool)
+        todo = np.array(unknown, dtype=np.intp)
+        computed[todo] = True
+        if unknown:
             subset = {name: _take(value, todo) for name, value in inputs.values.items()}
             result = module.compute(subset)
             self.stats.calls[module.name] += 1
@@ -303,6 +427,7 @@ class Planner:
         rows: NDArray[np.intp],
         now: int,
         runs: dict[str, ModuleRun],
+        latest: dict[tuple[str, int], tuple[NDArray[np.float64], NDArray[np.object_]]],
     ) -> _Inputs:
         values: dict[str, Any] = {}
         identities: list[list[str]] = []
@@ -313,7 +438,7 @@ class Planner:
                 window_us = round(item.window_s * 1_000_000)
                 declared = f"{name}\x1fobs\x1f{item.code}\x1f{item.window_s!r}\x1f{item.aggregate}"
                 if item.aggregate == "latest":
-                    value, keys = self.runtime.latest_values(rows, item.code, window_us, now)
+                    value, keys = latest[(item.code, window_us)]
                     values[name] = value
                     identities.append(
                         [f"{declared}\x1f{_key_text(k)}" if k else declared for k in keys]
@@ -431,12 +556,6 @@ def _take(value: Any, index: NDArray[np.intp]) -> Any:
             np.concatenate([[0], np.cumsum(counts)]).astype(np.intp),
         )
     return value[index]
-
-
-def _fill(outputs: dict[str, NDArray[np.float64]], i: int, values: dict[str, float | None]) -> None:
-    for name, column in outputs.items():
-        value = values.get(name)
-        column[i] = np.nan if value is None else value
 
 
 def _number_text(value: float) -> str:

@@ -70,6 +70,9 @@ class TwinRuntime:
         self._scale = np.ones(capacity, dtype=np.int8)
         self._news2_state = np.full((capacity, len(PARAMETERS) + 3), -2, dtype=np.int16)
         self._unmapped: dict[str, dict[str, Observation]] = {}
+        # Per patient, the tick of its last change: equal revisions mean equal twin state.
+        self._revision: dict[str, int] = {}
+        self._tick = 0
         self._lock = threading.RLock()
 
     # -- patients -------------------------------------------------------------
@@ -90,7 +93,9 @@ class TwinRuntime:
                     self._grow()
                 self._row[patient] = row
                 self.patient_ids.append(patient)
-            self._scale[row] = spo2_scale
+            if self._scale[row] != spo2_scale or patient not in self._revision:
+                self._scale[row] = spo2_scale
+                self._changed(patient)
             return row
 
     def rename(self, patient: str, new_id: str) -> None:
@@ -99,6 +104,8 @@ class TwinRuntime:
             row = self._row.pop(patient)
             self._row[new_id] = row
             self.patient_ids[row] = new_id
+            self._revision.pop(patient, None)
+            self._changed(new_id)
             if patient in self._unmapped:
                 self._unmapped[new_id] = self._unmapped.pop(patient)
 
@@ -121,11 +128,13 @@ class TwinRuntime:
                     if held is None or held.effective_us <= obs.effective_us:
                         self._unmapped[survivor][key] = obs._replace(patient=survivor)
                 self._remove(prior)
+            self._changed(survivor)
             return self._score(np.array([self._row[survivor]], dtype=np.intp))
 
     def _remove(self, patient: str) -> None:
         """Drop a twin; the last row moves into its place so rows stay dense."""
         row = self._row.pop(patient)
+        self._revision.pop(patient, None)
         last = len(self.patient_ids) - 1
         if row != last:
             moved = self.patient_ids[last]
@@ -146,6 +155,7 @@ class TwinRuntime:
         with self._lock:
             row = self._row[patient]
             self._scale[row] = scale
+            self._changed(patient)
             return self._score(np.array([row], dtype=np.intp))
 
     def _grow(self) -> None:
@@ -212,6 +222,8 @@ class TwinRuntime:
                     self._times[row, column] = _NEVER
                     self._flags[row, column] = 0
                     self._keys[row, column] = None
+            for row in touched:
+                self._changed(self.patient_ids[row])
             return self._score(np.array(sorted(touched), dtype=np.intp))
 
     def _fold(
@@ -282,7 +294,18 @@ class TwinRuntime:
             self._news2_state[rows] = state
         return TwinUpdate(rows, result, changed, now)
 
+    def _changed(self, patient: str) -> None:
+        self._tick += 1
+        self._revision[patient] = self._tick
+
     # -- module inputs --------------------------------------------------------
+
+    def revisions(self, patients: Sequence[str]) -> list[int]:
+        """Per patient, a number that changes whenever its twin's state does (values, scale,
+        identity): equal revisions mean a module reads the same inputs, bar ageing."""
+        with self._lock:
+            revision = self._revision.get
+            return [revision(patient, 0) for patient in patients]
 
     def latest_values(
         self, rows: NDArray[np.intp], code: str, window_us: int, now_us: int
@@ -292,15 +315,32 @@ class TwinRuntime:
         Usable as NEWS2 uses it: not older than ``window_us``, not flagged as a
         suspected artifact. Keys are (source, source_id, version), None where no value.
         """
+        return self.latest_table(rows, [(code, window_us)], now_us)[0]
+
+    def latest_table(
+        self, rows: NDArray[np.intp], wanted: Sequence[tuple[str, int]], now_us: int
+    ) -> list[tuple[NDArray[np.float64], NDArray[np.object_]]]:
+        """:meth:`latest_values` for several (code, window µs) at once, in that order."""
+        return self.latest_cells(rows, wanted, now_us)[0]
+
+    def latest_cells(
+        self, rows: NDArray[np.intp], wanted: Sequence[tuple[str, int]], now_us: int
+    ) -> tuple[list[tuple[NDArray[np.float64], NDArray[np.object_]]], NDArray[np.int64]]:
+        """:meth:`latest_table`, and per row the time (µs) the first of those values ages
+        out of its window (int64 max when none will)."""
         with self._lock:
-            column = self._column[code]
-            usable = (now_us - self._times[rows, column] <= window_us) & ~(
-                self._flags[rows, column] & _HIDDEN
-            ).astype(bool)
-            values = np.where(usable, self._values[rows, column], np.nan)
-            keys: NDArray[np.object_] = self._keys[rows, column]
-            keys[~usable] = None  # fancy indexing copied: the twin keeps its keys
-            return values, keys
+            columns = np.array([self._column[code] for code, _ in wanted], dtype=np.intp)
+            windows = np.array([window for _, window in wanted], dtype=np.int64)
+            cells = np.ix_(rows, columns)
+            usable = (now_us - self._times[cells] <= windows) & (self._flags[cells] & _HIDDEN == 0)
+            values = np.where(usable, self._values[cells], np.nan)
+            keys: NDArray[np.object_] = self._keys[cells]  # a copy: the twin keeps its keys
+            keys[~usable] = None
+            expiry = np.where(usable, self._times[cells] + windows, np.iinfo(np.int64).max)
+            until = (
+                expiry.min(axis=1) if len(wanted) else np.full(len(rows), np.iinfo(np.int64).max)
+            )
+            return [(values[:, j], keys[:, j]) for j in range(len(wanted))], until
 
     def attribute(self, rows: NDArray[np.intp], name: str) -> NDArray[np.float64]:
         """A twin attribute per row (see ``medtwin.models.modules.ATTRIBUTES``)."""
