@@ -330,7 +330,14 @@ def _result(row: Any) -> ResultRecord:
 
 
 def _origin(origin: Origin) -> dict[str, Any]:
-    return {"channel": origin.channel, "message": origin.message, "entry": origin.entry}
+    out: dict[str, Any] = {
+        "channel": origin.channel,
+        "message": origin.message,
+        "entry": origin.entry,
+    }
+    if origin.conditioning is not None:
+        out["conditioning"] = json.loads(origin.conditioning)
+    return out
 
 
 def _iso(time_us: int) -> str:

@@ -50,11 +50,14 @@ class Origin(NamedTuple):
     ``message`` is the request id (api), the file name (file), the bundle (fhir),
     ``sender|control id`` (mllp) or the topic (mqtt); ``entry`` the item in it
     (``items[3]``, ``Bundle.entry[2]``, ``OBX[4]``, ``file.jsonl:17``).
+    ``conditioning`` says, as JSON, what signal conditioning did to the value on the
+    way in (the raw value, the calibration applied, the detectors that flagged it).
     """
 
     channel: str
     message: str
     entry: str | None = None
+    conditioning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,8 +374,8 @@ class SqlStore:
         if values:
             conn.exec_driver_sql(
                 "INSERT INTO observation_origins "
-                "(source, source_id, version, channel, message, entry) "
-                f"VALUES ({self._params(6)})",
+                "(source, source_id, version, channel, message, entry, conditioning) "
+                f"VALUES ({self._params(7)})",
                 values,
             )
 
@@ -387,7 +390,9 @@ class SqlStore:
             for start in range(0, len(wanted), 300):
                 query = sa.select(table).where(key.in_(wanted[start : start + 300]))
                 for r in conn.execute(query):
-                    out[(r.source, r.source_id, r.version)] = Origin(r.channel, r.message, r.entry)
+                    out[(r.source, r.source_id, r.version)] = Origin(
+                        r.channel, r.message, r.entry, r.conditioning
+                    )
         return out
 
     def _classify_existing(

@@ -289,6 +289,7 @@ observation_origins = Table(
     Column("channel", Text, nullable=False),  # api, file, fhir, mllp, mqtt
     Column("message", Text, nullable=False),  # request id, bundle, sender|control id, topic
     Column("entry", Text),  # the item within the message: items[3], Bundle.entry[2], OBX[4]
+    Column("conditioning", Text),  # JSON: raw value, calibration, detectors (if conditioned)
 )
 
 module_results = Table(

@@ -43,6 +43,9 @@ class Origin:
     channel: str
     message: str | None
     entry: str | None
+    conditioning: JSON | None = strawberry.field(
+        default=None, description="What signal conditioning did to the value on the way in"
+    )
 
 
 async def _inputs(root: strawberry.Parent[ProvenanceNode], info: Info) -> list[ProvenanceNode]:

@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("channel", sa.Text, nullable=False),
         sa.Column("message", sa.Text, nullable=False),
         sa.Column("entry", sa.Text),
+        sa.Column("conditioning", sa.Text),
         sa.PrimaryKeyConstraint("source", "source_id", "version"),
     )
     op.create_table(
