@@ -112,6 +112,7 @@ def test_post_then_read_twin_and_history(live_server: LiveServer) -> None:
         "band": "low",
         "subscores": {k: 0 for k in twin["news2"]["subscores"]},
         "missing": [],
+        "ignored": [],
     }
     assert twin["vitals"]["8867-4"]["value"] == 70
     assert twin["vitals"]["80288-4"]["value"] == "A"
@@ -165,7 +166,8 @@ def test_history_pages_cover_everything_once(live_server: LiveServer) -> None:
 
 
 def test_websocket_receives_twin_event(live_server: LiveServer) -> None:
-    post(live_server, vitals("p3"))
+    # An hour's rise in breathing rate, not a jump: conditioning would hold a jump back.
+    post(live_server, vitals("p3", when=datetime.now(UTC) - timedelta(minutes=59)))
 
     async def scenario() -> dict[str, Any]:
         async with websockets.connect(
@@ -175,7 +177,9 @@ def test_websocket_receives_twin_event(live_server: LiveServer) -> None:
             await asyncio.to_thread(post, live_server, vitals("p3", rr=26, tag="-b"))
             while True:
                 event: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
-                if event.get("patient") == "p3" and event["vitals"]["9279-1"]["value"] == 26:
+                if event.get("type") != "twin.updated" or event.get("patient") != "p3":
+                    continue  # derived.updated events come on the same socket
+                if event["vitals"]["9279-1"]["value"] == 26:
                     return event
 
     event = asyncio.run(scenario())

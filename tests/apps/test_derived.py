@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 from medtwin.data.accounts import Role
 from tests.apps.conftest import NEWS2_ZERO, LiveServer, post_values
@@ -51,7 +52,9 @@ def test_a_derived_value_is_computed_once_and_traces_to_the_posted_observations(
 
 
 def test_new_data_gives_a_new_derived_value(live_server: LiveServer) -> None:
-    post_values(live_server, "p1", NEWS2_ZERO, prefix="v")
+    # Half an hour apart: a rise to 135 /min that slowly is no artifact.
+    earlier = datetime.now(UTC) - timedelta(minutes=30)
+    post_values(live_server, "p1", NEWS2_ZERO, prefix="v", time=earlier)
     admin = live_server.admin
     before = admin.get("/api/v1/patients/p1/derived/news2").json()
     post_values(live_server, "p1", [("8867-4", 135, "/min")], prefix="late")

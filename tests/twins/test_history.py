@@ -258,7 +258,7 @@ def test_series_skips_what_the_live_twin_skips(
         [hr(2, 150, T0_US + 60 * S, system="urn:other", flags=int(QualityFlag.UNMAPPED))],
         # 08:02 a pulse entered in error
         [hr(3, 150, T0_US + 120 * S, status=ObservationStatus.ENTERED_IN_ERROR.value)],
-        # 08:03 a suspected artifact: the pulse is not scored until the next good reading
+        # 08:03 a suspected artifact: not scored, the 08:00 pulse stays in use
         [hr(4, 150, T0_US + 180 * S, flags=int(QualityFlag.ARTIFACT_SUSPECTED))],
         # 08:04 a good pulse again, 135 /min (3 points)
         [hr(5, 135, T0_US + 240 * S)],
@@ -278,10 +278,10 @@ def test_series_skips_what_the_live_twin_skips(
     series = news2_series(
         store, "p1", start_us=T0_US, end_us=T0_US + HOUR, window_us=runtime.window_us
     )
-    assert [p["partial_score"] for p in live] == [1, 1, 1, 0, 3]
+    assert [p["partial_score"] for p in live] == [1, 1, 1, 1, 3]
     by_time = {p["time"]: p for p in live}
     assert series == [by_time[p["time"]] for p in series]
-    assert [p["partial_score"] for p in series] == [1, 0, 3]
+    assert [p["partial_score"] for p in series] == [1, 1, 3]
 
 
 def test_series_ignores_a_registered_code_of_another_system(

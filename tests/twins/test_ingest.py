@@ -277,7 +277,14 @@ def test_events_reach_a_listener(ingestor: Ingestor, bus: RecordingBus) -> None:
         "flags": [],
     }
     assert event["other"] == []
-    assert set(event["news2"]) == {"score", "partial_score", "band", "subscores", "missing"}
+    assert set(event["news2"]) == {
+        "score",
+        "partial_score",
+        "band",
+        "subscores",
+        "missing",
+        "ignored",
+    }
     assert received[1]["news2"]["subscores"]["pulse"] == 2
     assert event == {"type": "twin.updated", **ingestor.runtime.view("p1")}
     json.dumps(received)  # JSON-ready
@@ -420,6 +427,7 @@ def test_news2_after_a_complete_vital_set_matches_the_chart(
         "band": "medium",  # 5-6: medium
         "subscores": expected,
         "missing": [],
+        "ignored": [],
     }
     assert received[-1]["news2"] == result
 

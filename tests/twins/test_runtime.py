@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,8 +65,11 @@ def vital_set(
     return [obs(patient, code, value, at=at) for code, value in values.items()]
 
 
-def direct_news2(values: dict[str, float | str], *, scale: int = 1) -> dict[str, object]:
-    """NEWS2 of one vital set by calling news2() directly."""
+def direct_news2(
+    values: dict[str, float | str], *, scale: int = 1, ignored: Sequence[str] = ()
+) -> dict[str, object]:
+    """NEWS2 of one vital set by calling news2() directly (``ignored``: parameters whose
+    newest reading the twin held back as a suspected artifact)."""
 
     def arg(code: str) -> list[float]:
         value = values.get(code, np.nan)
@@ -80,7 +84,7 @@ def direct_news2(values: dict[str, float | str], *, scale: int = 1) -> dict[str,
         consciousness=arg(ACVPU_CODE),
         temperature=arg(TEMP),
         spo2_scale=scale,
-    ).result(0)
+    ).result(0) | {"ignored": list(ignored)}
 
 
 @pytest.fixture
@@ -350,7 +354,7 @@ def test_artifact_suspected_values_are_ignored_for_news2(runtime: TwinRuntime) -
     without_hr = {code: value for code, value in SIX.items() if code != HR}
     runtime.observe([*vital_set("p1", without_hr), obs("p1", HR, 250, flags=artifact)])
     view = runtime.view("p1")
-    assert view["news2"] == direct_news2(without_hr)
+    assert view["news2"] == direct_news2(without_hr, ignored=["pulse"])
     assert view["news2"]["missing"] == ["pulse"]
     assert view["vitals"][HR] == {
         "value": 250.0,
@@ -358,6 +362,29 @@ def test_artifact_suspected_values_are_ignored_for_news2(runtime: TwinRuntime) -
         "time": "2026-01-01T12:00:00Z",
         "flags": ["artifact-suspected"],
     }
+
+
+def test_an_artifact_leaves_the_last_good_value_in_use_and_is_shown(
+    runtime: TwinRuntime, clock: FixedClock
+) -> None:
+    artifact = int(QualityFlag.ARTIFACT_SUSPECTED)
+    runtime.observe(vital_set("p1", SIX))
+    before = runtime.view("p1")["news2"]
+    clock.advance(60)
+    runtime.observe([obs("p1", SPO2, 60, at=T0_US + 60_000_000, flags=artifact)])
+    view = runtime.view("p1")
+    assert view["news2"] == before | {"ignored": ["spo2"]}  # the burst changes no score
+    assert view["vitals"][SPO2]["value"] == SIX[SPO2]
+    assert view["vitals"][SPO2]["artifact"] == {
+        "value": 60.0,
+        "time": "2026-01-01T12:01:00Z",
+        "flags": ["artifact-suspected"],
+    }
+    clock.advance(60)
+    runtime.observe([obs("p1", SPO2, 97, at=T0_US + 120_000_000)])
+    view = runtime.view("p1")
+    assert "artifact" not in view["vitals"][SPO2]  # a newer good reading replaces it
+    assert view["news2"]["ignored"] == []
 
 
 def test_other_flags_are_scored(runtime: TwinRuntime) -> None:

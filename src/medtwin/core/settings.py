@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     news2_window_s: float = Field(3600.0, gt=0)
     max_future_s: float = Field(300.0, ge=0)
+    # Signal conditioning of incoming readings (artifact flags, calibration); the file
+    # holds per-stream pipelines (medtwin.devices.conditioning.pipeline), else defaults.
+    conditioning: bool = True
+    conditioning_file: Path | None = None
     max_body_bytes: int = Field(5 * 1024 * 1024, gt=0)
     max_batch_items: int = Field(10_000, gt=0)
     refresh_interval_s: float = Field(5.0, gt=0)

@@ -27,7 +27,7 @@ __all__ = ["InputRecord", "ObservationKey", "ProvenanceStore", "ResultRecord", "
 ObservationKey = tuple[str, str, int]  # (source, source_id, version)
 _NO_KEY = (None, None, None)
 _CHUNK = 2000  # ids per IN list: well under SQLite's and PostgreSQL's parameter limits
-InputKind = Literal["observation", "result", "attribute"]
+InputKind = Literal["observation", "excluded", "result", "attribute"]
 
 
 class ResultRecord(NamedTuple):
@@ -285,16 +285,17 @@ def _input_node(
     observations: dict[ObservationKey, dict[str, Any]],
     results: dict[str, ResultRecord],
 ) -> dict[str, Any]:
-    if record.kind == "observation" and record.key is not None:
+    if record.kind in ("observation", "excluded") and record.key is not None:
         found = observations.get(record.key)
-        if found is None:
-            return {
-                "input": record.input,
-                "id": observation_id(record.key),
-                "type": "observation",
-                "missing": True,
-            }
-        return {"input": record.input, **found}
+        node: dict[str, Any] = (
+            {"id": observation_id(record.key), "type": "observation", "missing": True}
+            if found is None
+            else dict(found)
+        )
+        if record.kind == "excluded":
+            # Read and held back: the reading was suspected to be an artifact.
+            node["excluded"] = record.value or "excluded"
+        return {"input": record.input, **node}
     if record.kind == "result" and record.upstream is not None:
         upstream = results.get(record.upstream)
         if upstream is None:

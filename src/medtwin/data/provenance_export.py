@@ -100,8 +100,13 @@ def _collect(tree: Node) -> _Nodes:
             held = nodes.results.get(node["id"])
             if held is None or ("inputs" in node and "inputs" not in held):
                 nodes.results[node["id"]] = node
-            stack.extend(reversed(node.get("inputs", [])))
+            stack.extend(reversed(_used(node)))
     return nodes
+
+
+def _used(node: Node) -> list[Node]:
+    """The inputs a result used: readings held back as suspected artifacts were not."""
+    return [child for child in node.get("inputs", []) if not child.get("excluded")]
 
 
 def _text(value: Any) -> str | None:
@@ -191,7 +196,7 @@ def _result_provenance(node: Node) -> dict[str, Any]:
     if node.get("truncated"):
         # The depth limit cut this result's inputs: say so rather than imply it had none.
         resource["extension"] = [_flag(TRUNCATED_EXTENSION)]
-    entities = [_entity(child) for child in node.get("inputs", [])]
+    entities = [_entity(child) for child in _used(node)]
     if entities:
         resource["entity"] = entities
     return resource
@@ -357,7 +362,7 @@ def _prov_result(doc: _ProvDocument, node: Node) -> None:
         {"prov:entity": entity, "prov:activity": run, "prov:time": node["computed"]},
     )
     doc.relation("wasAssociatedWith", "assoc", {"prov:activity": run, "prov:agent": agent})
-    for child in node.get("inputs", []):
+    for child in _used(node):
         used = _prov_input(doc, child)
         usage_attributes: dict[str, Any] = {"prov:activity": run, "prov:entity": used}
         if child.get("input"):

@@ -35,6 +35,7 @@ _PATIENT_TABLES = (
     "module_results",
     "care_team_patients",
     "device_bindings",
+    "waveforms",
 )
 # Tables of personal data: the patient's rows go.
 _PERSONAL_TABLES = ("patient_keys", "blind_index", "consents")

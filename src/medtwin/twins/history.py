@@ -35,6 +35,7 @@ def news2_series(
     """NEWS2 at every NEWS2-input observation time of ``patient`` in [start_us, end_us]."""
     times: dict[str, list[int]] = {code: [] for code in INPUT_CODES}
     values: dict[str, list[float]] = {code: [] for code in INPUT_CODES}
+    hidden: list[int] = []  # times of suspected artifacts: points where nothing changed
     cursor: str | None = None
     while True:
         page = store.history(
@@ -54,13 +55,17 @@ def news2_series(
             if value is None:
                 value = float(ACVPU.index(obs.value_text)) if obs.value_text in ACVPU else np.nan
             if obs.flags & _HIDDEN:
-                value = np.nan  # the newest reading, but a suspected artifact: not scored
+                # A suspected artifact is not scored: the last good reading stays in use.
+                hidden.append(obs.effective_us)
+                continue
             times[obs.code].append(obs.effective_us)
             values[obs.code].append(value)
         cursor = page.next_cursor
         if cursor is None:
             break
-    every = np.unique(np.concatenate([np.array(t, dtype=np.int64) for t in times.values()]))
+    every = np.unique(
+        np.concatenate([np.array(t, dtype=np.int64) for t in (*times.values(), hidden)])
+    )
     at = every[(every >= start_us) & (every <= end_us)][-max_points:]
     if at.size == 0:
         return []

@@ -28,6 +28,7 @@ from medtwin.data.interventions import validate_interventions
 from medtwin.data.store import AppendStatus, Origin, QuarantineEntry, Store
 from medtwin.data.store.writer import WriterProcess
 from medtwin.data.validation import Rejection, Validated, storable, validate_items
+from medtwin.devices.conditioning.pipeline import Conditioner
 from medtwin.twins.events import EventBus
 from medtwin.twins.runtime import TwinRuntime, TwinUpdate
 
@@ -113,6 +114,7 @@ class Ingestor:
         registry: CodeRegistry = DEFAULT_REGISTRY,
         max_future_s: float = 300.0,
         metrics: IngestMetrics | None = None,
+        conditioner: Conditioner | None = None,
     ) -> None:
         self.store = store
         self.runtime = runtime
@@ -121,6 +123,8 @@ class Ingestor:
         self.registry = registry
         self.max_future_us = round(max_future_s * 1_000_000)
         self.metrics = metrics or IngestMetrics()
+        # Signal conditioning (calibration, artifact flags) of each batch before it is stored.
+        self.conditioner = conditioner
         # One batch at a time: the twins see observations in the order the store took them.
         self._lock = threading.Lock()
         self._commit_lock = threading.Lock()
@@ -183,18 +187,25 @@ class Ingestor:
             )
             for r in validated.rejected
         ]
-        observations = [obs for _, obs in validated.accepted]
+        accepted = validated.accepted
+        observations = [obs for _, obs in accepted]
+        kept = None if origins is None else [origins[i] for i, _ in accepted]
+        if self.conditioner is not None and observations:
+            observations, notes = self.conditioner.condition(observations)
+            accepted = [(i, obs) for (i, _), obs in zip(accepted, observations, strict=True)]
+            if any(note is not None for note in notes):
+                kept = _with_conditioning(kept, notes, channel, now)
         return PreparedBatch(
             items=items,
             channel=channel,
             received_us=now,
-            accepted=validated.accepted,
+            accepted=accepted,
             rejections=validated.rejected,
             observations=observations,
             quarantine=rejected,
             new_patients=self._new_patients(observations, now),
             started=started,
-            origins=None if origins is None else [origins[i] for i, _ in validated.accepted],
+            origins=kept,
         )
 
     def commit(
@@ -475,6 +486,21 @@ class Ingestor:
             self.metrics.items.labels(channel, status).inc(n)
         self.metrics.seconds.labels(channel).observe(seconds)
         self.metrics.twins.set(len(self.runtime))
+
+
+def _with_conditioning(
+    origins: list[Origin | None] | None, notes: list[str | None], channel: str, now: int
+) -> list[Origin | None]:
+    """Origins with what conditioning did; readings without an origin get one naming the batch."""
+    out: list[Origin | None] = []
+    for k, note in enumerate(notes):
+        origin = None if origins is None else origins[k]
+        if note is not None:
+            origin = (origin or Origin(channel, f"batch-{now}", f"[{k}]"))._replace(
+                conditioning=note
+            )
+        out.append(origin)
+    return out
 
 
 def _stream_note(position: int) -> str:

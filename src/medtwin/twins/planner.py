@@ -49,6 +49,8 @@ __all__ = ["Derivation", "ModuleRun", "Planner", "PlannerStats"]
 _HIDDEN = int(QualityFlag.ARTIFACT_SUSPECTED)
 _ENTERED_IN_ERROR = ObservationStatus.ENTERED_IN_ERROR.value
 ObservationKey = tuple[str, str, int]
+# Per (code, window): values in use, their keys, keys of suspected artifacts held back.
+_Latest = tuple[NDArray[np.float64], NDArray[np.object_], NDArray[np.object_]]
 
 
 @dataclass(frozen=True)
@@ -170,10 +172,21 @@ class _Inputs:
         position = 0
         for name, kind, per_twin in self.reads:
             read = per_twin[i]
-            if kind == "observation":
+            if kind == "observation" or kind == "excluded":
+                reason = None if kind == "observation" else "artifact-suspected"
                 for source, source_id, version in read:
                     out.append(
-                        (fingerprint, position, name, kind, source, source_id, version, None, None)
+                        (
+                            fingerprint,
+                            position,
+                            name,
+                            kind,
+                            source,
+                            source_id,
+                            version,
+                            None,
+                            reason,
+                        )
                     )
                     position += 1
                 continue
@@ -337,7 +350,7 @@ class Planner:
         now: int,
         runs: dict[str, ModuleRun],
         fresh: _Fresh,
-        latest: dict[tuple[str, int], tuple[NDArray[np.float64], NDArray[np.object_]]],
+        latest: dict[tuple[str, int], _Latest],
     ) -> ModuleRun:
         n = len(patients)
         inputs = self._inputs(module, patients, rows, now, runs, latest)
@@ -427,7 +440,7 @@ class Planner:
         rows: NDArray[np.intp],
         now: int,
         runs: dict[str, ModuleRun],
-        latest: dict[tuple[str, int], tuple[NDArray[np.float64], NDArray[np.object_]]],
+        latest: dict[tuple[str, int], _Latest],
     ) -> _Inputs:
         values: dict[str, Any] = {}
         identities: list[list[str]] = []
@@ -438,12 +451,20 @@ class Planner:
                 window_us = round(item.window_s * 1_000_000)
                 declared = f"{name}\x1fobs\x1f{item.code}\x1f{item.window_s!r}\x1f{item.aggregate}"
                 if item.aggregate == "latest":
-                    value, keys = latest[(item.code, window_us)]
+                    value, keys, excluded = latest[(item.code, window_us)]
                     values[name] = value
+                    # A suspected artifact held back is part of what the result says.
                     identities.append(
-                        [f"{declared}\x1f{_key_text(k)}" if k else declared for k in keys]
+                        [
+                            declared
+                            + (f"\x1f{_key_text(k)}" if k else "")
+                            + (f"\x1fx{_key_text(x)}" if x else "")
+                            for k, x in zip(keys, excluded, strict=True)
+                        ]
                     )
                     reads.append((name, "observation", [[k] if k else [] for k in keys]))
+                    if any(x is not None for x in excluded):
+                        reads.append((name, "excluded", [[x] if x else [] for x in excluded]))
                 else:
                     found = self._window(patients, item.code, now - window_us, now)
                     values[name] = _aggregate(found, item.aggregate)

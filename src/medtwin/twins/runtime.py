@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,12 @@ class TwinRuntime:
         self._flags = np.zeros((capacity, len(self.codes)), dtype=np.int32)
         # (source, source_id, version) of each held value: what a module read, for provenance.
         self._keys = np.full((capacity, len(self.codes)), None, dtype=object)
+        # The newest reading flagged as a suspected artifact per cell, kept apart: it is
+        # shown, never scored, and the last good value stays in use meanwhile.
+        self._art_values = np.full((capacity, len(self.codes)), np.nan)
+        self._art_times = np.full((capacity, len(self.codes)), _NEVER, dtype=np.int64)
+        self._art_flags = np.zeros((capacity, len(self.codes)), dtype=np.int32)
+        self._art_keys = np.full((capacity, len(self.codes)), None, dtype=object)
         self._scale = np.ones(capacity, dtype=np.int8)
         self._news2_state = np.full((capacity, len(PARAMETERS) + 3), -2, dtype=np.int16)
         self._unmapped: dict[str, dict[str, Observation]] = {}
@@ -123,6 +129,9 @@ class TwinRuntime:
                 self._times[dst, newer] = self._times[src, newer]
                 self._flags[dst, newer] = self._flags[src, newer]
                 self._keys[dst, newer] = self._keys[src, newer]
+                later = self._art_times[src] > self._art_times[dst]
+                for layer in self._artifact_layer():
+                    layer[dst, later] = layer[src, later]
                 for key, obs in self._unmapped.pop(prior, {}).items():
                     held = self._unmapped.setdefault(survivor, {}).get(key)
                     if held is None or held.effective_us <= obs.effective_us:
@@ -139,7 +148,7 @@ class TwinRuntime:
         if row != last:
             moved = self.patient_ids[last]
             arrays = (self._values, self._times, self._flags, self._keys, self._scale)
-            for array in (*arrays, self._news2_state):
+            for array in (*arrays, *self._artifact_layer(), self._news2_state):
                 array[row] = array[last]
             self.patient_ids[row] = moved
             self._row[moved] = row
@@ -148,6 +157,10 @@ class TwinRuntime:
         self._times[last] = _NEVER
         self._flags[last] = 0
         self._keys[last] = None
+        self._art_values[last] = np.nan
+        self._art_times[last] = _NEVER
+        self._art_flags[last] = 0
+        self._art_keys[last] = None
         self._scale[last] = 1
         self._news2_state[last] = -2
 
@@ -164,6 +177,12 @@ class TwinRuntime:
         self._times = np.vstack([self._times, np.full_like(self._times[:grow], _NEVER)])
         self._flags = np.vstack([self._flags, np.zeros_like(self._flags[:grow])])
         self._keys = np.vstack([self._keys, np.full_like(self._keys[:grow], None)])
+        self._art_values = np.vstack(
+            [self._art_values, np.full_like(self._art_values[:grow], np.nan)]
+        )
+        self._art_times = np.vstack([self._art_times, np.full_like(self._art_times[:grow], _NEVER)])
+        self._art_flags = np.vstack([self._art_flags, np.zeros_like(self._art_flags[:grow])])
+        self._art_keys = np.vstack([self._art_keys, np.full_like(self._art_keys[:grow], None)])
         self._scale = np.concatenate([self._scale, np.ones(grow, dtype=np.int8)])
         self._news2_state = np.vstack(
             [self._news2_state, np.full_like(self._news2_state[:grow], -2)]
@@ -206,22 +225,38 @@ class TwinRuntime:
                 flags.append(obs.flags)
                 keys.append((obs.source, obs.source_id, obs.version))
             if rows:
-                self._fold(
-                    np.array(rows, dtype=np.intp),
-                    np.array(columns, dtype=np.intp),
-                    np.array(times, dtype=np.int64),
-                    np.array(values, dtype=np.float64),
-                    np.array(flags, dtype=np.int32),
-                    _object_array(keys),
-                )
+                flag_array = np.array(flags, dtype=np.int32)
+                suspect = (flag_array & _HIDDEN) != 0
+                row_array = np.array(rows, dtype=np.intp)
+                column_array = np.array(columns, dtype=np.intp)
+                time_array = np.array(times, dtype=np.int64)
+                value_array = np.array(values, dtype=np.float64)
+                key_array = _object_array(keys)
+                for pick, layer in (
+                    (~suspect, self._main_layer()),
+                    (suspect, self._artifact_layer()),
+                ):
+                    self._fold(
+                        row_array[pick],
+                        column_array[pick],
+                        time_array[pick],
+                        value_array[pick],
+                        flag_array[pick],
+                        key_array[pick],
+                        layer,
+                    )
             # A result entered in error stops counting: the twin forgets the value it held
             # from that measurement (an older one comes back with the next warm start).
             for row, column, at_us in retracted:
-                if self._times[row, column] == at_us:
-                    self._values[row, column] = np.nan
-                    self._times[row, column] = _NEVER
-                    self._flags[row, column] = 0
-                    self._keys[row, column] = None
+                for values_, times_, flags_, keys_ in (
+                    self._main_layer(),
+                    self._artifact_layer(),
+                ):
+                    if times_[row, column] == at_us:
+                        values_[row, column] = np.nan
+                        times_[row, column] = _NEVER
+                        flags_[row, column] = 0
+                        keys_[row, column] = None
             for row in touched:
                 self._changed(self.patient_ids[row])
             return self._score(np.array(sorted(touched), dtype=np.intp))
@@ -234,7 +269,12 @@ class TwinRuntime:
         values: NDArray[np.float64],
         flags: NDArray[np.int32],
         keys: NDArray[np.object_],
+        layer: tuple[Any, Any, Any, Any],
     ) -> None:
+        """Fold readings into ``layer`` (values, times, flags, keys arrays)."""
+        if not len(rows):
+            return
+        layer_values, layer_times, layer_flags, layer_keys = layer
         # Newest reading per (row, column) within the batch: sort, keep each group's last.
         order = np.lexsort((times, columns, rows))
         rows, columns, times, values, flags, keys = (
@@ -255,12 +295,18 @@ class TwinRuntime:
             flags[last],
             keys[last],
         )
-        newer = times >= self._times[rows, columns]
+        newer = times >= layer_times[rows, columns]
         rows, columns = rows[newer], columns[newer]
-        self._times[rows, columns] = times[newer]
-        self._values[rows, columns] = values[newer]
-        self._flags[rows, columns] = flags[newer]
-        self._keys[rows, columns] = keys[newer]
+        layer_times[rows, columns] = times[newer]
+        layer_values[rows, columns] = values[newer]
+        layer_flags[rows, columns] = flags[newer]
+        layer_keys[rows, columns] = keys[newer]
+
+    def _main_layer(self) -> tuple[Any, Any, Any, Any]:
+        return self._values, self._times, self._flags, self._keys
+
+    def _artifact_layer(self) -> tuple[Any, Any, Any, Any]:
+        return self._art_values, self._art_times, self._art_flags, self._art_keys
 
     def _remember_unmapped(self, obs: Observation) -> None:
         latest = self._unmapped.setdefault(obs.patient, {})
@@ -285,7 +331,10 @@ class TwinRuntime:
         )
         values = np.where(usable, values, np.nan)
         arguments = {kw: values[:, i] for i, kw in enumerate(self._news2_keywords)}
-        result = news2(**arguments, spo2_scale=self._scale[rows])
+        # A suspected artifact newer than the value in use, within the window, is ignored.
+        art = self._art_times[np.ix_(rows, columns)]
+        ignored = (now - art <= self.window_us) & (art > self._times[np.ix_(rows, columns)])
+        result = replace(news2(**arguments, spo2_scale=self._scale[rows]), ignored=ignored)
         state = np.column_stack(
             [result.subscores, result.score, result.partial_score, result.band]
         ).astype(np.int16)
@@ -321,13 +370,18 @@ class TwinRuntime:
         self, rows: NDArray[np.intp], wanted: Sequence[tuple[str, int]], now_us: int
     ) -> list[tuple[NDArray[np.float64], NDArray[np.object_]]]:
         """:meth:`latest_values` for several (code, window µs) at once, in that order."""
-        return self.latest_cells(rows, wanted, now_us)[0]
+        return [(values, keys) for values, keys, _ in self.latest_cells(rows, wanted, now_us)[0]]
 
     def latest_cells(
         self, rows: NDArray[np.intp], wanted: Sequence[tuple[str, int]], now_us: int
-    ) -> tuple[list[tuple[NDArray[np.float64], NDArray[np.object_]]], NDArray[np.int64]]:
-        """:meth:`latest_table`, and per row the time (µs) the first of those values ages
-        out of its window (int64 max when none will)."""
+    ) -> tuple[
+        list[tuple[NDArray[np.float64], NDArray[np.object_], NDArray[np.object_]]],
+        NDArray[np.int64],
+    ]:
+        """:meth:`latest_table` with, per (code, window), the keys of suspected artifacts
+        held back (newer than the value in use, within the window; None where none);
+        and per row the time (µs) the first of those readings ages out of its window
+        (int64 max when none will)."""
         with self._lock:
             columns = np.array([self._column[code] for code, _ in wanted], dtype=np.intp)
             windows = np.array([window for _, window in wanted], dtype=np.int64)
@@ -336,11 +390,18 @@ class TwinRuntime:
             values = np.where(usable, self._values[cells], np.nan)
             keys: NDArray[np.object_] = self._keys[cells]  # a copy: the twin keeps its keys
             keys[~usable] = None
-            expiry = np.where(usable, self._times[cells] + windows, np.iinfo(np.int64).max)
-            until = (
-                expiry.min(axis=1) if len(wanted) else np.full(len(rows), np.iinfo(np.int64).max)
+            art_times = self._art_times[cells]
+            held_back = (now_us - art_times <= windows) & (art_times > self._times[cells])
+            excluded: NDArray[np.object_] = self._art_keys[cells]
+            excluded[~held_back] = None
+            never = np.iinfo(np.int64).max
+            expiry = np.minimum(
+                np.where(usable, self._times[cells] + windows, never),
+                np.where(held_back, art_times + windows, never),
             )
-            return [(values[:, j], keys[:, j]) for j in range(len(wanted))], until
+            until = expiry.min(axis=1) if len(wanted) else np.full(len(rows), never)
+            columns_out = [(values[:, j], keys[:, j], excluded[:, j]) for j in range(len(wanted))]
+            return columns_out, until
 
     def attribute(self, rows: NDArray[np.intp], name: str) -> NDArray[np.float64]:
         """A twin attribute per row (see ``medtwin.models.modules.ATTRIBUTES``)."""
@@ -356,22 +417,47 @@ class TwinRuntime:
         return np.array([self._row[p] for p in patients if p in self._row], dtype=np.intp)
 
     def vitals(self, row: int) -> dict[str, dict[str, Any]]:
-        """Newest value of each registered code of one twin, with its time and flags."""
+        """Newest value of each registered code of one twin, with its time and flags.
+
+        A suspected artifact newer than the value in use is shown under ``artifact``
+        (or as the entry itself when the twin has no good value of that code).
+        """
         out: dict[str, dict[str, Any]] = {}
         for column, code in enumerate(self.codes):
-            time_us = int(self._times[row, column])
-            if time_us == _NEVER:
+            good = self._entry(code, self._values, self._times, self._flags, row, column)
+            suspect = self._entry(
+                code, self._art_values, self._art_times, self._art_flags, row, column
+            )
+            if good is None:
+                if suspect is not None:
+                    out[code] = suspect
                 continue
-            value: float | str = float(self._values[row, column])
-            if code == "80288-4":
-                value = ACVPU[int(value)]
-            out[code] = {
-                "value": value,
-                "unit": self._units[code],
-                "time": _iso(time_us),
-                "flags": QualityFlag.names_of(int(self._flags[row, column])),
-            }
+            if suspect is not None and self._art_times[row, column] > self._times[row, column]:
+                good["artifact"] = {k: suspect[k] for k in ("value", "time", "flags")}
+            out[code] = good
         return out
+
+    def _entry(
+        self,
+        code: str,
+        values: NDArray[np.float64],
+        times: NDArray[np.int64],
+        flags: NDArray[np.int32],
+        row: int,
+        column: int,
+    ) -> dict[str, Any] | None:
+        time_us = int(times[row, column])
+        if time_us == _NEVER:
+            return None
+        value: float | str = float(values[row, column])
+        if code == "80288-4":
+            value = ACVPU[int(value)]
+        return {
+            "value": value,
+            "unit": self._units[code],
+            "time": _iso(time_us),
+            "flags": QualityFlag.names_of(int(flags[row, column])),
+        }
 
     def other(self, patient: str) -> list[dict[str, Any]]:
         """Newest value of each unmapped code of one twin."""

@@ -29,7 +29,9 @@ from medtwin.apps.api.routes import (
     patients,
     quarantine,
     research,
+    series,
     twins,
+    waveforms,
 )
 from medtwin.core.clock import Clock
 from medtwin.core.errors import MedtwinError
@@ -106,6 +108,7 @@ def create_app(
         observations,
         interventions,
         patients,
+        series,
         consents,
         devices,
         twins,
@@ -115,6 +118,7 @@ def create_app(
         health,
         events,
         fhir,
+        waveforms,
     ):
         app.include_router(module.router)
     from medtwin.apps.api import graphql

@@ -16,14 +16,30 @@ from medtwin.data.consent import ConsentStore
 from medtwin.data.provenance import ProvenanceStore
 from medtwin.data.store import SqlStore, store_for
 from medtwin.data.vault import PatientVault, Privacy
+from medtwin.devices.conditioning.pipeline import Conditioner, PipelineConfig
 from medtwin.models.modules import ModuleGraph
 from medtwin.models.scores.news2_modules import news2_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
+from medtwin.twins.calibrations import CalibrationStore
 from medtwin.twins.planner import Planner
 from medtwin.twins.replay import Replayers
 
 # Twins start from the newest values of this look-back when the service starts.
 WARM_START = timedelta(days=7)
+
+
+def conditioner_for(settings: Settings, store: SqlStore) -> Conditioner | None:
+    """The conditioning the settings ask for (none, the defaults, or the configured
+    file), with the stored device calibrations."""
+    if not settings.conditioning:
+        return None
+    config = None
+    if settings.conditioning_file is not None:
+        config = PipelineConfig.from_toml(settings.conditioning_file)
+    conditioner = Conditioner(config)
+    for stored in CalibrationStore(store).current():
+        conditioner.set_calibration(stored.device, stored.code, stored.calibration)
+    return conditioner
 
 
 @dataclass
@@ -63,7 +79,14 @@ class ServiceContext:
         store = store or store_for(settings)
         runtime = TwinRuntime(clock, news2_window_s=settings.news2_window_s)
         bus = EventBus()
-        ingestor = Ingestor(store, runtime, bus, clock, max_future_s=settings.max_future_s)
+        ingestor = Ingestor(
+            store,
+            runtime,
+            bus,
+            clock,
+            max_future_s=settings.max_future_s,
+            conditioner=conditioner_for(settings, store),
+        )
         tokens = Tokens(
             settings.secret("secret_key"),
             issuer=settings.jwt_issuer,

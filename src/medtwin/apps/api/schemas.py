@@ -62,14 +62,29 @@ class ErrorAnswer(BaseModel):
     error: ErrorBody
 
 
+class Reading(BaseModel):
+    value: float | str
+    time: str
+    flags: list[str]
+
+
 class VitalValue(BaseModel):
     value: float | str
     unit: str
     time: str
     flags: list[str]
+    artifact: Reading | None = Field(
+        None,
+        description="A newer reading suspected to be an artifact: shown, not scored "
+        "(the value above stays in use)",
+    )
 
 
-class OtherValue(VitalValue):
+class OtherValue(BaseModel):
+    value: float | str
+    unit: str
+    time: str
+    flags: list[str]
     system: str
     code: str
 
@@ -91,6 +106,10 @@ class News2(BaseModel):
         int | None,
     ]
     missing: list[str]
+    ignored: list[str] = Field(
+        default_factory=list,
+        description="Parameters whose newest reading was a suspected artifact and not scored",
+    )
 
 
 class Twin(BaseModel):
@@ -267,3 +286,138 @@ class ModuleOut(BaseModel):
     parameters: dict[str, float | int | str | bool]
     inputs: list[ModuleInputOut]
     outputs: list[ModuleOutputOut]
+
+
+class SeriesGap(BaseModel):
+    start: str = Field(description="The reading before the gap, or the window start")
+    end: str = Field(description="The reading after the gap, or the window end")
+    length_s: float
+
+
+class SeriesCounts(BaseModel):
+    measured: int = Field(description="Grid times with a reading from within the step before")
+    imputed: int = Field(description="Grid times carried forward or interpolated (flagged)")
+    missing: int = Field(description="Grid times without a reading within max_age_s (null)")
+
+
+class SeriesSkipped(BaseModel):
+    artifact_suspected: int = Field(description="Readings flagged as suspected artifacts")
+    non_numeric: int = Field(description="Readings without a numeric value")
+
+
+class CodeSeries(BaseModel):
+    unit: str | None = Field(description="UCUM unit of the readings")
+    values: list[float | None] = Field(description="One per grid time; null: nothing recent")
+    age_s: list[float | None] = Field(description="Age of the reading each value comes from")
+    flags: list[list[str]] = Field(
+        description="Per value: the reading's flags, and 'imputed' where not measured"
+    )
+    counts: SeriesCounts
+    skipped: SeriesSkipped
+    gaps: list[SeriesGap] = Field(description="Stretches without a reading over min_gap_s")
+
+
+class SeriesAnswer(BaseModel):
+    """One patient's codes on a common time grid; every imputed value flagged."""
+
+    patient: str
+    start: str
+    end: str
+    step_s: float
+    max_age_s: float
+    method: Literal["last", "linear"]
+    fill: Literal["carry", "none"]
+    times: list[str] = Field(description="The grid times, ISO 8601")
+    series: dict[str, CodeSeries] = Field(description="Per code")
+
+
+class WaveformItem(BaseModel):
+    """One ECG or PPG segment as a device sends it: a start time, a rate and the samples.
+
+    Give the samples as a JSON array (``samples``) or as base64 of little-endian
+    float32 (``samples_b64``), not both. Segments longer than 60 s are stored as
+    60 s chunks: the first under ``id``, chunk k under ``id#k``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(
+        description="The sender's id of this segment; with source, the idempotency key (no '#')"
+    )
+    source: str = Field(description="The sending device or system")
+    patient: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+    kind: Literal["ppg", "ecg"]
+    start: str = Field(description="Time of the first sample, ISO 8601 with zone")
+    rate_hz: float = Field(ge=1, le=10_000, description="Sampling rate (Hz)")
+    unit: str = Field("", description="UCUM unit; default [arb'U] (ppg), mV (ecg)")
+    code: str = Field("", description="Code of the signal; default its MDC code")
+    system: str = Field("", description="Code system; default ISO/IEEE 11073 MDC")
+    samples: list[float] | None = Field(
+        None, description="Finite numbers, 1 to 10 minutes of them at rate_hz"
+    )
+    samples_b64: str | None = Field(None, description="base64 of little-endian float32")
+
+
+class WaveformBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    segments: list[WaveformItem]
+
+
+class WaveformItemResult(BaseModel):
+    index: int
+    id: str | None
+    status: Status
+    chunks: int | None = Field(None, description="Chunks the segment was stored as")
+    reason: str | None = None
+    field: str | None = Field(None, description="Field at fault (rejected items)")
+    location: str | None = Field(None, description="JSON path of the fault")
+
+
+class WaveformIngestAnswer(BaseModel):
+    results: list[WaveformItemResult]
+    summary: dict[Status, int]
+
+
+class WaveformGapOut(BaseModel):
+    start: str = Field(description="Time of the first missing sample")
+    end: str = Field(description="Time of the first sample after the gap")
+    n_samples: int
+
+
+class WaveformOut(BaseModel):
+    """A patient's recording over a window: the samples on a regular time axis.
+
+    Sample i was taken at ``start`` + round(i / rate_hz, µs); missing samples (the
+    ``gaps``) are null. With no recording in the window, ``samples`` is empty and
+    the recording's fields are null.
+    """
+
+    patient: str
+    kind: Literal["ppg", "ecg"]
+    source: str | None
+    code: str | None
+    start: str | None = Field(description="Time of the first sample in the window")
+    end: str | None = Field(description="One sample period after the last sample")
+    rate_hz: float | None
+    unit: str | None
+    samples: list[float | None]
+    gaps: list[WaveformGapOut]
+
+
+class HrvOut(BaseModel):
+    """Heart rate and time-domain HRV of the gap-free stretches (of 20 s or more) of a window."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    patient: str
+    kind: Literal["ppg", "ecg"]
+    bpm: float
+    ibi_ms: float = Field(description="Mean accepted beat-to-beat interval")
+    rmssd_ms: float | None
+    sdnn_ms: float
+    n_peaks: int
+    n_rejected: int = Field(description="Beat intervals rejected as outliers")
+    seconds: float = Field(description="Signal analysed (s), gaps and short stretches left out")
+    start: str = Field(alias="from", description="First sample analysed")
+    end: str = Field(alias="to", description="One period after the last sample analysed")

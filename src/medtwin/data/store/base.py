@@ -225,6 +225,7 @@ _MERGED_TABLES = (
     "device_bindings",
     "fhir_resources",
     "consents",
+    "waveforms",
 )
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from medtwin.core.errors import StoreError
 from medtwin.core.records import Observation
+from medtwin.data.store import schema
 from medtwin.data.store.base import SqlStore, positions_of
 from medtwin.data.store.schema import OBSERVATION_COLUMNS
 
@@ -73,7 +74,9 @@ class PostgresStore(SqlStore):
                 yield conn
 
     def _after_restore(self, conn: Connection) -> None:
-        for table in ("observations", "interventions", "derived", "quarantine"):
+        # Every serial row id continues after the restored rows.
+        serial = [t.name for t in schema.metadata.sorted_tables if "row_id" in t.c]
+        for table in serial:
             conn.exec_driver_sql(
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'row_id'), "
                 f"coalesce((SELECT max(row_id) FROM {table}), 0) + 1, false)"

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     Table,
@@ -317,4 +318,38 @@ module_inputs = Table(
     Column("version", Integer),
     Column("upstream", Text),  # result: the fingerprint it read
     Column("value", Text),  # attribute: its value
+)
+
+# ECG/PPG waveforms, one row per chunk of samples (WaveformSegment.to_row()), not per sample.
+waveforms = Table(
+    "waveforms",
+    metadata,
+    Column("row_id", RowId, primary_key=True, autoincrement=True),
+    Column("source", Text, nullable=False),
+    Column("source_id", Text, nullable=False),  # the sender's id of the chunk
+    Column("patient_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),  # ppg, ecg
+    Column("system", Text, nullable=False),
+    Column("code", Text, nullable=False),
+    Column("start_us", BigInteger, nullable=False),  # time of sample 0
+    Column("end_us", BigInteger, nullable=False),  # one period after the last sample
+    Column("rate_hz", Float, nullable=False),
+    Column("n_samples", Integer, nullable=False),
+    Column("unit", Text, nullable=False),
+    Column("samples", LargeBinary, nullable=False),  # float32, byte-shuffled, zlib
+    Column("received_us", BigInteger, nullable=False),
+    UniqueConstraint("source", "source_id", name="uq_waveforms_source_id"),
+    Index("ix_waveforms_patient_code_time", "patient_id", "code", "start_us"),
+)
+
+calibrations = Table(
+    "calibrations",
+    metadata,
+    Column("row_id", RowId, primary_key=True, autoincrement=True),
+    Column("device", Text, nullable=False),
+    Column("code", Text, nullable=False),
+    Column("reference", Text, nullable=False),  # the source the device was fitted against
+    Column("created_us", BigInteger, nullable=False),
+    Column("calibration", Text, nullable=False),  # JSON: gain, offset, n, residual_sd, ...
+    Index("ix_calibrations_device", "device", "code"),
 )

@@ -16,6 +16,9 @@ report), :mod:`.alignment` (common time grid), :mod:`.quality` (flags),
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from medtwin.devices.conditioning.alignment import (
     Aligned,
     AlignMode,
@@ -58,33 +61,8 @@ from medtwin.devices.conditioning.kalman import (
     kalman_smooth,
     rts_smooth,
 )
-from medtwin.devices.conditioning.peaks import (
-    HrvSummary,
-    detect_peaks,
-    detect_peaks_batch,
-    heart_rate_bpm,
-    hrv_summary,
-    reject_outliers,
-    rmssd_ms,
-    rr_intervals_ms,
-    sample_rate_from_timer,
-    sdnn_ms,
-)
 from medtwin.devices.conditioning.quality import ConditioningFlag, flag_bits
 from medtwin.devices.conditioning.streams import StreamBatch, pad_streams
-from medtwin.devices.conditioning.waveforms import (
-    CODE_SYSTEM_MDC,
-    WAVEFORM_CODES,
-    JoinedWaveform,
-    WaveformGap,
-    WaveformSegment,
-    bandpass,
-    decode_samples,
-    encode_samples,
-    wavelet_denoise,
-)
-from medtwin.devices.conditioning.waveforms import chunk as chunk_waveform
-from medtwin.devices.conditioning.waveforms import join as join_waveform
 
 __all__ = [
     "DEFAULT_RATE_LIMITS",
@@ -124,6 +102,50 @@ __all__ = [
     "rts_smooth",
     "soft_limit_mask",
 ]
+# Waveforms and beat detection load SciPy's signal package and Numba kernels (about a
+# second): they are imported on first use, so ingestion of vital signs does not pay it.
+_LAZY = {
+    **{
+        name: ("medtwin.devices.conditioning.peaks", name)
+        for name in (
+            "HrvSummary",
+            "detect_peaks",
+            "detect_peaks_batch",
+            "heart_rate_bpm",
+            "hrv_summary",
+            "reject_outliers",
+            "rmssd_ms",
+            "rr_intervals_ms",
+            "sample_rate_from_timer",
+            "sdnn_ms",
+        )
+    },
+    **{
+        name: ("medtwin.devices.conditioning.waveforms", name)
+        for name in (
+            "CODE_SYSTEM_MDC",
+            "WAVEFORM_CODES",
+            "JoinedWaveform",
+            "WaveformGap",
+            "WaveformSegment",
+            "bandpass",
+            "decode_samples",
+            "encode_samples",
+            "wavelet_denoise",
+        )
+    },
+    "chunk_waveform": ("medtwin.devices.conditioning.waveforms", "chunk"),
+    "join_waveform": ("medtwin.devices.conditioning.waveforms", "join"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(module), attribute)
+
+
 __all__ += [
     "CODE_SYSTEM_MDC",
     "WAVEFORM_CODES",

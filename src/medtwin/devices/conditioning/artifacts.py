@@ -104,14 +104,21 @@ def soft_limit_mask(values: ArrayLike, low: ArrayLike, high: ArrayLike) -> BoolA
 
 
 def rate_of_change_mask(
-    times_us: ArrayLike, values: ArrayLike, max_rate_per_min: ArrayLike
+    times_us: ArrayLike,
+    values: ArrayLike,
+    max_rate_per_min: ArrayLike,
+    *,
+    min_interval_s: float = 0.0,
 ) -> BoolArray:
     """True where ``|Δvalue| / Δt`` exceeds the limit [value units per minute].
 
     Δ is taken against the previous *accepted* value of the stream (NaN and
     flagged values are skipped), so a burst of artifacts is flagged whole and a
     real level change is accepted once enough time has passed. The first value
-    of a stream is never flagged; repeated times with different values are.
+    of a stream is never flagged; with ``min_interval_s`` 0, repeated times with
+    different values are. Δt is taken as at least ``min_interval_s`` seconds, so
+    a stream sampled every second may move by a minute's budget between samples
+    (beat-to-beat heart rate varies that much).
     """
     v, one = as_values(values)
     t = as_times(times_us, v.shape)
@@ -124,7 +131,7 @@ def rate_of_change_mask(
     finite = np.isfinite(limit)
     for j in range(v.shape[1]):
         x = v[:, j]
-        dt_min = (t[:, j] - prev_t) / (60 * US_PER_S)
+        dt_min = np.maximum((t[:, j] - prev_t) / US_PER_S, min_interval_s) / 60
         allowed = np.where(finite, limit * dt_min, np.inf)
         flagged = ~np.isnan(prev_v) & (np.abs(x - prev_v) > allowed)
         mask[:, j] = flagged

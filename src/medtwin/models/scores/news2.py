@@ -115,6 +115,8 @@ class News2Batch:
     ``band``: (n,) int8 index into ``BANDS``, -1 where the score is null.
     ``missing``: (n, 7) bool, True where the parameter's input was absent; when not
     given it is taken as ``subscores == -1``.
+    ``ignored``: (n, 7) bool, True where the newest reading of the parameter was a
+    suspected artifact and was not scored (set by the twin runtime; None: not known).
     """
 
     subscores: NDArray[np.int16]
@@ -122,6 +124,7 @@ class News2Batch:
     partial_score: NDArray[np.int16]
     band: NDArray[np.int8]
     missing: NDArray[np.bool_] | None = None
+    ignored: NDArray[np.bool_] | None = None
 
     def __len__(self) -> int:
         """Number of patients."""
@@ -132,7 +135,8 @@ class News2Batch:
 
         Shape: ``{"score": int|None, "partial_score": int, "band": str|None,
         "subscores": {param: int|None for every param}, "missing": [param, ...]}``,
-        ``missing`` in ``PARAMETERS`` order.
+        ``missing`` in ``PARAMETERS`` order; with ``ignored`` known, also
+        ``"ignored": [param, ...]``.
         """
         subs = [int(s) for s in self.subscores[i]]
         absent = self.missing[i] if self.missing is not None else self.subscores[i] == _MISSING
@@ -146,6 +150,11 @@ class News2Batch:
                 p: (None if s == _MISSING else s) for p, s in zip(PARAMETERS, subs, strict=True)
             },
             "missing": [p for p, a in zip(PARAMETERS, absent, strict=True) if a],
+            **(
+                {}
+                if self.ignored is None
+                else {"ignored": [p for p, a in zip(PARAMETERS, self.ignored[i], strict=True) if a]}
+            ),
         }
 
 

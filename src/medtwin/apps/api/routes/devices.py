@@ -1,4 +1,4 @@
-"""Device bindings: which patient an MQTT device is on, and from when to when.
+"""Devices: which patient an MQTT device is on and when; how its readings are calibrated.
 
 Readings are attributed to the patient whose binding covers their time, so a
 binding can be given in the past (a device put on before it was registered).
@@ -22,6 +22,7 @@ from medtwin.core.clock import to_us
 from medtwin.core.errors import ConflictError, InputError, NotFoundError
 from medtwin.data.accounts import Role
 from medtwin.devices.mqtt.bindings import Binding, DeviceBindings
+from medtwin.twins.calibrations import CalibrationStore
 
 router = APIRouter(prefix="/api/v1/devices/{device_id}", tags=["devices"])
 WRITE = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="write")
@@ -133,3 +134,69 @@ async def device_bindings(
         ]
 
     return await run_in_threadpool(load)
+
+
+CALIBRATE = Policy.allow(Role.ADMIN, action="calibrate")
+
+
+class CalibrateRequest(BaseModel):
+    """Fit the device's readings of ``code`` to a reference source's, from ``from`` to ``to``."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    code: str = Field(min_length=1, max_length=64, description="LOINC code of the readings")
+    reference: str = Field(
+        min_length=1, max_length=256, description="The reference source (e.g. a glucose meter)"
+    )
+    from_: datetime = Field(alias="from")
+    to: datetime
+    max_gap_s: float = Field(300.0, gt=0, le=86_400, description="Pairing distance (s)")
+    lag_s: float = Field(0.0, ge=-3600, le=3600, description="How far the device lags (s)")
+
+
+@router.post("/calibrations", status_code=201, responses=_ERRORS)
+async def calibrate_device(
+    device_id: str,
+    body: CalibrateRequest,
+    context: Context,
+    principal: Annotated[Principal, guard(CALIBRATE)],
+) -> dict[str, Any]:
+    """Fit and apply a calibration: from now on the device's readings of ``code`` are
+    mapped onto the reference's scale as they arrive (flag ``calibrated``)."""
+    start, end = _us(body.from_, "from"), _us(body.to, "to")
+
+    def calibrate() -> dict[str, Any]:
+        calibrations = CalibrationStore(context.store)
+        fitted = calibrations.fit(
+            device_id,
+            body.code,
+            body.reference,
+            start_us=start,
+            end_us=end,
+            max_gap_s=body.max_gap_s,
+            lag_s=body.lag_s,
+        )
+        stored = calibrations.add(
+            device_id, body.code, body.reference, fitted, now_us=context.clock.now_us()
+        )
+        conditioner = context.ingestor.conditioner
+        if conditioner is not None:
+            conditioner.set_calibration(device_id, body.code, fitted)
+        context.record(
+            principal.name,
+            principal.role,
+            "device.calibrate",
+            "success",
+            detail={"device": device_id, "code": body.code, "calibration": fitted.id},
+        )
+        return stored.as_json()
+
+    return await run_in_threadpool(calibrate)
+
+
+@router.get("/calibrations", responses=_ERRORS)
+async def device_calibrations(
+    device_id: str, context: Context, _: Annotated[Principal, guard(READ)]
+) -> list[dict[str, Any]]:
+    """Every calibration of the device, oldest first (the newest per code applies)."""
+    history = await run_in_threadpool(CalibrationStore(context.store).history, device_id)
+    return [stored.as_json() for stored in history]
