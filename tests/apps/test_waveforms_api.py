@@ -20,7 +20,7 @@ import pytest
 
 from medtwin.apps.api.routes.patients import iso
 from medtwin.data.accounts import Role
-from medtwin.devices.conditioning.peaks import hrv_summary, sample_rate_from_timer
+from medtwin.devices.conditioning.peaks import hrv_of_recording, hrv_summary, sample_rate_from_timer
 
 from .conftest import LiveServer
 
@@ -313,3 +313,37 @@ def test_roles_devices_and_care_teams(live_server: LiveServer) -> None:
     anonymous = httpx.post(f"{live_server.url}/api/v1/waveforms", json={"segments": []})
     assert anonymous.status_code == 401
     device.close()
+
+
+def test_hrv_is_a_module_traced_to_its_chunks(
+    live_server: LiveServer, ppg: tuple[np.ndarray, float]
+) -> None:
+    samples, rate = ppg
+    seconds = len(samples) / rate
+    start = recent_us(seconds + 10)
+    posted = live_server.admin.post(
+        "/api/v1/waveforms", json={"segments": [segment(start, samples, rate, id="hrv-1")]}
+    )
+    assert posted.status_code == 200, posted.text
+    derived = live_server.admin.get("/api/v1/patients/wp1/derived/hrv.ppg")
+    assert derived.status_code == 200, derived.text
+    body = derived.json()
+    outputs = {o["name"]: o["value"] for o in body["outputs"]}
+    expected = hrv_of_recording(samples, rate, "ppg")
+    assert outputs["bpm"] == pytest.approx(expected["bpm"])
+    assert outputs["rmssd_ms"] == pytest.approx(expected["rmssd_ms"])
+    assert outputs["bpm"] == pytest.approx(62.376, rel=0.02)  # HeartPy's figure for data2.csv
+    tree = live_server.admin.get(body["provenance"]).json()
+    chunks = tree["inputs"]
+    assert {c["type"] for c in chunks} == {"waveform"}
+    assert sorted(c["source_id"] for c in chunks) == sorted(
+        ["hrv-1", *(f"hrv-1#{k}" for k in range(1, len(chunks)))]
+    )
+    assert sum(c["n_samples"] for c in chunks) == len(samples)
+    again = live_server.admin.get("/api/v1/patients/wp1/derived/hrv.ppg").json()
+    assert again["cached"] is True
+    assert again["id"] == body["id"]
+    prov = live_server.admin.get(body["provenance"], params={"format": "prov-json"}).json()
+    assert len([e for e in prov["entity"].values() if "Waveform" in str(e["prov:type"])]) == len(
+        chunks
+    )

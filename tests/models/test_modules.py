@@ -18,6 +18,7 @@ from medtwin.models.modules import (
     OutputValues,
     ParameterValue,
     ResultInput,
+    WaveformInput,
 )
 from medtwin.models.scores.news2_modules import news2_modules
 
@@ -87,6 +88,8 @@ def test_unknown_code_and_attribute_are_refused() -> None:
         ModuleGraph([module("a", ObservationInput("v", "1234-5"))], codes=CODES)
     with pytest.raises(ModuleGraphError, match=r"unknown attribute 'height'"):
         ModuleGraph([module("a", AttributeInput("h", "height"))], codes=CODES)
+    with pytest.raises(ModuleGraphError, match=r"unknown waveform kind 'eeg'"):
+        ModuleGraph([module("a", WaveformInput("w", "eeg"))], codes=CODES)
 
 
 def test_bad_declarations_are_refused() -> None:

@@ -27,7 +27,7 @@ __all__ = ["InputRecord", "ObservationKey", "ProvenanceStore", "ResultRecord", "
 ObservationKey = tuple[str, str, int]  # (source, source_id, version)
 _NO_KEY = (None, None, None)
 _CHUNK = 2000  # ids per IN list: well under SQLite's and PostgreSQL's parameter limits
-InputKind = Literal["observation", "excluded", "result", "attribute"]
+InputKind = Literal["observation", "excluded", "waveform", "result", "attribute"]
 
 
 class ResultRecord(NamedTuple):
@@ -243,11 +243,40 @@ class ProvenanceStore:
             node["origin"] = None if origin is None else _origin(origin)
         return found
 
+    def waveforms(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Stored waveform chunks by (source, source_id), as provenance nodes (no samples)."""
+        table = schema.waveforms
+        wanted = sorted(set(keys))
+        column = sa.tuple_(table.c.source, table.c.source_id)
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        columns = [c for c in table.c if c.name != "samples"]
+        with self.store.reading() as conn:
+            for start in range(0, len(wanted), 300):
+                query = sa.select(*columns).where(column.in_(wanted[start : start + 300]))
+                for row in conn.execute(query):
+                    found[(row.source, row.source_id)] = {
+                        "id": f"{row.source}|{row.source_id}",
+                        "type": "waveform",
+                        "source": row.source,
+                        "source_id": row.source_id,
+                        "patient": row.patient_id,
+                        "kind": row.kind,
+                        "system": row.system,
+                        "code": row.code,
+                        "unit": row.unit,
+                        "start": _iso(row.start_us),
+                        "end": _iso(row.end_us),
+                        "rate_hz": row.rate_hz,
+                        "n_samples": row.n_samples,
+                        "received": _iso(row.received_us),
+                    }
+        return found
+
     def tree(self, fingerprint: str, *, depth: int | None = None) -> dict[str, Any]:
         """The provenance of a result, ``depth`` result levels deep (None: to the sources).
 
         Each result node lists its inputs: results (nested), observations (with the
-        message they came in) and attributes. A node past ``depth`` carries
+        message they came in), waveform chunks and attributes. A node past ``depth`` carries
         ``"truncated": true`` instead of its inputs; an input whose record is gone
         (erased, or never stored) carries ``"missing": true``.
         """
@@ -262,8 +291,24 @@ class ProvenanceStore:
                         node["truncated"] = True
                 break
             inputs = self.inputs_of(list(level))
-            keys = [i.key for records in inputs.values() for i in records if i.key is not None]
+            keys = [
+                i.key
+                for records in inputs.values()
+                for i in records
+                if i.key is not None and i.kind != "waveform"
+            ]
             observations = self.observations(keys) if keys else {}
+            chunks = [
+                (i.key[0], i.key[1])
+                for records in inputs.values()
+                for i in records
+                if i.key is not None and i.kind == "waveform"
+            ]
+            if chunks:
+                observations |= {
+                    (source, source_id, 0): node
+                    for (source, source_id), node in self.waveforms(chunks).items()
+                }
             upstream = [i.upstream for rs in inputs.values() for i in rs if i.upstream is not None]
             results = self.load(upstream) if upstream else {}
             following: dict[str, list[dict[str, Any]]] = {}
@@ -285,10 +330,16 @@ def _input_node(
     observations: dict[ObservationKey, dict[str, Any]],
     results: dict[str, ResultRecord],
 ) -> dict[str, Any]:
-    if record.kind in ("observation", "excluded") and record.key is not None:
+    if record.kind in ("observation", "excluded", "waveform") and record.key is not None:
         found = observations.get(record.key)
         node: dict[str, Any] = (
-            {"id": observation_id(record.key), "type": "observation", "missing": True}
+            {
+                "id": observation_id(record.key)
+                if record.kind != "waveform"
+                else f"{record.key[0]}|{record.key[1]}",
+                "type": "waveform" if record.kind == "waveform" else "observation",
+                "missing": True,
+            }
             if found is None
             else dict(found)
         )

@@ -44,6 +44,7 @@ Node = dict[str, Any]
 
 DERIVED_SYSTEM = "urn:medtwin:derived"
 OBSERVATION_SYSTEM = "urn:medtwin:observation"
+WAVEFORM_SYSTEM = "urn:medtwin:waveform"
 ATTRIBUTE_SYSTEM = "urn:medtwin:attribute"
 MODULE_SYSTEM = "urn:medtwin:module"
 SOURCE_SYSTEM = "urn:medtwin:source"
@@ -207,6 +208,8 @@ def _entity(child: Node) -> dict[str, Any]:
     kind = child.get("type")
     if kind == "observation":
         what = _reference(OBSERVATION_SYSTEM, child["id"], child.get("input"))
+    elif kind == "waveform":
+        what = _reference(WAVEFORM_SYSTEM, child["id"], child.get("input"))
     elif kind == "result":
         what = _reference(DERIVED_SYSTEM, child["id"], child.get("input"))
     else:
@@ -392,6 +395,16 @@ def _prov_input(doc: _ProvDocument, child: Node) -> str:
                 identifier,
                 {"prov:type": _qname("medtwin:Observation"), "medtwin:missing": True},
             )
+        return identifier
+    if kind == "waveform":
+        identifier = _local("waveform", child["id"])
+        chunk: dict[str, Any] = {"prov:type": _qname("medtwin:Waveform")}
+        for key in ("kind", "code", "unit", "start", "end", "rate_hz", "n_samples"):
+            if child.get(key) is not None:
+                chunk[f"medtwin:{key}"] = _literal(child[key])
+        if child.get("missing"):
+            chunk["medtwin:missing"] = True
+        doc.element("entity", identifier, chunk)
         return identifier
     if kind == "result":
         identifier = _local("derived", child["id"])

@@ -7,9 +7,10 @@ outputs with units, parameters, and a pure ``compute`` over a batch of twins.
 input, or whose inputs close a cycle, fails with :class:`ModuleGraphError`.
 
 Inputs reach ``compute`` as float arrays of shape ``(n,)``, NaN where a twin has
-no value (aggregations ``latest``, ``mean``, ``min``, ``max``, ``count``), or as a
-:class:`Ragged` batch of every value in the window (``all``). Outputs are float
-arrays of shape ``(n,)``, NaN meaning null.
+no value (aggregations ``latest``, ``mean``, ``min``, ``max``, ``count``), as a
+:class:`Ragged` batch of every value in the window (``all``), or, for waveforms,
+as a list of one :class:`Recording` (or None) per twin. Outputs are float arrays
+of shape ``(n,)``, NaN meaning null.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ __all__ = [
     "ModuleOutput",
     "ObservationInput",
     "Ragged",
+    "Recording",
     "ResultInput",
+    "WaveformInput",
 ]
 
 Aggregation = Literal["latest", "mean", "min", "max", "count", "all"]
@@ -76,7 +79,27 @@ class AttributeInput:
     attribute: str
 
 
-Input = ObservationInput | ResultInput | AttributeInput
+@dataclass(frozen=True, slots=True)
+class WaveformInput:
+    """The twin's ``kind`` waveform (``ppg`` or ``ecg``) of the last ``window_s`` seconds."""
+
+    name: str
+    kind: str
+    window_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """A waveform as a module sees it: samples (NaN in gaps), their rate [Hz] and start
+    [µs since epoch]."""
+
+    samples: NDArray[np.float32]
+    rate_hz: float
+    start_us: int
+
+
+WAVEFORM_KINDS = ("ppg", "ecg")
+Input = ObservationInput | ResultInput | AttributeInput | WaveformInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +241,11 @@ class ModuleGraph:
             elif isinstance(item, AttributeInput):
                 if item.attribute not in ATTRIBUTES:
                     raise ModuleGraphError(f"{where} names unknown attribute {item.attribute!r}")
+            elif isinstance(item, WaveformInput):
+                if item.kind not in WAVEFORM_KINDS:
+                    raise ModuleGraphError(f"{where} names unknown waveform kind {item.kind!r}")
+                if not item.window_s > 0:
+                    raise ModuleGraphError(f"{where} needs a window longer than 0 s")
             else:
                 raise ModuleGraphError(f"{where} is not an input declaration")
 

@@ -40,7 +40,9 @@ from medtwin.models.modules import (
     ModuleGraph,
     ObservationInput,
     Ragged,
+    Recording,
     ResultInput,
+    WaveformInput,
 )
 from medtwin.twins.runtime import TwinRuntime
 
@@ -172,7 +174,7 @@ class _Inputs:
         position = 0
         for name, kind, per_twin in self.reads:
             read = per_twin[i]
-            if kind == "observation" or kind == "excluded":
+            if kind in ("observation", "excluded", "waveform"):
                 reason = None if kind == "observation" else "artifact-suspected"
                 for source, source_id, version in read:
                     out.append(
@@ -244,11 +246,13 @@ class Planner:
             plan_key = (self.graph.generation, tuple(targets))
             # Twins whose state has not changed since their last request, and none of whose
             # inputs has aged out of its window since, read the same inputs: same results.
+            # Runtime revisions see observations only: windows read from the store and
+            # waveforms are looked up each time.
             memoable = all(
-                item.aggregate == "latest"
+                (isinstance(item, ObservationInput) and item.aggregate == "latest")
+                or isinstance(item, ResultInput | AttributeInput)
                 for module in order
                 for item in module.inputs
-                if isinstance(item, ObservationInput)
             )
             revisions = runtime.revisions(patients) if memoable else []
             hits: dict[int, _Memo] = {}
@@ -296,14 +300,23 @@ class Planner:
         return Derivation(patients, now, runs)
 
     def derive(self, targets: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Bring ``targets`` (default: modules nothing reads) up to date for every twin.
+        """Bring ``targets`` (default: modules nothing reads, bar those that read
+        waveforms) up to date for every twin.
 
         Returns a ``derived.updated`` event for each target result computed now (the
         twins whose inputs changed, or aged out of a window, since the last pass).
         """
         if targets is None:
             read = {i.module for m in self.graph for i in m.inputs if isinstance(i, ResultInput)}
-            targets = [m.name for m in self.graph if m.name not in read]
+            targets = [
+                m.name
+                for m in self.graph
+                if m.name not in read
+                # Waveform modules decode recordings: they run when asked for, not each pass.
+                and not any(
+                    isinstance(i, WaveformInput) for d in self._plan([m.name]) for i in d.inputs
+                )
+            ]
         derivation = self.request(targets)
         events: list[dict[str, Any]] = []
         for name in targets:
@@ -481,6 +494,16 @@ class Planner:
                 declared = f"{name}\x1fresult\x1f{item.module}\x1f{item.output}"
                 identities.append([f"{declared}\x1f{fp}" for fp in upstream.fingerprints])
                 reads.append((name, "result", upstream.fingerprints))
+            elif isinstance(item, WaveformInput):
+                recordings, chunk_keys = self._recordings(patients, item, now)
+                values[name] = recordings
+                declared = f"{name}\x1fwaveform\x1f{item.kind}\x1f{item.window_s!r}"
+                identities.append(
+                    [declared + "".join(f"\x1f{s}\x1d{i}" for s, i in keys) for keys in chunk_keys]
+                )
+                reads.append(
+                    (name, "waveform", [[(s, i, 0) for s, i in keys] for keys in chunk_keys])
+                )
             elif isinstance(item, AttributeInput):
                 value = self.runtime.attribute(rows, item.attribute)
                 values[name] = value
@@ -489,6 +512,38 @@ class Planner:
                 identities.append([f"{declared}\x1f{t}" for t in texts])
                 reads.append((name, "attribute", texts))
         return _Inputs(values, identities, reads)
+
+    def _recordings(
+        self, patients: list[str], item: WaveformInput, now: int
+    ) -> tuple[list[Recording | None], list[list[tuple[str, str]]]]:
+        """Per twin, its ``item.kind`` recording of the window (the longest when several
+        devices recorded) and the keys of the chunks it is made of."""
+        # Imported here: the waveform codec loads SciPy's signal package, which requests
+        # without waveform inputs (and the CLI) need not pay for.
+        from medtwin.data.waveforms import WaveformStore
+        from medtwin.devices.conditioning.waveforms import join as join_waveform
+
+        start = now - round(item.window_s * 1_000_000)
+        found = WaveformStore(self.store).window(
+            patients, kind=item.kind, start_us=start, end_us=now
+        )
+        recordings: list[Recording | None] = []
+        keys: list[list[tuple[str, str]]] = []
+        for patient in patients:
+            series: dict[tuple[str, str, float], list[tuple[tuple[str, str], Any]]] = {}
+            for key, chunk in found[patient]:
+                series.setdefault((chunk.source, chunk.code, chunk.rate_hz), []).append(
+                    (key, chunk)
+                )
+            if not series:
+                recordings.append(None)
+                keys.append([])
+                continue
+            chosen = max(series.values(), key=lambda chunks: sum(c.n_samples for _, c in chunks))
+            joined = join_waveform([chunk for _, chunk in chosen]).segment
+            recordings.append(Recording(joined.samples, joined.rate_hz, joined.start_us))
+            keys.append(sorted(key for key, _ in chosen))
+        return recordings, keys
 
     def _window(
         self, patients: list[str], code: str, start_us: int, end_us: int
@@ -567,6 +622,8 @@ def _aggregate(found: list[list[tuple[ObservationKey, int, float]]], how: str) -
 
 
 def _take(value: Any, index: NDArray[np.intp]) -> Any:
+    if isinstance(value, list):  # recordings
+        return [value[i] for i in index.tolist()]
     if isinstance(value, Ragged):
         counts = np.diff(value.offsets)[index]
         parts = [np.arange(value.offsets[i], value.offsets[i + 1]) for i in index]

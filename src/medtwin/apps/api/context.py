@@ -21,6 +21,7 @@ from medtwin.models.modules import ModuleGraph
 from medtwin.models.scores.news2_modules import news2_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
 from medtwin.twins.calibrations import CalibrationStore
+from medtwin.twins.hrv_modules import hrv_modules
 from medtwin.twins.planner import Planner
 from medtwin.twins.replay import Replayers
 
@@ -119,7 +120,10 @@ class ServiceContext:
             ConsentStore(store, privacy.keyring),
             Replayers(store, ingestor, clock),
             Planner(
-                ModuleGraph(news2_modules(settings.news2_window_s), codes=runtime.codes),
+                ModuleGraph(
+                    (*news2_modules(settings.news2_window_s), *hrv_modules()),
+                    codes=runtime.codes,
+                ),
                 runtime,
                 store,
                 clock=clock,

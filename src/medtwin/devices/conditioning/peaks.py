@@ -50,9 +50,12 @@ from medtwin.devices.conditioning.waveforms import bandpass
 __all__ = [
     "LIFTS",
     "HrvSummary",
+    "RecordingHrv",
     "detect_peaks",
     "detect_peaks_batch",
+    "gap_free_stretches",
     "heart_rate_bpm",
+    "hrv_of_recording",
     "hrv_summary",
     "reject_outliers",
     "rmssd_ms",
@@ -450,3 +453,73 @@ def hrv_summary(
         n_peaks=int(p.size),
         n_rejected=int((~ok).sum()),
     )
+
+
+class RecordingHrv(TypedDict):
+    """:func:`hrv_of_recording`: ``first``/``last`` are the sample indices [first, last)
+    of the stretches used; ``seconds`` their total length."""
+
+    bpm: float
+    ibi_ms: float
+    rmssd_ms: float | None
+    sdnn_ms: float
+    n_peaks: int
+    n_rejected: int
+    seconds: float
+    first: int
+    last: int
+
+
+def gap_free_stretches(x: ArrayLike) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each run of finite samples (gaps are NaN)."""
+    finite = np.concatenate(([False], np.isfinite(np.asarray(x, dtype=np.float64)), [False]))
+    edges = np.flatnonzero(np.diff(finite.astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def hrv_of_recording(
+    samples: ArrayLike, rate_hz: float, kind: PeakKind = "ppg", *, min_stretch_s: float = 20.0
+) -> RecordingHrv:
+    """Heart rate and HRV of a recording with gaps (NaN), over its stretches of at least
+    ``min_stretch_s`` seconds.
+
+    Over one stretch this is :func:`hrv_summary` of its samples; over several, the beat
+    intervals of every stretch are pooled (outliers judged against all of them) and
+    RMSSD only pairs successive intervals of one stretch: no interval spans a gap.
+    InputError when no stretch is long enough or no regular beat is found.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    shortest = math.ceil(min_stretch_s * rate_hz)
+    runs = gap_free_stretches(x)
+    used = [(a, b) for a, b in runs if b - a >= shortest]
+    if not used:
+        longest = max((b - a for a, b in runs), default=0) / rate_hz
+        raise InputError(
+            f"HRV needs a gap-free stretch of at least {min_stretch_s:g} s of {kind}; "
+            f"the longest is {longest:.3g} s",
+            "samples",
+        )
+    rr_parts: list[NDArray[np.float64]] = []
+    n_peaks = 0
+    for a, b in used:
+        peaks = detect_peaks(x[a:b], rate_hz, kind)
+        n_peaks += int(peaks.size)
+        rr_parts.append(rr_intervals_ms(peaks, rate_hz))
+    rr = np.concatenate(rr_parts)
+    ok = reject_outliers(rr)
+    if not ok.any():
+        raise InputError(f"no regular heartbeat found in the {kind}", "samples")
+    stretch = np.concatenate([np.full(p.size, k) for k, p in enumerate(rr_parts)])
+    pair = ok[1:] & ok[:-1] & (stretch[1:] == stretch[:-1])
+    rmssd = float(np.sqrt(np.mean(np.diff(rr)[pair] ** 2))) if pair.any() else None
+    return {
+        "bpm": heart_rate_bpm(rr, ok),
+        "ibi_ms": float(rr[ok].mean()),
+        "rmssd_ms": rmssd,
+        "sdnn_ms": sdnn_ms(rr, ok),
+        "n_peaks": n_peaks,
+        "n_rejected": int((~ok).sum()),
+        "seconds": sum(b - a for a, b in used) / rate_hz,
+        "first": used[0][0],
+        "last": used[-1][1],
+    }

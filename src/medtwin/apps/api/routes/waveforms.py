@@ -43,13 +43,7 @@ from medtwin.data.accounts import Role
 from medtwin.data.store import AppendStatus, QuarantineEntry
 from medtwin.data.validation import ID_PATTERN, MAX_TEXT, parse_time_us, storable
 from medtwin.data.waveforms import WaveformStore
-from medtwin.devices.conditioning.peaks import (
-    detect_peaks,
-    heart_rate_bpm,
-    reject_outliers,
-    rr_intervals_ms,
-    sdnn_ms,
-)
+from medtwin.devices.conditioning.peaks import hrv_of_recording
 from medtwin.devices.conditioning.waveforms import (
     CODE_SYSTEM_MDC,
     WAVEFORM_CODES,
@@ -516,54 +510,19 @@ async def get_hrv(
     return JSONResponse(await run_in_threadpool(compute))
 
 
-def _stretches(x: NDArray[np.float32]) -> list[tuple[int, int]]:
-    """``[start, stop)`` of each run of finite samples."""
-    finite = np.concatenate(([False], np.isfinite(x), [False]))
-    edges = np.flatnonzero(np.diff(finite.astype(np.int8)))
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
-
-
 def _hrv(window: _Window, kind: Literal["ppg", "ecg"]) -> dict[str, Any]:
-    """``hrv_summary`` over the window's long enough gap-free stretches, pooled.
-
-    Over one stretch this is ``hrv_summary`` of its samples; over several, the beat
-    intervals of every stretch are pooled (outliers judged against all of them) and
-    RMSSD only pairs successive intervals of one stretch.
-    """
+    """:func:`hrv_of_recording` of the window, with its times."""
     segment = window.segment
-    rate = segment.rate_hz
-    shortest = math.ceil(MIN_STRETCH_S * rate)
-    runs = _stretches(segment.samples)
-    used = [(a, b) for a, b in runs if b - a >= shortest]
-    if not used:
-        longest = max((b - a for a, b in runs), default=0) / rate
-        raise InputError(
-            f"HRV needs a gap-free stretch of at least {MIN_STRETCH_S:g} s of {kind}; "
-            f"the longest in the window is {longest:.3g} s",
-            "query",
+    try:
+        found = hrv_of_recording(
+            segment.samples, segment.rate_hz, kind, min_stretch_s=MIN_STRETCH_S
         )
-    rr_parts: list[NDArray[np.float64]] = []
-    n_peaks = 0
-    for a, b in used:
-        peaks = detect_peaks(segment.samples[a:b], rate, kind)
-        n_peaks += int(peaks.size)
-        rr_parts.append(rr_intervals_ms(peaks, rate))
-    rr = np.concatenate(rr_parts)
-    ok = reject_outliers(rr)
-    if not ok.any():
-        raise InputError(f"no regular heartbeat found in the {kind} of the window", "query")
-    stretch = np.concatenate([np.full(p.size, k) for k, p in enumerate(rr_parts)])
-    pair = ok[1:] & ok[:-1] & (stretch[1:] == stretch[:-1])
-    rmssd = float(np.sqrt(np.mean(np.diff(rr)[pair] ** 2))) if pair.any() else None
-    times = segment.start_us + np.rint(np.asarray([used[0][0], used[-1][1]]) * (1e6 / rate))
+    except InputError as exc:
+        raise InputError(f"{exc.reason} in the window", "query") from exc
+    edges = np.rint(np.asarray([found["first"], found["last"]]) * (1e6 / segment.rate_hz))
+    times = segment.start_us + edges
     return {
-        "bpm": heart_rate_bpm(rr, ok),
-        "ibi_ms": float(rr[ok].mean()),
-        "rmssd_ms": rmssd,
-        "sdnn_ms": sdnn_ms(rr, ok),
-        "n_peaks": n_peaks,
-        "n_rejected": int((~ok).sum()),
-        "seconds": sum(b - a for a, b in used) / rate,
+        **{k: v for k, v in found.items() if k not in ("first", "last")},
         "from": iso(int(times[0])),
         "to": iso(int(times[1])),
     }
