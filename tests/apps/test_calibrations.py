@@ -89,3 +89,40 @@ def test_too_few_pairs_are_refused_with_the_reason(live_server: LiveServer) -> N
     answer = live_server.admin.post("/api/v1/devices/cgm-3/calibrations", json=request)
     assert answer.status_code == 422
     assert "0 reading pairs" in answer.json()["error"]["message"]
+
+
+def test_drift_tracking_follows_the_sensor_as_it_is_now(live_server: LiveServer) -> None:
+    start = datetime.now(UTC) - timedelta(hours=12)
+    hours = np.arange(0, 12, 0.25)
+    truth = 120 + 30 * np.sin(hours)
+    drift = 2.0 * hours  # the sensor reads 2 mg/dL lower every hour
+    readings = [
+        (f"d{i}", round(float(truth[i] - drift[i]), 2), start + timedelta(hours=float(h)))
+        for i, h in enumerate(hours)
+    ]
+    _post(live_server, "cgm-5", readings)
+    sticks = [
+        (f"s{i}", round(float(truth[i]), 2), start + timedelta(hours=float(h), seconds=30))
+        for i, h in enumerate(hours)
+    ]
+    _post(live_server, "meter-5", sticks)
+    request = {
+        "code": GLUCOSE,
+        "reference": "meter-5",
+        "from": start.isoformat(),
+        "to": (start + timedelta(hours=12)).isoformat(),
+        "max_gap_s": 120,
+    }
+    plain = live_server.admin.post("/api/v1/devices/cgm-5/calibrations", json=request).json()
+    tracked = live_server.admin.post(
+        "/api/v1/devices/cgm-5/calibrations", json={**request, "half_life_s": 900}
+    ).json()
+    assert tracked["method"].startswith("drift-tracker")
+    # At the end the sensor reads 23.5 mg/dL low: the tracked fit is near it (behind by
+    # about the drift of one half-life / ln 2), the plain fit near the 12-hour average.
+    end_error = 2.0 * hours[-1]
+    at = 120.0
+    plain_shift = plain["gain"] * at + plain["offset"] - at
+    tracked_shift = tracked["gain"] * at + tracked["offset"] - at
+    assert abs(tracked_shift - end_error) < 3, tracked_shift
+    assert abs(plain_shift - end_error) > 2 * abs(tracked_shift - end_error), plain_shift

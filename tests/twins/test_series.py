@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pytest
 
 from medtwin.core.clock import FixedClock, from_us, to_us
@@ -206,3 +207,18 @@ def test_limits(store: SqlStore) -> None:
     assert len(series(store, [HR], end_us=T0_US + 9_999 * MIN)["times"]) == 10_000
     with pytest.raises(InputError, match="unknown method"):
         series(store, [HR], method="cubic")
+
+
+def test_kalman_smoothing_reduces_noise_and_is_flagged(store: SqlStore, ingestor: Ingestor) -> None:
+    rng = np.random.default_rng(8)
+    truth = 80 + 10 * np.sin(np.arange(120) / 15)
+    noisy = truth + rng.normal(0, 3, truth.size)
+    feed(ingestor, *[(HR, T0_US + i * MIN, round(float(v), 2)) for i, v in enumerate(noisy)])
+    window = {"start_us": T0_US, "end_us": T0_US + 119 * MIN, "step_s": 60.0}
+    raw = aligned_series(store, "p1", [HR], **window)["series"][HR]
+    smooth = aligned_series(store, "p1", [HR], smooth="kalman", **window)["series"][HR]
+    error_raw = np.sqrt(np.mean((np.array(raw["values"]) - truth) ** 2))
+    error_smooth = np.sqrt(np.mean((np.array(smooth["values"]) - truth) ** 2))
+    assert error_smooth < 0.7 * error_raw, (error_raw, error_smooth)
+    assert all("smoothed" in flags for flags in smooth["flags"])
+    assert not any("smoothed" in flags for flags in raw["flags"])

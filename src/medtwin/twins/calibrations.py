@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import sqlalchemy as sa
@@ -20,7 +20,12 @@ import sqlalchemy as sa
 from medtwin.core.errors import InputError
 from medtwin.core.records import ObservationStatus, QualityFlag
 from medtwin.data.store import SqlStore, schema
-from medtwin.devices.conditioning.calibration import Calibration, fit_calibration, pair_readings
+from medtwin.devices.conditioning.calibration import (
+    Calibration,
+    DriftTracker,
+    fit_calibration,
+    pair_readings,
+)
 
 __all__ = ["CalibrationStore", "StoredCalibration"]
 
@@ -108,11 +113,16 @@ class CalibrationStore:
         end_us: int,
         max_gap_s: float,
         lag_s: float = 0.0,
+        half_life_s: float | None = None,
     ) -> Calibration:
         """Fit ``device``'s readings of ``code`` to ``reference``'s, patient by patient.
 
-        Readings the device sent already calibrated count by their raw value (kept
-        with their origin). InputError when fewer than two pairs are found.
+        With ``half_life_s`` the fit tracks slow drift: pairs weigh ``2 ** (-age /
+        half_life_s)`` by their age at ``end_us`` (a time-weighted refit, see
+        :class:`~medtwin.devices.conditioning.calibration.DriftTracker`), so the
+        calibration follows the sensor as it is now. Readings the device sent already
+        calibrated count by their raw value (kept with their origin). InputError when
+        fewer than two pairs are found.
         """
         if end_us <= start_us:
             raise InputError("must be after 'from'", "to")
@@ -148,6 +158,7 @@ class CalibrationStore:
         raw = self._raw_values([r for r in kept if r.source == device and r.flags & _CALIBRATED])
         measured: list[np.ndarray] = []
         references: list[np.ndarray] = []
+        when: list[np.ndarray] = []
         for patient in sorted({r.patient_id for r in kept}):
             sensor = sorted(
                 (r for r in kept if r.patient_id == patient and r.source == device),
@@ -166,6 +177,7 @@ class CalibrationStore:
             )
             measured.append(pairs.measured)
             references.append(pairs.reference)
+            when.append(pairs.ref_times_us)
         x = np.concatenate(measured) if measured else np.zeros(0)
         y = np.concatenate(references) if references else np.zeros(0)
         if len(x) < 2 or np.ptp(x) == 0:
@@ -174,7 +186,20 @@ class CalibrationStore:
                 f"{max_gap_s:g} s: a calibration needs at least two with different readings",
                 "reference",
             )
-        return fit_calibration(x, y, fitted_at_us=end_us)
+        fitted = fit_calibration(x, y, fitted_at_us=end_us)
+        if half_life_s is None:
+            return fitted
+        order = np.argsort(np.concatenate(when), kind="stable")
+        t = np.concatenate(when)[order]
+        # The plain fit as a weak prior at the first pair; the pairs then count by age.
+        tracker = DriftTracker.from_calibration(
+            replace(fitted, fitted_at_us=int(t[0])),
+            half_life_s=half_life_s,
+            x_range=(float(x.min()), float(x.max())),
+            prior_weight=1.0,
+        )
+        tracker.track(t, x[order], y[order])
+        return tracker.calibration(0)
 
     def _raw_values(
         self, rows: Sequence[sa.Row[tuple[object, ...]]]

@@ -33,10 +33,15 @@ from medtwin.core.records import LOINC, ObservationStatus, QualityFlag
 from medtwin.data.store import Store
 from medtwin.devices.conditioning.alignment import AlignMode, align_streams, make_grid
 from medtwin.devices.conditioning.gaps import find_gaps
+from medtwin.devices.conditioning.kalman import kalman_smooth
+from medtwin.devices.conditioning.streams import pad_streams
 
 __all__ = ["MAX_POINTS", "FillMode", "aligned_series", "grid_points"]
 
 FillMode = Literal["carry", "none"]
+SmoothMode = Literal["none", "kalman"]
+_SMOOTHED = int(QualityFlag.SMOOTHED)
+_DRIFT_S = 300.0  # seconds over which a level may drift by one measurement SD
 
 #: Most grid times one call may ask for.
 MAX_POINTS = 10_000
@@ -72,6 +77,7 @@ def aligned_series(
     min_gap_s: float | None = None,
     system: str = LOINC,
     max_points: int = MAX_POINTS,
+    smooth: SmoothMode = "none",
 ) -> dict[str, Any]:
     """``patient``'s ``codes`` on the grid (see the module doc); JSON-ready.
 
@@ -90,6 +96,8 @@ def aligned_series(
         raise InputError(f"unknown method {method!r} (last or linear)", "method")
     if fill not in ("carry", "none"):
         raise InputError(f"unknown fill {fill!r} (carry or none)", "fill")
+    if smooth not in ("none", "kalman"):
+        raise InputError(f"unknown smoothing {smooth!r} (none or kalman)", "smooth")
     if not max_age_s >= 0:
         raise InputError("must be >= 0", "max_age_s")
     if min_gap_s is not None and not min_gap_s >= 0:
@@ -119,6 +127,8 @@ def aligned_series(
     series: dict[str, Any] = {}
     if wanted:
         arrays = {code: readings[code].arrays() for code in wanted}
+        if smooth == "kalman":
+            arrays = _kalman(arrays)
         aligned = align_streams(
             grid,
             {code: (t, v) for code, (t, v, _) in arrays.items()},
@@ -150,6 +160,7 @@ def aligned_series(
         "max_age_s": float(max_age_s),
         "method": method,
         "fill": fill,
+        "smooth": smooth,
         "times": [_iso(int(t)) for t in grid],
         "series": series,
     }
@@ -273,6 +284,34 @@ def _one_code(
             )
         ],
     }
+
+
+def _kalman(
+    arrays: dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]],
+) -> dict[str, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
+    """Every code's readings replaced by the Kalman smoother's estimate (flag ``smoothed``).
+
+    One smoother run over all codes (a local-level model): the measurement noise of a
+    code is estimated from its readings (robust SD of successive differences / √2),
+    its level may drift by that much in five minutes.
+    """
+    codes = [code for code, (times, _, _) in arrays.items() if times.size >= 3]
+    if not codes:
+        return arrays
+    batch = pad_streams([arrays[c][0] for c in codes], [arrays[c][1] for c in codes])
+    r = np.array([_noise_variance(arrays[c][1]) for c in codes])
+    smoothed = kalman_smooth(batch.times_us, batch.values, q=r / _DRIFT_S, r=r).smoothed_mean
+    out = dict(arrays)
+    for row, code in enumerate(codes):
+        times, _, flags = arrays[code]
+        out[code] = (times, smoothed[row, : times.size], flags | _SMOOTHED)
+    return out
+
+
+def _noise_variance(values: np.ndarray[Any, Any]) -> float:
+    steps = np.diff(values)
+    scale = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / np.sqrt(2)
+    return float(max(scale, 1e-3) ** 2)  # a floor: constant readings still need some noise
 
 
 def _iso(us: int) -> str:

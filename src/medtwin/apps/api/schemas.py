@@ -327,6 +327,7 @@ class SeriesAnswer(BaseModel):
     max_age_s: float
     method: Literal["last", "linear"]
     fill: Literal["carry", "none"]
+    smooth: Literal["none", "kalman"] = "none"
     times: list[str] = Field(description="The grid times, ISO 8601")
     series: dict[str, CodeSeries] = Field(description="Per code")
 

@@ -151,6 +151,12 @@ class CalibrateRequest(BaseModel):
     to: datetime
     max_gap_s: float = Field(300.0, gt=0, le=86_400, description="Pairing distance (s)")
     lag_s: float = Field(0.0, ge=-3600, le=3600, description="How far the device lags (s)")
+    half_life_s: float | None = Field(
+        None,
+        gt=0,
+        description="Track slow drift: pairs weigh 2^(-age/half_life_s), so the fit follows "
+        "the sensor as it is at 'to' (default: every pair alike)",
+    )
 
 
 @router.post("/calibrations", status_code=201, responses=_ERRORS)
@@ -174,6 +180,7 @@ async def calibrate_device(
             end_us=end,
             max_gap_s=body.max_gap_s,
             lag_s=body.lag_s,
+            half_life_s=body.half_life_s,
         )
         stored = calibrations.add(
             device_id, body.code, body.reference, fitted, now_us=context.clock.now_us()

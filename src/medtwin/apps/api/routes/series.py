@@ -57,6 +57,10 @@ async def series(
     min_gap_s: Annotated[
         float | None, Query(ge=0, description="Shortest gap reported (s); default max_age_s")
     ] = None,
+    smooth: Annotated[
+        Literal["none", "kalman"],
+        Query(description="kalman: readings replaced by a Kalman smoother's estimate (flagged)"),
+    ] = "none",
 ) -> dict[str, Any]:
     """The patient's codes resampled onto the grid ``from, from + step_s, ... <= to``.
 
@@ -96,5 +100,6 @@ async def series(
             method=method,
             fill=fill,
             min_gap_s=min_gap_s,
+            smooth=smooth,
         )
     )
