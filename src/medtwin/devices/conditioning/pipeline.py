@@ -39,7 +39,6 @@ import fnmatch
 import json
 import threading
 import tomllib
-import warnings
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -47,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from medtwin.core.errors import ConfigurationError
@@ -57,10 +55,8 @@ from medtwin.devices.conditioning.artifacts import (
     DEFAULT_RATE_LIMITS,
     MAD_TO_SD,
     ArtifactRule,
-    rate_of_change_mask,
 )
 from medtwin.devices.conditioning.calibration import Calibration
-from medtwin.devices.conditioning.streams import pad_streams
 
 __all__ = ["Conditioner", "PipelineConfig", "Step", "StreamPipeline"]
 
@@ -194,13 +190,13 @@ class PipelineConfig:
 
 
 class Conditioner:
-    """Applies the pipelines to batches of observations, remembering each stream's recent
-    readings (a stream is one device's readings of one code for one patient) so that
-    detectors see across batches.
+    """Applies the pipelines to batches of observations, remembering of each stream (one
+    device's readings of one code for one patient) its last raw readings and its last
+    accepted one, so that detectors see across batches.
 
     Thread-safe. The memory is of readings conditioned, so a batch that later fails
-    to be stored still counts in it: detectors are heuristics, and the store's
-    idempotency makes a resent batch condition the same way.
+    to be stored still counts in it: detectors are heuristics. Readings arriving
+    later than newer ones of their stream are judged against the stream as it is.
     """
 
     def __init__(
@@ -208,14 +204,12 @@ class Conditioner:
         config: PipelineConfig | None = None,
         *,
         registry: CodeRegistry = DEFAULT_REGISTRY,
-        memory: int = 16,
     ) -> None:
         self.config = config or PipelineConfig.default()
         self.registry = registry
-        self.memory = memory
-        self._recent: dict[tuple[str, str, str], deque[tuple[int, float]]] = {}
+        self._states: dict[tuple[str, str, str], _StreamState] = {}
         self._calibrations: dict[tuple[str, str], Calibration] = {}
-        self._rules: dict[int, Any] = {}
+        self._rules: dict[int, tuple[StreamPipeline, _Settings | None]] = {}
         self._lock = threading.Lock()
 
     def set_calibration(self, source: str, code: str, calibration: Calibration) -> None:
@@ -227,12 +221,10 @@ class Conditioner:
         with self._lock:
             previous = self._calibrations.get((source, code))
             self._calibrations[(source, code)] = calibration
-            for (_, stream_code, stream_source), memory in self._recent.items():
+            for (_, stream_code, stream_source), state in self._states.items():
                 if stream_source != source or stream_code != code:
                     continue
-                raw = [(t, v if previous is None else float(previous.invert(v))) for t, v in memory]
-                memory.clear()
-                memory.extend((t, float(calibration.apply(v))) for t, v in raw)
+                state.rescale(previous, calibration)
 
     def calibration(self, source: str, code: str) -> Calibration | None:
         with self._lock:
@@ -260,7 +252,7 @@ class Conditioner:
             for pipeline, positions in groups.values():
                 if pipeline.calibrates:
                     self._calibrate(out, notes, positions)
-                self._detect(pipeline, out, notes, positions)
+            self._detect(out, notes, [(p, positions) for p, positions in groups.values()])
         texts = [
             None if note is None else json.dumps(note, separators=(",", ":")) for note in notes
         ]
@@ -280,75 +272,162 @@ class Conditioner:
 
     def _detect(
         self,
-        pipeline: StreamPipeline,
         out: list[Observation],
         notes: list[dict[str, Any] | None],
-        positions: list[int],
+        groups: list[tuple[StreamPipeline, list[int]]],
     ) -> None:
-        rule = self._rules.get(id(pipeline))
-        if rule is None:
-            rule = self._rules[id(pipeline)] = pipeline.rule(self.registry)
-        # A stream is one device's readings of one code for one patient: artifacts are
-        # a device's, and two devices (a monitor and a spot check) each keep their level.
+        """Rate-of-change and trailing Hampel checks of every reading, all streams at once.
+
+        A stream is one device's readings of one code for one patient (artifacts are a
+        device's; a monitor and a spot check each keep their level). Readings are taken
+        in rounds: round ``r`` judges the ``r``-th new reading (in time order) of every
+        stream, against its state: the last accepted reading (rate of change) and its
+        last raw readings (Hampel window).
+        """
         streams: dict[tuple[str, str, str], list[int]] = {}
-        for i in positions:
-            streams.setdefault((out[i].patient, out[i].code, out[i].source), []).append(i)
-        keys = list(streams)
-        times, values, places, order = [], [], [], []
-        for key in keys:
-            members = sorted(streams[key], key=lambda i: out[i].effective_us)
-            # Remembered and new readings in time order (a late reading may be older
-            # than some remembered ones); where each new one landed.
-            merged = sorted(
-                [(t, v, -1) for t, v in self._recent.get(key, ())]
-                + [
-                    (out[i].effective_us, float(out[i].value_num or 0.0), j)
-                    for j, i in enumerate(members)
-                ],
-                key=lambda reading: reading[0],
+        settings: dict[tuple[str, str, str], _Settings] = {}
+        for pipeline, positions in groups:
+            setting = self._settings(pipeline)
+            if setting is None:
+                continue
+            for i in positions:
+                key = (out[i].patient, out[i].code, out[i].source)
+                streams.setdefault(key, []).append(i)
+                settings[key] = setting
+        if not streams:
+            return
+        for members in streams.values():
+            members.sort(key=lambda i: out[i].effective_us)
+        width = max(s.window for s in settings.values())
+        rounds = max(len(members) for members in streams.values())
+        for r in range(rounds):
+            keys = [key for key, members in streams.items() if len(members) > r]
+            self._judge(out, notes, keys, [streams[key][r] for key in keys], settings, width)
+
+    def _judge(
+        self,
+        out: list[Observation],
+        notes: list[dict[str, Any] | None],
+        keys: list[tuple[str, str, str]],
+        positions: list[int],
+        settings: dict[tuple[str, str, str], _Settings],
+        width: int,
+    ) -> None:
+        k = len(keys)
+        states = [self._states.get(key) or _StreamState(deque(maxlen=width - 1)) for key in keys]
+        rules = [settings[key] for key in keys]
+        value = np.array([float(out[i].value_num or 0.0) for i in positions])
+        time = np.array([out[i].effective_us for i in positions], dtype=np.int64)
+        last_v = np.array([np.nan if st.last_value is None else st.last_value for st in states])
+        last_t = np.array([st.last_us for st in states], dtype=np.int64)
+        limit = np.array([rule.max_rate_per_min for rule in rules])
+        interval = np.array([rule.min_interval_s for rule in rules])
+        minutes = np.maximum((time - last_t) / 1e6, interval) / 60.0
+        with np.errstate(invalid="ignore"):
+            rate = (
+                np.isfinite(limit) & ~np.isnan(last_v) & (np.abs(value - last_v) > limit * minutes)
             )
-            place = [0] * len(members)
-            for position, (_, _, j) in enumerate(merged):
-                if j >= 0:
-                    place[j] = position
-            places.append(place)
-            order.append(members)
-            times.append([t for t, _, _ in merged])
-            values.append([v for _, v, _ in merged])
-        batch = pad_streams(times, values)
-        rate = np.zeros(batch.values.shape, dtype=bool)
-        hampel = np.zeros(batch.values.shape, dtype=bool)
-        if np.isfinite(rule.max_rate_per_min):
-            rate = rate_of_change_mask(
-                batch.times_us,
-                batch.values,
-                rule.max_rate_per_min,
-                min_interval_s=_min_interval(pipeline),
-            )
-        if pipeline.hampel:
-            hampel = trailing_hampel(
-                batch.values,
-                window=rule.hampel_window,
-                k=rule.hampel_k,
-                min_sigma=rule.hampel_min_sigma,
-                min_count=max(rule.hampel_min_count, _MIN_TRAILING),
-            )
-        for row, (key, members) in enumerate(zip(keys, order, strict=True)):
-            memory = self._recent.setdefault(key, deque(maxlen=self.memory))
-            for j, i in enumerate(members):
+        window = np.full((k, width), np.nan)
+        for row, (state, rule) in enumerate(zip(states, rules, strict=True)):
+            recent = list(state.raw)[-(rule.window - 1) :] if rule.window > 1 else []
+            if recent:
+                window[row, width - 1 - len(recent) : width - 1] = recent
+        window[:, -1] = value
+        count = np.sum(~np.isnan(window), axis=1)
+        hampel = np.zeros(k, dtype=bool)
+        use = np.array([rule.hampel for rule in rules]) & (
+            count >= np.array([rule.min_count for rule in rules])
+        )
+        if use.any():
+            chosen, counts = window[use], count[use]
+            median = _row_median(chosen, counts)
+            mad = _row_median(np.abs(chosen - median[:, np.newaxis]), counts)
+            scale = np.maximum(MAD_TO_SD * mad, np.array([rule.min_sigma for rule in rules])[use])
+            spread = np.array([rule.k for rule in rules])[use] * scale
+            hampel[use] = np.abs(value[use] - median) > spread
+        for row, (key, i) in enumerate(zip(keys, positions, strict=True)):
+            state = states[row]
+            state.raw.append(float(value[row]))
+            detectors = [
+                name for name, mask in (("rate_of_change", rate), ("hampel", hampel)) if mask[row]
+            ]
+            if detectors:
                 obs = out[i]
-                memory.append((obs.effective_us, float(obs.value_num or 0.0)))
-                at = places[row][j]
-                detectors = [
-                    name
-                    for name, mask in (("rate_of_change", rate), ("hampel", hampel))
-                    if mask[row, at]
-                ]
-                if detectors:
-                    out[i] = obs._replace(flags=obs.flags | _ARTIFACT)
-                    note = notes[i] or {}
-                    note["artifact"] = {"detectors": detectors, "rule": _rule(rule, pipeline)}
-                    notes[i] = note
+                out[i] = obs._replace(flags=obs.flags | _ARTIFACT)
+                note = notes[i] or {}
+                note["artifact"] = {"detectors": detectors, "rule": rules[row].summary}
+                notes[i] = note
+            else:
+                state.last_value, state.last_us = float(value[row]), int(time[row])
+            self._states[key] = state
+
+    def _settings(self, pipeline: StreamPipeline) -> _Settings | None:
+        held = self._rules.get(id(pipeline))
+        if held is None:
+            rule = pipeline.rule(self.registry)
+            rate = np.isfinite(rule.max_rate_per_min)
+            if not rate and not pipeline.hampel:
+                held = self._rules[id(pipeline)] = (pipeline, None)
+            else:
+                held = self._rules[id(pipeline)] = (
+                    pipeline,
+                    _Settings(
+                        max_rate_per_min=rule.max_rate_per_min,
+                        min_interval_s=_min_interval(pipeline),
+                        hampel=pipeline.hampel,
+                        window=rule.hampel_window if pipeline.hampel else 1,
+                        k=rule.hampel_k,
+                        min_sigma=rule.hampel_min_sigma,
+                        min_count=max(rule.hampel_min_count, _MIN_TRAILING),
+                        summary=_rule(rule, pipeline),
+                    ),
+                )
+        return held[1]
+
+
+def _row_median(values: NDArray[np.float64], counts: NDArray[np.intp]) -> NDArray[np.float64]:
+    """Median of each row's ``counts`` non-NaN values (NaN sorts last; np.nanmedian
+    takes a slow masked-array path on small rows)."""
+    ordered = np.sort(values, axis=1)
+    rows = np.arange(values.shape[0])
+    low = ordered[rows, (counts - 1) // 2]
+    high = ordered[rows, counts // 2]
+    out: NDArray[np.float64] = (low + high) / 2
+    return out
+
+
+@dataclass
+class _StreamState:
+    """What detectors remember of a stream: its last raw readings, its last accepted one."""
+
+    raw: deque[float]
+    last_value: float | None = None
+    last_us: int = 0
+
+    def rescale(self, previous: Calibration | None, calibration: Calibration) -> None:
+        """Move the remembered readings from ``previous``'s scale to ``calibration``'s."""
+
+        def moved(value: float) -> float:
+            raw = value if previous is None else float(previous.invert(value))
+            return float(calibration.apply(raw))
+
+        self.raw = deque((moved(v) for v in self.raw), maxlen=self.raw.maxlen)
+        if self.last_value is not None:
+            self.last_value = moved(self.last_value)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """One pipeline's detector settings, as the vectorized checks read them."""
+
+    max_rate_per_min: float
+    min_interval_s: float
+    hampel: bool
+    window: int
+    k: float
+    min_sigma: float
+    min_count: int
+    summary: dict[str, float]
 
 
 def _min_interval(pipeline: StreamPipeline) -> float:
@@ -362,29 +441,4 @@ def _rule(rule: ArtifactRule, pipeline: StreamPipeline) -> dict[str, float]:
         out["max_rate_per_min"] = rule.max_rate_per_min
     if pipeline.hampel:
         out |= {"hampel_window": rule.hampel_window, "hampel_k": rule.hampel_k}
-    return out
-
-
-def trailing_hampel(
-    values: NDArray[np.float64], *, window: int, k: float, min_sigma: float, min_count: int
-) -> NDArray[np.bool_]:
-    """Hampel outliers of ``(streams, samples)`` values judged as they arrive.
-
-    Each value is compared with the median of the ``window`` values ending at it
-    (itself included; NaN ignored), outlier when further than ``k`` robust SDs
-    (1.4826 MAD, at least ``min_sigma``); fewer than ``min_count`` values: no
-    verdict. Unlike the centred filter, a verdict never waits for later readings.
-    """
-    if values.shape[1] == 0:
-        return np.zeros(values.shape, dtype=bool)
-    padded = np.pad(values, ((0, 0), (window - 1, 0)), constant_values=np.nan)
-    view = sliding_window_view(padded, window, axis=1)  # (streams, n, window)
-    count = np.sum(~np.isnan(view), axis=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: no verdict
-        median = np.nanmedian(view, axis=2)
-        mad = np.nanmedian(np.abs(view - median[..., np.newaxis]), axis=2)
-    scale = np.maximum(MAD_TO_SD * mad, min_sigma)
-    with np.errstate(invalid="ignore"):
-        out: NDArray[np.bool_] = (count >= min_count) & (np.abs(values - median) > k * scale)
     return out
