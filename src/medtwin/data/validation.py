@@ -124,7 +124,7 @@ def _check(
     future_reason: str,
 ) -> Observation | Rejection:
     if type(item) is not dict:
-        return Rejection(index, "", f"item must be a JSON object, got {_kind(item)}", item)
+        return Rejection(index, "", f"item must be a JSON object, got {json_kind(item)}", item)
     if not FIELDS.issuperset(item):
         unknown = sorted(str(k) for k in item if k not in FIELDS)
         return Rejection(index, unknown[0], f"unknown field {unknown[0]!r}", item)
@@ -133,10 +133,10 @@ def _check(
             return Rejection(index, name, f"missing required field {name!r}", item)
     source_id = _text_field(item, "id")
     if source_id is None:
-        return Rejection(index, "id", _text_reason(item["id"]), item)
+        return Rejection(index, "id", text_reason(item["id"]), item)
     source = _text_field(item, "source")
     if source is None:
-        return Rejection(index, "source", _text_reason(item["source"]), item)
+        return Rejection(index, "source", text_reason(item["source"]), item)
     patient = item["patient"]
     if type(patient) is not str or ID_PATTERN.fullmatch(patient) is None:
         return Rejection(
@@ -147,7 +147,7 @@ def _check(
         )
     code = _text_field(item, "code")
     if code is None:
-        return Rejection(index, "code", _text_reason(item["code"]), item)
+        return Rejection(index, "code", text_reason(item["code"]), item)
     system = item.get("system", LOINC)
     if (
         type(system) is not str
@@ -155,7 +155,7 @@ def _check(
         or len(system) > MAX_TEXT
         or _UNSTORABLE.search(system)
     ):
-        return Rejection(index, "system", _text_reason(system), item)
+        return Rejection(index, "system", text_reason(system), item)
     unit = item.get("unit", "")
     if unit is None:
         unit = ""
@@ -165,7 +165,7 @@ def _check(
     time_text = item["time"]
     if type(time_text) is not str:
         return Rejection(
-            index, "time", f"time must be an ISO 8601 string, got {_kind(time_text)}", item
+            index, "time", f"time must be an ISO 8601 string, got {json_kind(time_text)}", item
         )
     effective_us = times.get(time_text)
     if effective_us is None:
@@ -199,7 +199,7 @@ def _check(
             )
         if value_type is not int and value_type is not float:
             return Rejection(
-                index, "value", f"value must be a number or a string, got {_kind(value)}", item
+                index, "value", f"value must be a number or a string, got {json_kind(value)}", item
             )
         if not -_FLOAT_MAX <= value <= _FLOAT_MAX:
             return Rejection(index, "value", _not_finite(value), item)
@@ -230,7 +230,7 @@ def _check(
 
     if value_type is not int and value_type is not float:
         return Rejection(
-            index, "value", f"value of {code} must be a number, got {_kind(value)}", item
+            index, "value", f"value of {code} must be a number, got {json_kind(value)}", item
         )
     if not -_FLOAT_MAX <= value <= _FLOAT_MAX:
         return Rejection(index, "value", _not_finite(value), item)
@@ -276,7 +276,8 @@ def _revision(item: dict[str, Any], index: int, obs: Observation) -> Observation
     return obs._replace(status=status, version=version)
 
 
-def _kind(value: object) -> str:
+def json_kind(value: object) -> str:
+    """How an error names a JSON value's type (\"a number\", \"an array\", ...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -301,9 +302,10 @@ def _not_finite(value: float) -> str:
     return f"value must be finite, got {value}"
 
 
-def _text_reason(value: object) -> str:
+def text_reason(value: object) -> str:
+    """Why ``value`` is not an acceptable text field (id, source, code...)."""
     if isinstance(value, str) and _UNSTORABLE.search(value):
         return _UNSTORABLE_REASON
     if isinstance(value, str):
-        return "must be a non-empty string of at most 256 characters"
-    return f"must be a string, got {_kind(value)}"
+        return f"must be a non-empty string of at most {MAX_TEXT} characters"
+    return f"must be a string, got {json_kind(value)}"

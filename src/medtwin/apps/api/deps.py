@@ -99,24 +99,14 @@ class Guard:
         if patient is None:
             audit(principal, "success")
             return principal
-        priority = "normal"
-        reason = (connection.headers.get(BREAK_GLASS_HEADER) or "").strip()
-        if principal.role is Role.CLINICIAN and reason:
-            # Breaking the glass opens patients outside the care team and turns the consent
-            # check into an emergency one; either way it is audited with high priority.
-            principal = principal.for_break_glass(reason[:500])
-            priority = "high"
-            where["break_glass"] = principal.break_glass or ""
-        denial = None
-        if principal.break_glass is None and not may_see(principal, patient, context.accounts):
-            denial = "not visible"
-        elif policy.action == "read":
-            decision = consent_decision(context, principal, patient)
-            if not decision.permitted:
-                denial = f"consent: {decision.reason}"[:500]
-            elif decision.overridden:
-                priority = "high"
-                where["consent_overridden"] = decision.consent_id or ""
+        principal, denial, priority = patient_decision(
+            context,
+            principal,
+            patient,
+            policy,
+            connection.headers.get(BREAK_GLASS_HEADER) or "",
+            where,
+        )
         if denial is not None:
             audit(principal, "denied", patient=patient, priority="high", detail={"reason": denial})
             # The same answer as for a patient that does not exist: no enumeration.
@@ -125,6 +115,39 @@ class Guard:
             raise NotFoundError(f"no patient {patient!r}")
         audit(principal, "success", patient=patient, priority=priority)
         return principal
+
+
+def patient_decision(
+    context: ServiceContext,
+    principal: Principal,
+    patient: str,
+    policy: Policy,
+    break_glass: str,
+    where: dict[str, str],
+) -> tuple[Principal, str | None, str]:
+    """May ``principal`` act on ``patient`` under ``policy``: (principal, denial, priority).
+
+    Breaking the glass (a clinician giving a reason) opens patients outside the care
+    team and turns the consent check into an emergency one; either way it is audited
+    with high priority (``where`` gains what the audit entry should say). ``denial``
+    is None when allowed, else why not (care team, or consent for reads).
+    """
+    priority = "normal"
+    reason = break_glass.strip()
+    if principal.role is Role.CLINICIAN and reason:
+        principal = principal.for_break_glass(reason[:500])
+        priority = "high"
+        where["break_glass"] = principal.break_glass or ""
+    if principal.break_glass is None and not may_see(principal, patient, context.accounts):
+        return principal, "not visible", priority
+    if policy.action == "read":
+        decision = consent_decision(context, principal, patient)
+        if not decision.permitted:
+            return principal, f"consent: {decision.reason}"[:500], priority
+        if decision.overridden:
+            priority = "high"
+            where["consent_overridden"] = decision.consent_id or ""
+    return principal, None, priority
 
 
 def consent_decision(context: ServiceContext, principal: Principal, patient: str) -> Decision:

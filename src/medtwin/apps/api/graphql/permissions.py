@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 from starlette.concurrency import run_in_threadpool
 
-from medtwin.apps.api.auth import Policy, Principal, may_see
-from medtwin.apps.api.deps import consent_decision
+from medtwin.apps.api.auth import Policy, Principal
+from medtwin.apps.api.deps import patient_decision
 from medtwin.apps.api.graphql.context import RequestContext
 from medtwin.core.errors import NotFoundError
 from medtwin.data.accounts import Role
@@ -70,24 +70,11 @@ def _check(
     if patient is None:
         audit(context, principal, policy.action, "success", detail=where)
         return principal
-    # What follows mirrors deps.Guard for patient-scoped routes: break-glass, care team,
+    # The REST guard's decision for patient-scoped routes: break-glass, care team,
     # consent for reads; a refusal reads exactly like a patient that does not exist.
-    priority = "normal"
-    reason = context.break_glass.strip()
-    if principal.role is Role.CLINICIAN and reason:
-        principal = principal.for_break_glass(reason[:500])
-        priority = "high"
-        where["break_glass"] = principal.break_glass or ""
-    denial = None
-    if principal.break_glass is None and not may_see(principal, patient, context.service.accounts):
-        denial = "not visible"
-    elif policy.action == "read":
-        decision = consent_decision(context.service, principal, patient)
-        if not decision.permitted:
-            denial = f"consent: {decision.reason}"[:500]
-        elif decision.overridden:
-            priority = "high"
-            where["consent_overridden"] = decision.consent_id or ""
+    principal, denial, priority = patient_decision(
+        context.service, principal, patient, policy, context.break_glass, where
+    )
     if denial is not None:
         audit(
             context,

@@ -41,7 +41,14 @@ from medtwin.core.errors import InputError, NotFoundError
 from medtwin.core.records import Patient
 from medtwin.data.accounts import Role
 from medtwin.data.store import AppendStatus, QuarantineEntry
-from medtwin.data.validation import ID_PATTERN, MAX_TEXT, parse_time_us, storable
+from medtwin.data.validation import (
+    ID_PATTERN,
+    MAX_TEXT,
+    json_kind,
+    parse_time_us,
+    storable,
+    text_reason,
+)
 from medtwin.data.waveforms import WaveformStore
 from medtwin.devices.conditioning.peaks import hrv_of_recording
 from medtwin.devices.conditioning.waveforms import (
@@ -241,7 +248,7 @@ def _check_item(
         return _Fault(index, name, reason, item, path)
 
     if type(item) is not dict:
-        return fault("", f"segment must be a JSON object, got {_kind(item)}")
+        return fault("", f"segment must be a JSON object, got {json_kind(item)}")
     unknown = sorted(str(k) for k in item if k not in _FIELDS)
     if unknown:
         return fault(unknown[0], f"unknown field {unknown[0]!r}")
@@ -256,7 +263,7 @@ def _check_item(
             texts[name] = ""
             continue
         if type(value) is not str or not value or len(value) > MAX_TEXT or not storable(value):
-            return fault(name, _text_reason(value))
+            return fault(name, text_reason(value))
         texts[name] = value
     if "#" in texts["id"]:
         return fault("id", "id must not contain '#' (it separates the ids of stored chunks)")
@@ -275,7 +282,7 @@ def _check_item(
     rate = float(rate)
     start_text = item["start"]
     if type(start_text) is not str:
-        return fault("start", f"start must be an ISO 8601 string, got {_kind(start_text)}")
+        return fault("start", f"start must be an ISO 8601 string, got {json_kind(start_text)}")
     try:
         start_us = parse_time_us(start_text)
     except (ValueError, OverflowError) as exc:
@@ -320,18 +327,18 @@ def _samples(item: dict[str, Any], index: int) -> NDArray[np.float32] | _Fault:
     if given[0] == "samples":
         values = item["samples"]
         if type(values) is not list:
-            reason = f"samples must be an array of numbers, got {_kind(values)}"
+            reason = f"samples must be an array of numbers, got {json_kind(values)}"
             return _Fault(index, "samples", reason, item)
         for j, value in enumerate(values):
             if type(value) is not float and type(value) is not int:
-                reason = f"sample must be a number, got {_kind(value)}"
+                reason = f"sample must be a number, got {json_kind(value)}"
                 return _Fault(index, "samples", reason, item, f"[{j}]")
             if not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
                 return _Fault(index, "samples", _not_finite(value), item, f"[{j}]")
         return np.asarray(values, dtype=np.float64).astype(np.float32)
     text = item["samples_b64"]
     if type(text) is not str:
-        reason = f"samples_b64 must be a base64 string, got {_kind(text)}"
+        reason = f"samples_b64 must be a base64 string, got {json_kind(text)}"
         return _Fault(index, "samples_b64", reason, item)
     try:
         raw = base64.b64decode(text, validate=True)
@@ -549,30 +556,6 @@ def _raw_text(item: Any) -> str:
 def _source_of(item: Any) -> str | None:
     source = item.get("source") if isinstance(item, dict) else None
     return source[:MAX_TEXT] if isinstance(source, str) and storable(source) else None
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _text_reason(value: object) -> str:
-    if isinstance(value, str) and value and not storable(value):
-        return "must not contain NUL characters or unpaired surrogates"
-    if isinstance(value, str):
-        return f"must be a non-empty string of at most {MAX_TEXT} characters"
-    return f"must be a string, got {_kind(value)}"
 
 
 def _not_finite(value: float) -> str:
