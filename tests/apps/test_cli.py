@@ -58,7 +58,7 @@ def test_ingest_jsonl_reports_faults_by_line(tmp_path: Path, store_url: str) -> 
     store = open_store(store_url)
     assert store.count("observations") == 2502
     locations = {entry.location for entry in store.quarantined()}
-    assert locations == {"bad.jsonl:2:2", "observations[1].value"}
+    assert locations == {"bad.jsonl:2:2", "bad.jsonl:3: value"}
     again = runner.invoke(app, ["ingest", str(good)])
     assert again.exit_code == 0
     assert "stored=0 duplicate=2500" in again.output

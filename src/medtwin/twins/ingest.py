@@ -179,7 +179,7 @@ class Ingestor:
         rejected = [
             QuarantineEntry(
                 channel=channel,
-                location=r.location(),
+                location=_location(r, None if origins is None else origins[r.index]),
                 reason=r.reason,
                 payload=_raw_text(r.item),
                 source=_source_of(r.item),
@@ -486,6 +486,13 @@ class Ingestor:
             self.metrics.items.labels(channel, status).inc(n)
         self.metrics.seconds.labels(channel).observe(seconds)
         self.metrics.twins.set(len(self.runtime))
+
+
+def _location(rejection: Rejection, origin: Origin | None) -> str:
+    """Where a refused item is: ``file.jsonl:17: value`` for a file line, else its path."""
+    if origin is not None and origin.channel == "file" and origin.entry:
+        return f"{origin.entry}: {rejection.field}" if rejection.field else origin.entry
+    return rejection.location()
 
 
 def _with_conditioning(
