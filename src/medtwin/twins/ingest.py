@@ -203,7 +203,7 @@ class Ingestor:
             rejections=validated.rejected,
             observations=observations,
             quarantine=rejected,
-            new_patients=self._new_patients(observations, now),
+            new_patients=self.new_patients(observations, now),
             started=started,
             origins=kept,
         )
@@ -275,7 +275,7 @@ class Ingestor:
             self.store.quarantine(quarantine)
         records = [v for _, v in accepted]
         with self._commit_lock:
-            new = self._new_patients(records, now)
+            new = self.new_patients(records, now)
             statuses = self.store.append_interventions(
                 records, received_us=now, new_patients=new, channel=channel, care_team=care_team
             )
@@ -283,7 +283,7 @@ class Ingestor:
                 self.runtime.add(patient.id)
         stored = [v for v, st in zip(records, statuses, strict=True) if st is AppendStatus.STORED]
         if stored and self.bus.has_subscribers:
-            self.bus.publish([_intervention_event(v) for v in stored])
+            self.bus.publish([intervention_event(v) for v in stored])
         pairs = zip(accepted, statuses, strict=True)
         results = [IngestResult(i, v.source_id, st.value) for (i, v), st in pairs]
         results += [
@@ -432,9 +432,11 @@ class Ingestor:
         self._count(batch.channel, results, time.perf_counter() - batch.started)
         return results
 
-    def _new_patients(
+    def new_patients(
         self, records: Sequence[Observation | Intervention], now: int
     ) -> list[Patient]:
+        """Patient records (with fresh pseudonyms) for the patients of ``records`` the
+        twins do not know yet; adapters storing in their own transaction use it too."""
         runtime = self.runtime
         fresh = {r.patient for r in records if r.patient not in runtime}
         return [Patient(p, "pt-" + secrets.token_hex(8), created_us=now) for p in sorted(fresh)]
@@ -554,7 +556,8 @@ def _raw_text(item: Any) -> str:
         return repr(item)[:65_536]
 
 
-def _intervention_event(item: Intervention) -> dict[str, Any]:
+def intervention_event(item: Intervention) -> dict[str, Any]:
+    """The ``twin.intervention`` event of a stored intervention."""
     return {
         "type": "twin.intervention",
         "patient": item.patient,

@@ -12,7 +12,11 @@ its PUBACK, and a PUBACK is sent only after the batch holding the message is
 committed. A subscriber that dies before acknowledging gets the messages again
 from the broker when it comes back; the store's idempotency on (device,
 ``boot_id.seq``) turns those resends, and any duplicate a device sends, into
-duplicates instead of new rows. Acknowledgements are only sent on the
+duplicates instead of new rows. A bad message is quarantined once: a
+redelivery or resend of it (same topic, same payload) while its first entry is
+unresolved is acknowledged without a new entry (see :func:`_drop_requarantined`).
+Interventions are validated and stored as ``POST /api/v1/interventions`` does
+them, in the batch's transaction. Acknowledgements are only sent on the
 connection the message came in on: after a reconnect, message ids are the
 broker's to reuse, and it resends what was not acknowledged anyway.
 
@@ -25,27 +29,31 @@ backoff and stays unacknowledged meanwhile.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import ssl
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
+import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from sqlalchemy.engine import Connection
 
 from medtwin.core.clock import from_us
 from medtwin.core.errors import ConfigurationError, MedtwinError
 from medtwin.core.settings import Settings
-from medtwin.data.store import Origin, QuarantineEntry, SqlStore
+from medtwin.data.store import AppendStatus, Origin, QuarantineEntry, SqlStore, schema
 from medtwin.devices.mqtt.bindings import DeviceBindings
 from medtwin.devices.mqtt.fastclient import BufferedClient
-from medtwin.devices.mqtt.interventions import store_interventions
+from medtwin.devices.mqtt.interventions import check_interventions
 from medtwin.devices.mqtt.payload import (
     DEFAULT_ROOT,
     INTERVENTIONS,
@@ -55,7 +63,7 @@ from medtwin.devices.mqtt.payload import (
     PayloadRejection,
     parse_message,
 )
-from medtwin.twins.ingest import Ingestor
+from medtwin.twins.ingest import Ingestor, intervention_event
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +123,8 @@ class SubscriberStats:
     duplicate: int = 0
     conflict: int = 0
     rejected: int = 0  # quarantined: bad payload, unbound device, invalid value
+    # Of the rejected, those already quarantined and unresolved: not entered again.
+    requarantined: int = 0
     interventions: int = 0  # intervention messages stored or recognized as resends
     acked: int = 0
     batches: int = 0
@@ -394,11 +404,12 @@ class MqttSubscriber:
         self.stats.acked += acked
 
     def _process(self, batch: list[_Message]) -> None:
-        """Parse, attribute and commit one batch (one transaction for the observations)."""
+        """Parse, attribute and commit one batch: one transaction for everything it brings."""
         root = self.config.root
+        ingestor = self.ingestor
         parsed = [parse_message(m.topic, m.payload, root=root) for m in batch]
         index = self.bindings.index(p.device for p in parsed if not isinstance(p, PayloadRejection))
-        now = self.ingestor.clock.now_us()
+        now = ingestor.clock.now_us()
         items: list[dict[str, Any]] = []
         readings: list[DeviceObservation] = []
         treatments: list[tuple[DeviceIntervention, str]] = []
@@ -406,20 +417,17 @@ class MqttSubscriber:
         for reading in parsed:
             if isinstance(reading, PayloadRejection):
                 quarantine.append(
-                    QuarantineEntry(
-                        CHANNEL, reading.location, reading.reason, reading.raw, reading.device, now
-                    )
+                    _entry(reading.location, reading.reason, reading, reading.device, now)
                 )
                 continue
             patient = index.patient_at(reading.device, reading.time_us)
             if patient is None:
                 quarantine.append(
-                    QuarantineEntry(
-                        CHANNEL,
+                    _entry(
                         f"{reading.topic}: patient",
                         f"device {reading.device} is not bound to a patient at "
                         f"{from_us(reading.time_us).isoformat().replace('+00:00', 'Z')}",
-                        reading.raw,
+                        reading,
                         reading.device,
                         now,
                     )
@@ -429,35 +437,72 @@ class MqttSubscriber:
                 readings.append(reading)
             else:
                 treatments.append((reading, patient))
-        treated = 0
-        if treatments:
-            refused = store_interventions(
-                self.store,
-                treatments,
-                now_us=now,
-                max_future_us=self.ingestor.max_future_us,
-                channel=CHANNEL,
+        # Interventions: the validation of the HTTP route; refusals located by topic and field.
+        checked = check_interventions(treatments, now_us=now, max_future_us=ingestor.max_future_us)
+        quarantine += [
+            _entry(
+                f"{treatments[r.index][0].topic}: {r.field or 'payload'}",
+                r.reason,
+                treatments[r.index][0],
+                treatments[r.index][0].device,
+                now,
             )
-            quarantine.extend(refused)
-            treated = len(treatments) - len(refused)
+            for r in checked.rejected
+        ]
+        records = [record for _, record in checked.accepted]
         # Each observation came in on its device's topic, as reading boot_id.seq.
         origins: list[Origin | None] = [
             Origin(CHANNEL, reading.topic, reading.reading_id) for reading in readings
         ]
-        prepared = self.ingestor.prepare(items, channel=CHANNEL, origins=origins)
+        prepared = ingestor.prepare(items, channel=CHANNEL, origins=origins)
         invalid = [
-            QuarantineEntry(
-                CHANNEL,
+            _entry(
                 f"{readings[r.index].topic}: {_PAYLOAD_FIELD.get(r.field, r.field) or 'payload'}",
                 r.reason,
-                readings[r.index].raw,
+                readings[r.index],
                 readings[r.index].device,
                 prepared.received_us,
             )
             for r in prepared.rejections
         ]
-        prepared = dataclasses.replace(prepared, quarantine=invalid + quarantine)
-        results = self.ingestor.commit(prepared) if items or prepared.quarantine else []
+        new_patients = prepared.new_patients
+        if records:
+            # Patients first seen through an intervention, as ingest_interventions adds them.
+            known = {p.id for p in new_patients}
+            new_patients = new_patients + [
+                p for p in ingestor.new_patients(records, now) if p.id not in known
+            ]
+        prepared = dataclasses.replace(
+            prepared, quarantine=invalid + quarantine, new_patients=new_patients
+        )
+        treated: list[AppendStatus] = []
+        resends = [0]
+
+        def within(conn: Connection) -> None:
+            # In the batch's transaction, after its observations and quarantine entries.
+            if records:
+                treated[:] = self.store.append_interventions_in(
+                    conn, records, received_us=prepared.received_us, channel=CHANNEL
+                )
+            if prepared.quarantine:
+                resends[0] = _drop_requarantined(conn, prepared.quarantine)
+
+        results = (
+            ingestor.commit(prepared, extra=within)
+            if items or prepared.quarantine or records
+            else []
+        )
+        if records:
+            for fresh in new_patients:
+                if fresh.id not in ingestor.runtime:
+                    ingestor.runtime.add(fresh.id)
+            stored = [
+                record
+                for record, status in zip(records, treated, strict=True)
+                if status is AppendStatus.STORED
+            ]
+            if stored and ingestor.bus.has_subscribers:
+                ingestor.bus.publish([intervention_event(record) for record in stored])
         stats = self.stats
         for result in results:
             if result.status == "stored":
@@ -467,5 +512,59 @@ class MqttSubscriber:
             elif result.status == "conflict":
                 stats.conflict += 1
         stats.rejected += len(quarantine) + len(invalid)
-        stats.interventions += treated
+        stats.requarantined += resends[0]
+        stats.interventions += len(records)
         stats.batches += 1
+
+
+def _digest(topic: str, raw: str) -> str:
+    """The tag of one message's content: the first 12 hex digits of sha256(topic, payload)."""
+    content = hashlib.sha256(topic.encode("utf-8", errors="replace") + b"\x00")
+    content.update(raw.encode("utf-8", errors="replace"))
+    return content.hexdigest()[:12]
+
+
+def _entry(
+    location: str,
+    reason: str,
+    message: DeviceObservation | DeviceIntervention | PayloadRejection,
+    device: str | None,
+    received_us: int,
+) -> QuarantineEntry:
+    """A quarantine entry of one message, its reason tagged with the message's digest."""
+    tag = f"[sha256:{_digest(message.topic, message.raw)}]"
+    return QuarantineEntry(CHANNEL, location, f"{reason} {tag}", message.raw, device, received_us)
+
+
+def _drop_requarantined(conn: Connection, entries: Sequence[QuarantineEntry]) -> int:
+    """Delete the entries just inserted that repeat an unresolved one; return how many.
+
+    Runs in the transaction that inserted ``entries``: of the unresolved MQTT rows
+    with the same location and reason (the reason ends in the digest of topic and
+    payload, see :func:`_entry`), the oldest stays and the others go, so a message
+    redelivered or resent while its first entry waits for a fix is not quarantined
+    again. Payloads are not compared: the store may seal them (a fresh nonce each
+    time), which makes equal payloads differ as stored.
+    """
+    table = schema.quarantine
+    keys = sorted({(e.location, e.reason) for e in entries if e.channel == CHANNEL})
+    rows: list[tuple[int, str, str]] = []
+    for start in range(0, len(keys), 400):
+        chunk = keys[start : start + 400]
+        rows += [
+            (row.row_id, row.location, row.reason)
+            for row in conn.execute(
+                sa.select(table.c.row_id, table.c.location, table.c.reason).where(
+                    table.c.channel == CHANNEL,
+                    table.c.resolved_us.is_(None),
+                    sa.tuple_(table.c.location, table.c.reason).in_(chunk),
+                )
+            )
+        ]
+    first: dict[tuple[str, str], int] = {}
+    for row_id, location, reason in sorted(rows):
+        first.setdefault((location, reason), row_id)
+    extra = sorted({row_id for row_id, _, _ in rows} - set(first.values()))
+    for start in range(0, len(extra), 400):
+        conn.execute(sa.delete(table).where(table.c.row_id.in_(extra[start : start + 400])))
+    return len(extra)
