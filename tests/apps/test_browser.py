@@ -143,7 +143,10 @@ def _wake_event_handlers(server: LiveServer, timeout_s: float = 5.0) -> None:
 def post(
     server: LiveServer, patient: str, values: list[tuple[str, float | str, str]], prefix: str
 ) -> None:
-    moment = datetime.now(UTC) - timedelta(seconds=90)
+    # The first set ("a") half an hour back: the changes the tests post next are then
+    # real trends, not the jumps signal conditioning would hold back as artifacts.
+    ago = timedelta(minutes=30) if prefix == "a" else timedelta(seconds=90)
+    moment = datetime.now(UTC) - ago
     post_values(server, patient, values, prefix=prefix, time=moment, source="browser-test")
 
 
