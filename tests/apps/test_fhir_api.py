@@ -171,3 +171,94 @@ def test_arbitrary_bodies_never_answer_500(client: TestClient, body: bytes) -> N
     answer = client.post("/fhir", content=body, headers=admin)
     assert answer.status_code < 500
     assert client.put("/fhir/Observation/x", content=body, headers=admin).status_code < 500
+
+
+def test_delete_read_gone_history_search_and_twin(client: TestClient) -> None:
+    admin = auth(client, "fhir-admin", Role.ADMIN)
+    answer = client.post("/fhir", json=bundle("api-del", value=66), headers=admin)
+    assert answer.status_code == 200, answer.text
+    url = answer.json()["entry"][1]["response"]["location"].split("/_history")[0]
+    runtime = client.app.state.context.ingestor.runtime  # type: ignore[attr-defined]
+    row = int(runtime.rows_of(["api-del"])[0])
+    assert runtime.vitals(row)["8867-4"]["value"] == 66
+    deleted = client.delete(f"/fhir/{url}", headers=admin)
+    assert deleted.status_code == 204
+    assert deleted.headers["ETag"] == 'W/"2"'
+    gone = client.get(f"/fhir/{url}", headers=admin)
+    assert gone.status_code == 410
+    assert gone.json()["resourceType"] == "OperationOutcome"
+    history = client.get(f"/fhir/{url}/_history", headers=admin).json()
+    assert history["total"] == 2
+    assert history["entry"][0]["request"]["method"] == "DELETE"
+    assert "resource" not in history["entry"][0]
+    assert history["entry"][1]["resource"]["valueQuantity"]["value"] == 66
+    found = client.get("/fhir/Observation", params={"patient": "api-del"}, headers=admin).json()
+    assert found["total"] == 0
+    # The twin forgot the value: the heart-rate input of NEWS2 is missing.
+    assert "8867-4" not in runtime.vitals(row)
+    # Idempotent: deleting again (or something never held) answers 204 too.
+    assert client.delete(f"/fhir/{url}", headers=admin).status_code == 204
+    assert client.delete("/fhir/Observation/never-held", headers=admin).status_code == 204
+
+
+def test_delete_policies_and_patient_refused(client: TestClient) -> None:
+    admin = auth(client, "fhir-admin", Role.ADMIN)
+    client.post("/fhir", json=bundle("api-keep"), headers=admin)
+    refused = client.delete("/fhir/Patient/api-keep", headers=admin)
+    assert refused.status_code == 405
+    assert refused.json()["resourceType"] == "OperationOutcome"
+    assert client.get("/fhir/Patient/api-keep", headers=admin).status_code == 200
+    clinician = auth(client, "fhir-del-clin", Role.CLINICIAN, "other-team")
+    assert client.delete("/fhir/Device/whatever", headers=clinician).status_code == 403
+    assert client.delete("/fhir/Device/whatever").status_code == 401
+    statement = client.get("/fhir/metadata").json()
+    types = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    assert {"code": "delete"} in types["Observation"]["interaction"]
+    assert {"code": "delete"} not in types["Patient"]["interaction"]
+    assert types["Device"]["conditionalUpdate"] is True
+
+
+def test_delete_in_a_transaction_bundle(client: TestClient) -> None:
+    admin = auth(client, "fhir-admin", Role.ADMIN)
+    client.put("/fhir/Device/api-dev-del", json={"resourceType": "Device", "status": "active"},
+               headers=admin)  # fmt: skip
+    document = bundle("api-tx-del")
+    document["entry"].append({"request": {"method": "DELETE", "url": "Device/api-dev-del"}})
+    answer = client.post("/fhir", json=document, headers=admin)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["entry"][2]["response"]["status"] == "204 No Content"
+    assert client.get("/fhir/Device/api-dev-del", headers=admin).status_code == 410
+    assert client.get("/fhir/Patient/api-tx-del", headers=admin).status_code == 200
+
+
+def test_conditional_put(client: TestClient) -> None:
+    admin = auth(client, "fhir-admin", Role.ADMIN)
+
+    def device(status: str, serial: str = "API-SN-1") -> dict[str, Any]:
+        return {"resourceType": "Device", "status": status,
+                "identifier": [{"system": "urn:serial", "value": serial}]}  # fmt: skip
+
+    query = {"identifier": "urn:serial|API-SN-1"}
+    created = client.put("/fhir/Device", params=query, json=device("active"), headers=admin)
+    assert created.status_code == 201, created.text
+    did = created.json()["id"]
+    assert created.headers["Location"] == f"/fhir/Device/{did}/_history/1"
+    updated = client.put("/fhir/Device", params=query, json=device("inactive"), headers=admin)
+    assert updated.status_code == 200
+    assert (updated.json()["id"], updated.json()["meta"]["versionId"]) == (did, "2")
+    client.put("/fhir/Device/api-dev-twin", json=device("active"), headers=admin)
+    several = client.put("/fhir/Device", params=query, json=device("active"), headers=admin)
+    assert several.status_code == 412
+    assert several.json()["resourceType"] == "OperationOutcome"
+    assert client.put("/fhir/Device", json=device("active"), headers=admin).status_code == 400
+    device_role = auth(client, "fhir-device", Role.DEVICE)
+    other = client.put(
+        "/fhir/Device", params={"identifier": "urn:serial|API-SN-2"},
+        json=device("active", "API-SN-2"), headers=device_role,
+    )  # fmt: skip
+    assert other.status_code == 201
+    clinician = auth(client, "fhir-cp-clin", Role.CLINICIAN, "other-team")
+    assert (
+        client.put("/fhir/Device", params=query, json=device("x"), headers=clinician).status_code
+        == 403
+    )

@@ -284,7 +284,7 @@ class Planner:
                 runs[module.name] = self._run(module, computing, rows, now, runs, fresh, latest)
             if persist and fresh.results:
                 self.provenance.save_rows(fresh.results, fresh.inputs)
-            if memoable:
+            if memoable and persist:  # a memo answers with ids whose rows must exist
                 batch = _Batch(
                     {name: run.fingerprints for name, run in runs.items()},
                     {

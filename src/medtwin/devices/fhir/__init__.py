@@ -1,4 +1,5 @@
-"""FHIR R4 adapter: transaction and batch Bundles in; read, history and search out.
+"""FHIR R4 adapter: transaction and batch Bundles in (create, update, conditional
+update, delete); read, history and search out.
 
 Resources are validated against the FHIR R4 models of ``fhir.resources``,
 stored raw and versioned (sealed with the keyring), indexed for search (personal
@@ -14,6 +15,8 @@ Errors (each carries OperationOutcome ``issues`` and an HTTP ``status``)::
         ├── InvalidResourceError        400  also an InputError
         ├── UnprocessableError          422  also an InputError
         ├── PreconditionFailedError     412
+        ├── ResourceGoneError           410  (read of a deleted resource)
+        ├── MethodNotAllowedError       405  (DELETE of a Patient)
         ├── TooLargeError               413  also an InputError
         └── ResourceNotFoundError       404  also a NotFoundError
 
@@ -28,7 +31,9 @@ from medtwin.devices.fhir.errors import (
     FhirError,
     InvalidResourceError,
     Issue,
+    MethodNotAllowedError,
     PreconditionFailedError,
+    ResourceGoneError,
     ResourceNotFoundError,
     TooLargeError,
     UnprocessableError,
@@ -44,7 +49,9 @@ __all__ = [
     "FhirService",
     "InvalidResourceError",
     "Issue",
+    "MethodNotAllowedError",
     "PreconditionFailedError",
+    "ResourceGoneError",
     "ResourceNotFoundError",
     "StoredResource",
     "TooLargeError",

@@ -53,8 +53,24 @@ _SEARCH = {
 }
 
 
+_PATIENT_DELETE = (
+    "DELETE is refused (405): patients are erased through the patient vault, not FHIR."
+)
+_DELETE = (
+    "DELETE (Type/id, alone or in a Bundle) writes a deletion version: reads answer "
+    "410 Gone, searches skip it, the history shows it; it answers 204 No Content, also "
+    "when there is nothing to delete."
+)
+_CONDITIONAL_UPDATE = (
+    " Conditional update: PUT Type?search updates the one match, creates when none "
+    "matches, 412 when several do."
+)
+
+
 def _resource(resource_type: str) -> dict[str, Any]:
     interactions = ["read", "vread", "update", "create", "history-instance"]
+    if resource_type != "Patient":
+        interactions.append("delete")
     if resource_type in _SEARCH:
         interactions.append("search-type")
     out: dict[str, Any] = {
@@ -64,6 +80,10 @@ def _resource(resource_type: str) -> dict[str, Any]:
         "readHistory": True,
         "updateCreate": True,
         "conditionalCreate": True,
+        "conditionalUpdate": True,
+        "conditionalDelete": "not-supported",
+        "documentation": (_PATIENT_DELETE if resource_type == "Patient" else _DELETE)
+        + _CONDITIONAL_UPDATE,
     }
     if resource_type in _SEARCH:
         out["searchParam"] = [{"name": name, "type": kind} for name, kind in _SEARCH[resource_type]]

@@ -12,7 +12,9 @@ __all__ = [
     "FhirError",
     "InvalidResourceError",
     "Issue",
+    "MethodNotAllowedError",
     "PreconditionFailedError",
+    "ResourceGoneError",
     "ResourceNotFoundError",
     "TooLargeError",
     "UnprocessableError",
@@ -79,7 +81,7 @@ class UnprocessableError(FhirError, InputError):
 
 
 class PreconditionFailedError(FhirError):
-    """A conditional create or reference matched more than one resource."""
+    """A conditional create, update or reference matched more than one resource."""
 
     status = 412
 
@@ -94,3 +96,19 @@ class ResourceNotFoundError(FhirError, NotFoundError):
     """No such resource (or the caller may not see it)."""
 
     status = 404
+
+
+class ResourceGoneError(FhirError):
+    """The resource was deleted; ``patient`` is the patient it belonged to (for access checks)."""
+
+    status = 410
+
+    def __init__(self, issues: Sequence[Issue], patient: str | None = None) -> None:
+        super().__init__(issues)
+        self.patient = patient
+
+
+class MethodNotAllowedError(FhirError):
+    """An interaction this server refuses on the type (DELETE of a Patient)."""
+
+    status = 405

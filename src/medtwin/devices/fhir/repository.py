@@ -46,6 +46,7 @@ class StoredResource:
     last_updated_us: int
     patient_id: str | None
     resource: dict[str, Any]
+    deleted: bool = False  # a deletion: ``resource`` is only its type and id
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class NewVersion:
     version: int
     patient_id: str | None
     resource: dict[str, Any]
+    deleted: bool = False  # a deletion: no search rows, ``resource`` only its type and id
 
 
 def with_meta(resource: dict[str, Any], version: int, last_updated_us: int) -> dict[str, Any]:
@@ -117,7 +119,13 @@ class ResourceRepository:
         text = self.unseal(row.resource_type, row.id, row.version, row.content)
         resource = with_meta(json.loads(text), row.version, row.last_updated_us)
         return StoredResource(
-            row.resource_type, row.id, row.version, row.last_updated_us, row.patient_id, resource
+            row.resource_type,
+            row.id,
+            row.version,
+            row.last_updated_us,
+            row.patient_id,
+            resource,
+            bool(row.deleted),
         )
 
     # -- inside a write transaction -------------------------------------------
@@ -137,6 +145,31 @@ class ResourceRepository:
             )
             found.update({row[0]: int(row[1]) for row in rows})
         return found
+
+    def deleted_ids(self, conn: Connection, resource_type: str, ids: Iterable[str]) -> set[str]:
+        """Those of ``ids`` whose newest version is a deletion."""
+        gone: set[str] = set()
+        wanted = sorted(set(ids))
+        newest = (
+            sa.select(_RESOURCES.c.id, sa.func.max(_RESOURCES.c.version).label("version"))
+            .where(_RESOURCES.c.resource_type == resource_type)
+            .group_by(_RESOURCES.c.id)
+        )
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = newest.where(_RESOURCES.c.id.in_(wanted[start : start + _CHUNK])).subquery()
+            rows = conn.execute(
+                sa.select(_RESOURCES.c.id)
+                .join(
+                    chunk,
+                    sa.and_(
+                        _RESOURCES.c.id == chunk.c.id,
+                        _RESOURCES.c.version == chunk.c.version,
+                    ),
+                )
+                .where(_RESOURCES.c.resource_type == resource_type, _RESOURCES.c.deleted)
+            )
+            gone.update(row[0] for row in rows)
+        return gone
 
     def current(
         self, conn: Connection, resource_type: str, resource_id: str
@@ -201,7 +234,7 @@ class ResourceRepository:
                     "version": v.version,
                     "last_updated_us": now_us,
                     "patient_id": v.patient_id,
-                    "deleted": False,
+                    "deleted": v.deleted,
                     "content": self.seal(
                         v.resource_type,
                         v.id,
@@ -222,6 +255,7 @@ class ResourceRepository:
         rows = [
             {"resource_type": v.resource_type, "param": param, "value": value, "id": v.id}
             for v in versions
+            if not v.deleted
             for param, value in search_rows(v.resource_type, v.resource, self.index)
         ]
         if rows:
@@ -255,7 +289,7 @@ class ResourceRepository:
         return [self._served(row) for row in rows]
 
     def count(self, resource_type: str | None = None) -> int:
-        """Number of resources held (current versions) of one type or of all."""
+        """Number of resources held (deleted ones included) of one type or of all."""
         query = sa.select(
             sa.func.count(sa.distinct(_RESOURCES.c.resource_type + "/" + _RESOURCES.c.id))
         )
@@ -274,7 +308,7 @@ class ResourceRepository:
         count: int = 50,
         offset: int = 0,
     ) -> tuple[int, list[StoredResource]]:
-        """(total, page) of current resources matching every criterion.
+        """(total, page) of current resources matching every criterion (deleted ones never).
 
         ``dates`` are (SQL operator, sortable time text) bounds on the ``date`` param;
         ``allow`` keeps, of a set of patient ids, those the caller may see.
@@ -306,7 +340,8 @@ class ResourceRepository:
                     chunk = wanted[start : start + _CHUNK]
                     rows += conn.execute(newest.where(_RESOURCES.c.id.in_(chunk))).all()
             keys = sorted((row[0], int(row[1])) for row in rows)
-            owners = self._owners(conn, resource_type, keys)
+            owners, deleted = self._owners(conn, resource_type, keys)
+            keys = [k for k in keys if k not in deleted]
             if allow is not None:
                 permitted = allow({p for p in owners.values() if p is not None})
                 keys = [k for k in keys if owners[k] is None or owners[k] in permitted]
@@ -328,19 +363,26 @@ class ResourceRepository:
 
     def _owners(
         self, conn: Connection, resource_type: str, keys: Sequence[tuple[str, int]]
-    ) -> dict[tuple[str, int], str | None]:
+    ) -> tuple[dict[tuple[str, int], str | None], set[tuple[str, int]]]:
+        """The patient of each key, and the keys that are deletions."""
         owners: dict[tuple[str, int], str | None] = {}
+        deleted: set[tuple[str, int]] = set()
         wanted = sorted({k[0] for k in keys})
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
             rows = conn.execute(
-                sa.select(_RESOURCES.c.id, _RESOURCES.c.version, _RESOURCES.c.patient_id).where(
-                    _RESOURCES.c.resource_type == resource_type, _RESOURCES.c.id.in_(chunk)
-                )
+                sa.select(
+                    _RESOURCES.c.id,
+                    _RESOURCES.c.version,
+                    _RESOURCES.c.patient_id,
+                    _RESOURCES.c.deleted,
+                ).where(_RESOURCES.c.resource_type == resource_type, _RESOURCES.c.id.in_(chunk))
             )
             for row in rows:
                 owners[(row[0], int(row[1]))] = row[2]
-        return {k: owners.get(k) for k in keys}
+                if row[3]:
+                    deleted.add((row[0], int(row[1])))
+        return {k: owners.get(k) for k in keys}, deleted
 
     # -- replay ---------------------------------------------------------------
 

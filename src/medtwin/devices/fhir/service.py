@@ -1,4 +1,4 @@
-"""Processing of FHIR transaction and batch Bundles, PUT, read, history and search.
+"""Processing of FHIR transaction and batch Bundles, PUT, DELETE, read, history and search.
 
 A transaction is all-or-nothing: it is validated first (no lock held), then
 ids are assigned, ``urn:uuid:`` full URLs and conditional references resolved,
@@ -6,6 +6,18 @@ ids are assigned, ``urn:uuid:`` full URLs and conditional references resolved,
 everything written in ONE store transaction, together with the observations
 the twins take and the Bundle's response (kept by content digest, so that the
 same Bundle posted again replays it). Only then are the twins updated.
+
+DELETE (``Type/id``, in a Bundle or alone) writes a new version marked deleted
+(no search rows: search no longer finds it; a read answers 410 Gone; the history
+shows it) and answers ``204 No Content``, also when there is nothing to delete
+(a missing or already deleted resource: no version is written). A deleted
+Observation's observations get an ``entered-in-error`` version each (same source
+and id, the deletion's version), so that the twins forget them. A Patient is not
+deleted through FHIR (405: patients are erased through the vault).
+
+A conditional update (``PUT Type?search``) updates the one resource the search
+matches (200), creates one when none matches (201: with the resource's id if it
+has one, else a server id) and fails with 412 when several match.
 """
 
 from __future__ import annotations
@@ -35,7 +47,9 @@ from medtwin.devices.fhir.errors import (
     FhirError,
     InvalidResourceError,
     Issue,
+    MethodNotAllowedError,
     PreconditionFailedError,
+    ResourceGoneError,
     ResourceNotFoundError,
     TooLargeError,
     UnprocessableError,
@@ -78,6 +92,8 @@ _SEARCH_PARAMS = {
     "Observation": ("subject", "patient", "code", "date", "category"),
 }
 _DATE_PREFIXES = ("eq", "ge", "le", "gt", "lt")
+_PATIENT_DELETE = "a Patient is not deleted through FHIR: patients are erased through the vault"
+_NO_CONTENT = "204 No Content"
 
 
 def parse_json(text: str | bytes, *, max_depth: int) -> Any:
@@ -118,6 +134,7 @@ class BundleReport:
     updated: int = 0
     unchanged: int = 0
     reused: int = 0
+    deleted: int = 0
     failed: int = 0
     observations: int = 0
     unmapped: dict[str, int] = field(default_factory=dict)  # per code system
@@ -130,6 +147,7 @@ class BundleReport:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "reused": self.reused,
+            "deleted": self.deleted,
             "failed": self.failed,
             "observations": self.observations,
             "unmapped": dict(self.unmapped),
@@ -155,6 +173,8 @@ class _Entry:
     resource: dict[str, Any] | None = None
     full_url: str | None = None
     target_id: str | None = None
+    condition: str | None = None  # the search of a conditional update
+    prior: StoredResource | None = None  # the version a DELETE deletes
     if_none_exist: str | None = None
     refs: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
@@ -226,7 +246,7 @@ class FhirService:
             if kind == "transaction":
                 issues = [issue for entry in entries for issue in entry.issues]
                 if issues:
-                    raise InvalidResourceError(issues)
+                    raise _refusal(issues)
             digest = hashlib.sha256(
                 json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
             ).hexdigest()
@@ -258,36 +278,100 @@ class FhirService:
         Returns the stored version and whether it was created. An update with the
         same content as the current version stores nothing new.
         """
-        bundle = {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "entry": [
-                {
-                    "resource": document,
-                    "request": {"method": "PUT", "url": f"{resource_type}/{resource_id}"},
-                }
-            ],
-        }
+        entry = self._single(
+            resource_type,
+            {
+                "resource": document,
+                "request": {"method": "PUT", "url": f"{resource_type}/{resource_id}"},
+            },
+            message=f"{resource_type}/{resource_id}",
+            raw=raw,
+            source=source,
+            care_team=care_team,
+        )
+        stored = self.repository.read(resource_type, entry.id, entry.version)
+        assert stored is not None
+        return stored, entry.status.startswith("201")
+
+    def conditional_put(
+        self,
+        resource_type: str,
+        query: str,
+        document: Any,
+        *,
+        raw: str | None = None,
+        source: str | None = None,
+        care_team: str | None = None,
+    ) -> tuple[StoredResource, bool]:
+        """Conditional update ``PUT resource_type?query``: the one match is updated, no
+        match creates the resource, several fail (PreconditionFailedError, 412).
+
+        Returns the stored version and whether it was created.
+        """
+        entry = self._single(
+            resource_type,
+            {"resource": document, "request": {"method": "PUT", "url": f"{resource_type}?{query}"}},
+            message=f"{resource_type}?{query[:128]}",
+            raw=raw,
+            source=source,
+            care_team=care_team,
+        )
+        stored = self.repository.read(resource_type, entry.id, entry.version)
+        assert stored is not None
+        return stored, entry.status.startswith("201")
+
+    def delete(
+        self,
+        resource_type: str,
+        resource_id: str,
+        *,
+        source: str | None = None,
+        care_team: str | None = None,
+    ) -> StoredResource | None:
+        """Delete ``resource_type/resource_id``: the deletion's version, or None when there
+        was nothing to delete (not held, or deleted already). Patient: MethodNotAllowedError."""
+        entry = self._single(
+            resource_type,
+            {"request": {"method": "DELETE", "url": f"{resource_type}/{resource_id}"}},
+            message=f"{resource_type}/{resource_id}",
+            raw=None,
+            source=source,
+            care_team=care_team,
+        )
+        if not entry.write:
+            return None
+        return self.repository.read(resource_type, entry.id, entry.version)
+
+    def _single(
+        self,
+        resource_type: str,
+        request_entry: dict[str, Any],
+        *,
+        message: str,
+        raw: str | None,
+        source: str | None,
+        care_team: str | None,
+    ) -> _Entry:
+        """One interaction as a one-entry transaction; its entry once committed."""
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [request_entry]}
         try:
             _, entries = self._entries(bundle, lambda _: resource_type)
             issues = [issue for entry in entries for issue in entry.issues]
             if issues:
-                raise InvalidResourceError(issues)
+                raise _refusal(issues)
             self._commit(
                 "transaction",
                 entries,
                 None,
-                message=f"{resource_type}/{resource_id}",
+                message=message,
                 care_team=care_team,
                 source=source,
             )
         except FhirError as exc:
-            self._quarantine(exc, raw, document, source)
+            if "resource" in request_entry:  # a refused DELETE has nothing to keep
+                self._quarantine(exc, raw, request_entry["resource"], source)
             raise
-        entry = entries[0]
-        stored = self.repository.read(resource_type, entry.id, entry.version)
-        assert stored is not None
-        return stored, entry.status.startswith("201")
+        return entries[0]
 
     def _quarantine(
         self, exc: FhirError, raw: str | None, document: Any, source: str | None
@@ -376,10 +460,10 @@ class FhirService:
             return entry
         method = request.get("method")
         url = request.get("url")
-        if method not in ("POST", "PUT"):
+        if method not in ("POST", "PUT", "DELETE"):
             entry.issues.append(
                 Issue(
-                    "only POST and PUT are supported",
+                    "only POST, PUT and DELETE are supported",
                     f"{where}.request.method",
                     code="not-supported",
                 )
@@ -389,6 +473,9 @@ class FhirService:
             entry.issues.append(
                 Issue("request.url is required", f"{where}.request.url", code="required")
             )
+            return entry
+        if method == "DELETE":
+            self._delete_entry(entry, url, resource, where)
             return entry
         if not isinstance(resource, dict):
             entry.issues.append(Issue("resource is required", f"{where}.resource", code="required"))
@@ -427,9 +514,21 @@ class FhirService:
                     Issue("ifNoneExist must be a string", f"{where}.request.ifNoneExist")
                 )
             entry.if_none_exist = if_none if isinstance(if_none, str) and if_none else None
+        elif "?" in url:
+            query = url.split("?", 1)[1]
+            if path != entry.resource_type or not query:
+                entry.issues.append(
+                    Issue(
+                        f"conditional PUT url must be {entry.resource_type}?<search>",
+                        f"{where}.request.url",
+                        code="not-supported",
+                    )
+                )
+            else:
+                entry.condition = query
         else:
             parts = path.split("/")
-            if "?" in url or len(parts) != 2 or parts[0] != entry.resource_type:
+            if len(parts) != 2 or parts[0] != entry.resource_type:
                 entry.issues.append(
                     Issue(
                         f"PUT url must be {entry.resource_type}/<id>",
@@ -444,6 +543,38 @@ class FhirService:
             else:
                 entry.target_id = parts[1]
         return entry
+
+    @staticmethod
+    def _delete_entry(entry: _Entry, url: str, resource: Any, where: str) -> None:
+        """A DELETE entry: ``Type/id`` only (no conditional delete), never a Patient."""
+        entry.method = "DELETE"
+        parts = url.strip("/").split("/")
+        if resource is not None:
+            entry.issues.append(
+                Issue("a DELETE entry has no resource", f"{where}.resource", code="structure")
+            )
+        elif "?" in url:
+            entry.issues.append(
+                Issue(
+                    "conditional delete is not supported",
+                    f"{where}.request.url",
+                    code="not-supported",
+                )
+            )
+        elif len(parts) != 2 or model_class(parts[0]) is None:
+            entry.issues.append(
+                Issue(
+                    "DELETE url must be <type>/<id>", f"{where}.request.url", code="not-supported"
+                )
+            )
+        elif not ID_PATTERN.fullmatch(parts[1]):
+            entry.issues.append(Issue("invalid resource id", f"{where}.request.url"))
+        elif parts[0] == "Patient":
+            entry.issues.append(
+                Issue(_PATIENT_DELETE, f"{where}.request.method", code="not-supported")
+            )
+        else:
+            entry.resource_type, entry.target_id = parts[0], parts[1]
 
     def _commit(
         self,
@@ -529,16 +660,29 @@ class FhirService:
         # Ids held already, in one query per type.
         by_type: dict[str, set[str]] = {}
         for entry in live:
-            assert entry.resource is not None
-            wanted = entry.target_id if entry.method == "PUT" else entry.resource.get("id")
+            wanted: Any = entry.target_id
+            if wanted is None and entry.resource is not None:
+                wanted = entry.resource.get("id")
             if isinstance(wanted, str):
                 by_type.setdefault(entry.resource_type, set()).add(wanted)
         held: dict[tuple[str, str], int] = {}
+        gone: set[tuple[str, str]] = set()  # held, and the newest version is a deletion
         for resource_type, ids in by_type.items():
-            for resource_id, version in self.repository.current_versions(
-                conn, resource_type, ids
-            ).items():
+            versions = self.repository.current_versions(conn, resource_type, ids)
+            for resource_id, version in versions.items():
                 held[(resource_type, resource_id)] = version
+            if any(version > 1 for version in versions.values()):
+                gone.update(
+                    (resource_type, resource_id)
+                    for resource_id in self.repository.deleted_ids(conn, resource_type, versions)
+                )
+
+        def hold(resource_type: str, resource_id: str) -> None:
+            """Know the current version of a resource a conditional update matched."""
+            if (resource_type, resource_id) not in held:
+                versions = self.repository.current_versions(conn, resource_type, [resource_id])
+                held.update({(resource_type, i): v for i, v in versions.items()})
+
         parsed: dict[tuple[str, str], list[tuple[str, list[str]]]] = {}
 
         def criteria_of(resource_type: str, query: str, where: str) -> list[tuple[str, list[str]]]:
@@ -564,10 +708,16 @@ class FhirService:
             return found
 
         for entry in live:
+            if entry.method == "DELETE":
+                _assign_delete(entry, held, gone)
+                taken.add((entry.resource_type, entry.id))
+                continue
             resource = entry.resource
             assert resource is not None
             try:
-                self._assign(entry, held, taken, matches)
+                if entry.condition is not None:
+                    self._match(entry, matches, hold)
+                self._assign(entry, held, gone, taken, matches)
             except FhirError as exc:
                 entry.issues += exc.issues
                 continue
@@ -581,12 +731,21 @@ class FhirService:
                     pending.setdefault((entry.resource_type, value), set()).add(entry.id)
         exists: dict[str, bool] = {}
         for entry in live:
-            if entry.failed or not entry.write:
+            if entry.failed or not entry.write or entry.method == "DELETE":
                 continue
             self._resolve(conn, entry, full_urls, taken, held, exists, matches, plan)
         current: dict[tuple[str, str], StoredResource | None] = {}
         for entry in live:
             if entry.failed or not entry.write:
+                continue
+            if entry.method == "DELETE":
+                key = (entry.resource_type, entry.id)
+                entry.prior = self.repository.current(conn, *key)
+                entry.patient = None if entry.prior is None else entry.prior.patient_id
+                bare = {"resourceType": entry.resource_type, "id": entry.id}
+                plan.versions.append(
+                    NewVersion(*key, entry.version, entry.patient, bare, deleted=True)
+                )
                 continue
             resource = entry.resource
             assert resource is not None
@@ -596,7 +755,11 @@ class FhirService:
                 if key not in current:
                     current[key] = self.repository.current(conn, *key)
                 before = current[key]
-                if before is not None and canonical(before.resource) == canonical(resource):
+                if (
+                    before is not None
+                    and not before.deleted
+                    and canonical(before.resource) == canonical(resource)
+                ):
                     entry.write = False
                     entry.version -= 1
                     entry.status = "200 OK"
@@ -649,6 +812,8 @@ class FhirService:
         for entry in entries:
             if entry.if_none_exist is not None:
                 queries.add((entry.resource_type, entry.if_none_exist))
+            if entry.condition is not None:
+                queries.add((entry.resource_type, entry.condition))
             for holder, _ in entry.refs:
                 reference = holder["reference"]
                 if "?" in reference and not reference.startswith(("#", *_INTERNAL_PREFIXES)):
@@ -695,23 +860,61 @@ class FhirService:
                 criteria.append((param, values))
         return criteria
 
+    @staticmethod
+    def _match(
+        entry: _Entry,
+        matches: Callable[[str, str, str], set[str]],
+        hold: Callable[[str, str], None],
+    ) -> None:
+        """The target of a conditional update: the one match, else the resource's own id
+        (an update as create), else none (a create with a server id)."""
+        assert entry.resource is not None
+        assert entry.condition is not None
+        where = f"Bundle.entry[{entry.index}].request.url"
+        found = matches(entry.resource_type, entry.condition, where)
+        if len(found) > 1:
+            raise PreconditionFailedError(
+                [
+                    Issue(
+                        f"conditional update matches {len(found)} resources",
+                        where,
+                        code="multiple-matches",
+                    )
+                ]
+            )
+        wanted = entry.resource.get("id")
+        if found:
+            target = next(iter(found))
+            if wanted not in (None, target):
+                raise InvalidResourceError(
+                    [Issue(f"resource id differs from the match {target}", f"{entry.base}.id")]
+                )
+            entry.target_id = target
+        elif isinstance(wanted, str) and ID_PATTERN.fullmatch(wanted):
+            entry.target_id = wanted
+        if entry.target_id is not None:
+            hold(entry.resource_type, entry.target_id)
+
     def _assign(
         self,
         entry: _Entry,
         held: dict[tuple[str, str], int],
+        gone: set[tuple[str, str]],
         taken: set[tuple[str, str]],
         matches: Callable[[str, str, str], set[str]],
     ) -> None:
         """Give the entry its id and version (or the resource an ``ifNoneExist`` found)."""
         assert entry.resource is not None
         where = f"Bundle.entry[{entry.index}].request"
-        if entry.method == "PUT":
-            assert entry.target_id is not None
+        if entry.method == "PUT" and entry.target_id is not None:
             entry.id = entry.target_id
-            previous = held.get((entry.resource_type, entry.id), 0)
+            key = (entry.resource_type, entry.id)
+            previous = held.get(key, 0)
             entry.version = previous + 1
-            held[(entry.resource_type, entry.id)] = entry.version
-            entry.status = "200 OK" if previous else "201 Created"
+            held[key] = entry.version
+            # An update of a deleted resource brings it back: created again.
+            entry.status = "200 OK" if previous and key not in gone else "201 Created"
+            gone.discard(key)
             entry.write = True
             return
         if entry.if_none_exist is not None:
@@ -845,6 +1048,10 @@ class FhirService:
             if entry.failed or not entry.write:
                 continue
             resource = entry.resource
+            if entry.method == "DELETE":
+                if entry.prior is None or entry.resource_type != "Observation":
+                    continue
+                resource = entry.prior.resource
             assert resource is not None
             patient = entry.patient
             if entry.resource_type == "Patient":
@@ -863,6 +1070,9 @@ class FhirService:
                 for mapped in observation_items(
                     resource, entry.id, patient, entry.version, entry.base
                 ):
+                    if entry.method == "DELETE":
+                        # The twins forget what the deleted version told them.
+                        mapped.item["status"] = "entered-in-error"
                     plan.items.append(mapped.item)
                     plan.item_entries.append((entry, mapped))
             elif entry.resource_type == "MedicationAdministration":
@@ -1011,19 +1221,36 @@ class FhirService:
                     unmapped[obs.system] = unmapped.get(obs.system, 0) + 1
                     entry = plan.item_entries[index][0]
                     unmapped_by_entry.setdefault(entry.index, set()).add(f"{obs.system}|{obs.code}")
-        counts = {"created": 0, "updated": 0, "unchanged": 0, "reused": 0, "failed": 0}
         out: list[dict[str, Any]] = []
+        response: dict[str, Any]
+        counts = {
+            "created": 0,
+            "updated": 0,
+            "unchanged": 0,
+            "reused": 0,
+            "deleted": 0,
+            "failed": 0,
+        }
         for entry in entries:
             if entry.failed:
                 counts["failed"] += 1
-                failure = (
-                    "412 Precondition Failed"
-                    if any(i.code == "multiple-matches" for i in entry.issues)
-                    else "400 Bad Request"
-                )
+                failure = {
+                    412: "412 Precondition Failed",
+                    405: "405 Method Not Allowed",
+                }.get(_refusal(entry.issues).status, "400 Bad Request")
                 out.append(
                     {"response": {"status": failure, "outcome": operation_outcome(entry.issues)}}
                 )
+                continue
+            if entry.method == "DELETE":
+                response = {"status": _NO_CONTENT}
+                if entry.write:
+                    counts["deleted"] += 1
+                    response["etag"] = f'W/"{entry.version}"'
+                    response["lastModified"] = iso_instant(now)
+                else:
+                    counts["unchanged"] += 1
+                out.append({"response": response})
                 continue
             if entry.write:
                 counts["created" if entry.status.startswith("201") else "updated"] += 1
@@ -1031,7 +1258,7 @@ class FhirService:
                 counts["unchanged"] += 1
             else:
                 counts["reused"] += 1
-            response: dict[str, Any] = {
+            response = {
                 "status": entry.status,
                 "location": f"{entry.resource_type}/{entry.id}/_history/{entry.version}",
                 "etag": f'W/"{entry.version}"',
@@ -1061,6 +1288,7 @@ class FhirService:
             updated=counts["updated"],
             unchanged=counts["unchanged"],
             reused=counts["reused"],
+            deleted=counts["deleted"],
             failed=counts["failed"],
             observations=stored,
             unmapped=unmapped,
@@ -1073,7 +1301,8 @@ class FhirService:
     def read(
         self, resource_type: str, resource_id: str, version: int | None = None
     ) -> StoredResource:
-        """The current (or given) version; ResourceNotFoundError when not held."""
+        """The current (or given) version; ResourceNotFoundError when not held,
+        ResourceGoneError when it (the version) is a deletion."""
         found = None
         if model_class(resource_type) is not None and ID_PATTERN.fullmatch(resource_id):
             found = self.repository.read(resource_type, resource_id, version)
@@ -1081,12 +1310,29 @@ class FhirService:
             raise ResourceNotFoundError(
                 [Issue(f"no {resource_type[:64]}/{resource_id[:64]}", code="not-found")]
             )
+        if found.deleted:
+            raise ResourceGoneError(
+                [
+                    Issue(
+                        f"{resource_type}/{resource_id} was deleted (version {found.version})",
+                        code="deleted",
+                    )
+                ],
+                patient=found.patient_id,
+            )
         return found
 
     def history(self, resource_type: str, resource_id: str) -> list[StoredResource]:
-        """Every version, newest first; ResourceNotFoundError when not held."""
-        self.read(resource_type, resource_id)
-        return self.repository.history(resource_type, resource_id)
+        """Every version (deletions included), newest first; ResourceNotFoundError when
+        not held."""
+        versions: list[StoredResource] = []
+        if model_class(resource_type) is not None and ID_PATTERN.fullmatch(resource_id):
+            versions = self.repository.history(resource_type, resource_id)
+        if not versions:
+            raise ResourceNotFoundError(
+                [Issue(f"no {resource_type[:64]}/{resource_id[:64]}", code="not-found")]
+            )
+        return versions
 
     def search(
         self,
@@ -1130,9 +1376,39 @@ _BUNDLE_ELEMENTS = frozenset(
 )  # fmt: skip
 
 
+def _refusal(issues: list[Issue]) -> FhirError:
+    """The error of entries refused before any lookup (a Patient DELETE: 405)."""
+    if any(issue.diagnostics == _PATIENT_DELETE for issue in issues):
+        return MethodNotAllowedError(issues)
+    if any(issue.code == "multiple-matches" for issue in issues):
+        return PreconditionFailedError(issues)
+    return InvalidResourceError(issues)
+
+
+def _assign_delete(
+    entry: _Entry, held: dict[tuple[str, str], int], gone: set[tuple[str, str]]
+) -> None:
+    """A DELETE's version: the next one, or none when there is nothing to delete."""
+    assert entry.target_id is not None
+    entry.id = entry.target_id
+    key = (entry.resource_type, entry.id)
+    previous = held.get(key, 0)
+    entry.status = _NO_CONTENT
+    if not previous or key in gone:
+        entry.version = previous
+        entry.write = False
+        return
+    entry.version = previous + 1
+    held[key] = entry.version
+    gone.add(key)
+    entry.write = True
+
+
 def _failure(issues: list[Issue]) -> FhirError:
     """The error of a failed transaction, by its worst issue."""
     codes = {issue.code for issue in issues}
+    if any(issue.diagnostics == _PATIENT_DELETE for issue in issues):
+        return MethodNotAllowedError(issues)
     if "multiple-matches" in codes:
         return PreconditionFailedError(issues)
     if codes & {"not-supported", "structure", "required"}:

@@ -1,4 +1,5 @@
-"""FHIR R4 under /fhir: Bundles in, read, history and search out (application/fhir+json).
+"""FHIR R4 under /fhir: Bundles, PUT (conditional too) and DELETE in; read, history and
+search out (application/fhir+json).
 
 A thin layer over :class:`medtwin.devices.fhir.FhirService`: it reads the body
 within the size limit, checks who may see which patient, audits, and answers
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from medtwin.apps.api.auth import Policy, Principal, may_see, visible
@@ -23,6 +24,7 @@ from medtwin.devices.fhir import (
     FhirService,
     InvalidResourceError,
     Issue,
+    ResourceGoneError,
     ResourceNotFoundError,
     StoredResource,
     TooLargeError,
@@ -164,6 +166,81 @@ async def put_resource(
     )
 
 
+@router.put("/{resource_type}")
+async def conditional_put(
+    resource_type: str,
+    request: Request,
+    context: Context,
+    principal: Annotated[Principal, guard(WRITE)],
+) -> FhirResponse:
+    """Conditional update ``PUT Type?search``: updates the one match (200), creates when
+    none matches (201), 412 when several match."""
+    service = service_of(context)
+    query = request.url.query
+    try:
+        if not query:
+            raise InvalidResourceError(
+                [Issue("a conditional update needs a search", "query", code="required")]
+            )
+        text = await _body(request, context)
+        document = parse_json(text, max_depth=service.max_depth)
+        stored, created = await run_in_threadpool(
+            lambda: service.conditional_put(
+                resource_type,
+                query,
+                document,
+                raw=text,
+                source=principal.name,
+                care_team=principal.care_team,
+            )
+        )
+    except FhirError as exc:
+        return _failure(exc)
+    return FhirResponse(
+        stored.resource,
+        status_code=201 if created else 200,
+        headers={
+            "ETag": f'W/"{stored.version}"',
+            "Location": f"/fhir/{resource_type}/{stored.id}/_history/{stored.version}",
+        },
+    )
+
+
+@router.delete("/{resource_type}/{resource_id}")
+async def delete_resource(
+    resource_type: str,
+    resource_id: str,
+    context: Context,
+    principal: Annotated[Principal, guard(WRITE)],
+) -> Response:
+    """Delete a resource: 204, also when there is nothing to delete (a Patient: 405)."""
+    service = service_of(context)
+    try:
+        deleted = await run_in_threadpool(
+            lambda: service.delete(
+                resource_type,
+                resource_id,
+                source=principal.name,
+                care_team=principal.care_team,
+            )
+        )
+    except FhirError as exc:
+        return _failure(exc)
+    if deleted is None:
+        return Response(status_code=204)
+    await run_in_threadpool(
+        lambda: context.record(
+            principal.name,
+            principal.role,
+            "delete",
+            "success",
+            patient=deleted.patient_id,
+            detail={"route": "/fhir", "resource": f"{resource_type}/{resource_id}"[:160]},
+        )
+    )
+    return Response(status_code=204, headers={"ETag": f'W/"{deleted.version}"'})
+
+
 @router.get("/{resource_type}/{resource_id}")
 async def read_resource(
     resource_type: str,
@@ -171,10 +248,15 @@ async def read_resource(
     context: Context,
     principal: Annotated[Principal, guard(READ)],
 ) -> FhirResponse:
-    """The current version of a resource."""
+    """The current version of a resource (410 Gone once deleted)."""
     service = service_of(context)
     try:
-        stored = await run_in_threadpool(service.read, resource_type, resource_id)
+        try:
+            stored = await run_in_threadpool(service.read, resource_type, resource_id)
+        except ResourceGoneError as gone:
+            # Only those who may see the patient learn that the resource was deleted.
+            await run_in_threadpool(_check_patient, context, principal, gone.patient)
+            raise
         await run_in_threadpool(_check_patient, context, principal, stored.patient_id)
     except FhirError as exc:
         return _failure(exc)
@@ -202,15 +284,7 @@ async def resource_history(
             "resourceType": "Bundle",
             "type": "history",
             "total": len(versions),
-            "entry": [
-                {
-                    "fullUrl": f"{base}/{v.resource_type}/{v.id}",
-                    "resource": v.resource,
-                    "request": {"method": "PUT", "url": f"{v.resource_type}/{v.id}"},
-                    "response": {"status": "201 Created" if v.version == 1 else "200 OK"},
-                }
-                for v in versions
-            ],
+            "entry": [_history_entry(base, v) for v in versions],
         }
     )
 
@@ -262,6 +336,27 @@ async def search(
     return FhirResponse(
         _searchset(request, resource_type, params, total, page, count, offset, summary)
     )
+
+
+def _history_entry(base: str, version: StoredResource) -> dict[str, Any]:
+    """One entry of a history Bundle; a deletion has no resource."""
+    url = f"{version.resource_type}/{version.id}"
+    if version.deleted:
+        return {
+            "fullUrl": f"{base}/{url}",
+            "request": {"method": "DELETE", "url": url},
+            "response": {
+                "status": "204 No Content",
+                "etag": f'W/"{version.version}"',
+                "lastModified": version.resource["meta"]["lastUpdated"],
+            },
+        }
+    return {
+        "fullUrl": f"{base}/{url}",
+        "resource": version.resource,
+        "request": {"method": "PUT", "url": url},
+        "response": {"status": "201 Created" if version.version == 1 else "200 OK"},
+    }
 
 
 def _whole(value: str, name: str, low: int, high: int) -> int:
