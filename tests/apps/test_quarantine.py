@@ -67,7 +67,7 @@ def test_cli_lists_shows_and_replays(tmp_path: Path, monkeypatch: pytest.MonkeyP
     listed = runner.invoke(app, ["quarantine", "list"])
     assert listed.exit_code == 0, listed.output
     fields = listed.output.strip().split("\t")
-    assert fields[2:5] == ["cli:items.jsonl", "open", "observations[0].unit"]
+    assert fields[2:5] == ["cli:items.jsonl", "open", "items.jsonl:1: unit"]
     entry_id = fields[0]
     shown = runner.invoke(app, ["quarantine", "show", entry_id])
     assert shown.exit_code == 0
