@@ -41,9 +41,12 @@ from medtwin.core.records import LOINC, ObservationStatus, Patient
 from medtwin.data import mappings
 from medtwin.data.store import Origin, QuarantineEntry, SqlStore
 from medtwin.data.store import schema as tables
+from medtwin.data.vault import Demographics, PatientVault, Privacy
+from medtwin.devices.fhir.repository import ResourceRepository
 from medtwin.devices.hl7.ack import AckCode, ErrorCode, Fault, build_ack, enhanced_code
 from medtwin.devices.hl7.ack import sends_accept_ack as _sends
-from medtwin.devices.hl7.adt import ADT_EVENTS, read_adt
+from medtwin.devices.hl7.adt import ADT_EVENTS, Person, Visit, read_adt
+from medtwin.devices.hl7.encounter import write_encounters
 from medtwin.devices.hl7.oru import ObxItem, OruContent, read_oru
 from medtwin.devices.hl7.parse import (
     Header,
@@ -142,7 +145,10 @@ class HL7Processor:
         *,
         allowed_senders: Iterable[str] = (),
         time_zones: Mapping[str, str] | None = None,
+        privacy: Privacy | None = None,
     ) -> None:
+        """``privacy``: the keys of personal data; without them ADT demographics and
+        encounters are not kept (the patients still are)."""
         self.store = store
         self.ingestor = ingestor
         self.clock = clock
@@ -156,18 +162,29 @@ class HL7Processor:
                     f"MEDTWIN_HL7_TIME_ZONES: unknown time zone {name!r} for sender {sender!r}"
                 ) from exc
         self._lock = threading.Lock()
+        self.vault = PatientVault(store, privacy) if privacy is not None else None
+        self.encounters = (
+            ResourceRepository(store, privacy.keyring, privacy.blind_index)
+            if privacy is not None
+            else None
+        )
 
     @classmethod
     def from_settings(
         cls, settings: Any, store: SqlStore, ingestor: Ingestor, clock: Clock
     ) -> HL7Processor:
-        """The processor the ``mllp_allowed_senders`` and ``hl7_time_zones`` settings describe."""
+        """The processor the ``mllp_allowed_senders`` and ``hl7_time_zones`` settings describe.
+
+        The privacy keys (vault, sealed FHIR resources) come from the settings' secrets,
+        as the API context builds them (``Privacy.from_settings``).
+        """
         return cls(
             store,
             ingestor,
             clock,
             allowed_senders=settings.mllp_allowed_senders,
             time_zones=settings.hl7_time_zones,
+            privacy=Privacy.from_settings(settings),
         )
 
     # -- entry points -------------------------------------------------------------
@@ -560,16 +577,72 @@ class HL7Processor:
             else:
                 merges.append(merge)
         code = AckCode.AE if faults else AckCode.AA
-        self._write(faults, parsed, code, patients=patients)
+        try:
+            self._write(
+                faults,
+                parsed,
+                code,
+                patients=patients,
+                more=self._visits_hook(parsed, content.visits),
+            )
+        except _ResendError:
+            # Identical resend: nothing written. The demographics are set again (the
+            # same values: idempotent), in case the first time failed after its commit.
+            self._demographics(content.people)
+            raise
         for merge in merges:
             # After the message's commit: the surviving patient exists by then.
             self.store.merge_patients(merge.prior, merge.surviving, at_us=now)
             self.ingestor.publish(self.ingestor.runtime.merge(merge.prior, merge.surviving))
+        # After the message's commit, before the ACK: the patients exist by then.
+        self._demographics(content.people)
         result = _Result(code)
         result.faults = [fault for fault, _ in faults]
         result.quarantined = len(faults)
         result.text = f"{len(content.patients)} patient(s)"
         return result
+
+    def _visits_hook(
+        self, parsed: ParsedMessage, visits: Sequence[Visit]
+    ) -> Callable[[Connection], None] | None:
+        """Writes the encounters of ``visits`` inside the message's transaction."""
+        repository = self.encounters
+        if repository is None or not visits:
+            return None
+        header = parsed.header
+        sender = payload_text(header.sender)
+        zone = self.zones.get(header.sender, UTC)
+        now = self.clock.now_us()
+
+        def hook(conn: Connection) -> None:
+            write_encounters(
+                conn,
+                repository,
+                list(visits),
+                event=header.trigger_event,
+                sender=sender,
+                zone=zone,
+                now_us=now,
+            )
+
+        return hook
+
+    def _demographics(self, people: Sequence[Person]) -> None:
+        """Set the demographics of ``people`` in the vault (never logged: personal data).
+
+        What the message does not carry (address, telecom) is kept; identifiers of a
+        kind the message does not carry are kept too.
+        """
+        vault = self.vault
+        if vault is None:
+            return
+        now = self.clock.now_us()
+        for person in people:
+            fresh = person.demographics
+            current = vault.get(person.patient)
+            merged = _merged(current, fresh)
+            if merged != current:
+                vault.put(person.patient, merged, now_us=now)
 
     # -- store --------------------------------------------------------------------
 
@@ -594,19 +667,30 @@ class HL7Processor:
         *,
         patients: Sequence[Patient] = (),
         check: bool = True,
+        more: Callable[[Connection], None] | None = None,
     ) -> None:
         """Quarantine, new patients and the log row of a message without observations.
 
         One transaction; with ``check`` an identical resend raises :class:`_ResendError`.
+        ``more`` runs in that transaction after the log row (not for a resend).
         """
         sender = parsed.header.sender
+        log_hook = self._log_hook([parsed], [code], None, check=check)
+        hook = log_hook
+        if more is not None:
+            extra = more
+
+            def hook(conn: Connection) -> None:
+                log_hook(conn)
+                extra(conn)
+
         self.store.append(
             [],
             received_us=self.clock.now_us(),
             new_patients=patients,
             rejected=[self._entry(fault, payload, sender) for fault, payload in faults],
             channel=CHANNEL,
-            extra=self._log_hook([parsed], [code], None, check=check),
+            extra=hook,
         )
 
     def _log_hook(
@@ -761,6 +845,22 @@ def replayer(processor: HL7Processor) -> Callable[[QuarantineEntry], tuple[str, 
     Register it with ``replayers.register("mllp", replayer(processor))``.
     """
     return processor.replay
+
+
+def _merged(current: Demographics | None, fresh: Demographics) -> Demographics:
+    """``fresh`` over ``current``: what the message leaves out is kept."""
+    if current is None:
+        return fresh
+    kinds = {identifier.kind for identifier in fresh.identifiers}
+    kept = [i for i in current.identifiers if i.kind not in kinds]
+    return current.model_copy(
+        update={
+            "names": fresh.names or current.names,
+            "identifiers": (list(fresh.identifiers) + kept)[:20],
+            "birth_date": fresh.birth_date or current.birth_date,
+            "sex": fresh.sex or current.sex,
+        }
+    )
 
 
 def _refusal(header: Header) -> Fault | None:
