@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from medtwin.apps.api.routes.patients import iso
+from medtwin.core.clock import to_iso
 from medtwin.data.accounts import Role
 from medtwin.devices.conditioning.peaks import hrv_of_recording, hrv_summary, sample_rate_from_timer
 
@@ -60,7 +60,7 @@ def segment(
         "source": source,
         "patient": patient,
         "kind": "ppg",
-        "start": iso(start_us),
+        "start": to_iso(start_us),
         "rate_hz": rate,
         "samples_b64": b64(samples),
         **extra,
@@ -72,7 +72,7 @@ def window(
 ) -> httpx.Response:
     return client.get(
         f"/api/v1/patients/{patient}/waveforms{path}",
-        params={"kind": "ppg", "from": iso(start_us), "to": iso(end_us), **params},
+        params={"kind": "ppg", "from": to_iso(start_us), "to": to_iso(end_us), **params},
     )
 
 
@@ -93,7 +93,7 @@ def test_post_read_back_exactly_and_hrv(
     whole = window(admin, "wp1", start, start + 130 * S)
     assert whole.status_code == 200, whole.text
     got = whole.json()
-    assert got["start"] == iso(start)
+    assert got["start"] == to_iso(start)
     assert got["rate_hz"] == rate
     assert (got["source"], got["code"], got["unit"]) == ("oxi-1", "150452", "[arb'U]")
     assert got["gaps"] == []
@@ -104,7 +104,7 @@ def test_post_read_back_exactly_and_hrv(
     lo, hi = start + 50 * S, start + 70 * S
     part = window(admin, "wp1", lo, hi).json()
     inside = (times >= lo) & (times < hi)
-    assert part["start"] == iso(int(times[inside][0]))
+    assert part["start"] == to_iso(int(times[inside][0]))
     assert np.asarray(part["samples"], dtype=np.float32).tobytes() == samples[inside].tobytes()
 
     hrv = window(admin, "wp1", start, start + 130 * S, "/hrv")
@@ -114,7 +114,7 @@ def test_post_read_back_exactly_and_hrv(
     for name in ("bpm", "rmssd_ms", "sdnn_ms"):
         assert ours[name] == pytest.approx(reference[name], rel=0.02), (name, ours, reference)  # type: ignore[literal-required]
     assert ours["n_peaks"] == reference["n_peaks"]
-    assert ours["from"] == iso(start)
+    assert ours["from"] == to_iso(start)
     assert ours["seconds"] == pytest.approx(samples.size / rate)
 
     # The same again is a duplicate; other samples under the same id a conflict.
@@ -144,7 +144,7 @@ def test_samples_as_numbers_and_gaps(live_server: LiveServer) -> None:
     assert answer.json()["summary"]["stored"] == 2, answer.text
     got = window(admin, "wp1", start, start + 25 * S).json()
     assert got["gaps"] == [
-        {"start": iso(start + 10 * S), "end": iso(start + 15 * S), "n_samples": 250}
+        {"start": to_iso(start + 10 * S), "end": to_iso(start + 15 * S), "n_samples": 250}
     ]
     samples = got["samples"]
     assert len(samples) == 1250
@@ -212,7 +212,7 @@ def test_bad_segments_are_rejected_with_locations_and_quarantined(
         {**ok, "id": "r", "rate_hz": 0.5},
         listed,
         {**ok, "id": "k", "kind": "eeg"},
-        {**ok, "id": "f", "start": iso(future)},
+        {**ok, "id": "f", "start": to_iso(future)},
         {**ok, "id": "n", "samples_b64": b64(np.zeros(60_001, np.float32))},
         {**ok, "id": "b", "samples_b64": b64(nan_b64)},
         {**ok, "id": "both", "samples": [1.0]},

@@ -27,6 +27,11 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=int(us))
 
 
+def to_iso(us: int) -> str:
+    """ISO 8601 of microseconds since the Unix epoch, UTC written as ``Z``."""
+    return from_us(us).isoformat().replace("+00:00", "Z")
+
+
 @runtime_checkable
 class Clock(Protocol):
     """Source of the current time."""

@@ -18,7 +18,7 @@ from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 
-from medtwin.core.clock import from_us
+from medtwin.core.clock import to_iso
 from medtwin.core.errors import NotFoundError
 from medtwin.data.store import Origin, SqlStore, schema
 
@@ -233,9 +233,9 @@ class ProvenanceStore:
                         "code": row.code,
                         "value": row.value_num if row.value_num is not None else row.value_text,
                         "unit": row.unit,
-                        "time": _iso(row.effective_us),
+                        "time": to_iso(row.effective_us),
                         "status": row.status,
-                        "received": _iso(row.received_us),
+                        "received": to_iso(row.received_us),
                     }
         origins = self.store.origins_of(list(found))
         for key, node in found.items():
@@ -264,11 +264,11 @@ class ProvenanceStore:
                         "system": row.system,
                         "code": row.code,
                         "unit": row.unit,
-                        "start": _iso(row.start_us),
-                        "end": _iso(row.end_us),
+                        "start": to_iso(row.start_us),
+                        "end": to_iso(row.end_us),
                         "rate_hz": row.rate_hz,
                         "n_samples": row.n_samples,
-                        "received": _iso(row.received_us),
+                        "received": to_iso(row.received_us),
                     }
         return found
 
@@ -363,7 +363,7 @@ def _result_node(record: ResultRecord) -> dict[str, Any]:
         "version": record.version,
         "fingerprint": record.fingerprint,
         "patient": record.patient,
-        "computed": _iso(record.computed_us),
+        "computed": to_iso(record.computed_us),
         "outputs": record.outputs,
         "parameters": record.parameters,
     }
@@ -390,7 +390,3 @@ def _origin(origin: Origin) -> dict[str, Any]:
     if origin.conditioning is not None:
         out["conditioning"] = json.loads(origin.conditioning)
     return out
-
-
-def _iso(time_us: int) -> str:
-    return from_us(time_us).isoformat().replace("+00:00", "Z")

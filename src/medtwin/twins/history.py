@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from medtwin.core.clock import from_us
+from medtwin.core.clock import to_iso
 from medtwin.core.records import ObservationStatus, QualityFlag
 from medtwin.data.store import Store
 from medtwin.models.scores import ACVPU, BANDS, INPUT_CODES, news2
@@ -83,7 +83,7 @@ def news2_series(
     result = news2(**arguments, spo2_scale=spo2_scale)
     return [
         {
-            "time": from_us(int(t)).isoformat().replace("+00:00", "Z"),
+            "time": to_iso(int(t)),
             "score": None if result.score[i] < 0 else int(result.score[i]),
             "partial_score": int(result.partial_score[i]),
             "band": None if result.band[i] < 0 else BANDS[int(result.band[i])],

@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy.engine import Connection
 
-from medtwin.core.clock import Clock, from_us
+from medtwin.core.clock import Clock, to_iso
 from medtwin.core.errors import StoreError
 from medtwin.core.records import Intervention, Observation, Patient, QualityFlag
 from medtwin.data.codes import DEFAULT_REGISTRY, CodeRegistry
@@ -564,7 +564,7 @@ def intervention_event(item: Intervention) -> dict[str, Any]:
         "kind": item.kind.value,
         "amount": item.amount,
         "unit": item.unit,
-        "time": from_us(item.start_us).isoformat().replace("+00:00", "Z"),
+        "time": to_iso(item.start_us),
         "duration_s": item.duration_s,
     }
 

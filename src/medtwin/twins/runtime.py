@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from medtwin.core.clock import Clock, from_us
+from medtwin.core.clock import Clock, to_iso
 from medtwin.core.records import Observation, ObservationStatus, QualityFlag
 from medtwin.data.codes import DEFAULT_REGISTRY, CodeRegistry
 from medtwin.models.scores import ACVPU, INPUT_CODES, PARAMETERS, News2Batch, news2
@@ -455,7 +455,7 @@ class TwinRuntime:
         return {
             "value": value,
             "unit": self._units[code],
-            "time": _iso(time_us),
+            "time": to_iso(time_us),
             "flags": QualityFlag.names_of(int(flags[row, column])),
         }
 
@@ -467,7 +467,7 @@ class TwinRuntime:
                 "code": obs.code,
                 "value": obs.value_num if obs.value_num is not None else obs.value_text,
                 "unit": obs.unit,
-                "time": _iso(obs.effective_us),
+                "time": to_iso(obs.effective_us),
                 "flags": QualityFlag.names_of(obs.flags),
             }
             for obs in self._unmapped.get(patient, {}).values()
@@ -484,7 +484,7 @@ class TwinRuntime:
         patient = self.patient_ids[row]
         return {
             "patient": patient,
-            "time": _iso(at_us),
+            "time": to_iso(at_us),
             "spo2_scale": int(self._scale[row]),
             "vitals": self.vitals(row),
             "other": self.other(patient),
@@ -511,10 +511,6 @@ class TwinRuntime:
                 self._view(int(row), update.news2.result(i), update.at_us)
                 for i, row in enumerate(update.rows)
             ]
-
-
-def _iso(time_us: int) -> str:
-    return from_us(time_us).isoformat().replace("+00:00", "Z")
 
 
 def _object_array(items: Sequence[object]) -> NDArray[np.object_]:

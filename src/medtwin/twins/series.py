@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from medtwin.core.clock import from_us
+from medtwin.core.clock import to_iso
 from medtwin.core.errors import InputError
 from medtwin.core.records import LOINC, ObservationStatus, QualityFlag
 from medtwin.data.store import Store
@@ -154,14 +154,14 @@ def aligned_series(
             )
     return {
         "patient": patient,
-        "start": _iso(start_us),
-        "end": _iso(end_us),
+        "start": to_iso(start_us),
+        "end": to_iso(end_us),
         "step_s": float(step_s),
         "max_age_s": float(max_age_s),
         "method": method,
         "fill": fill,
         "smooth": smooth,
-        "times": [_iso(int(t)) for t in grid],
+        "times": [to_iso(int(t)) for t in grid],
         "series": series,
     }
 
@@ -278,7 +278,7 @@ def _one_code(
         },
         "skipped": {"artifact_suspected": readings.artifacts, "non_numeric": readings.non_numeric},
         "gaps": [
-            {"start": _iso(int(s)), "end": _iso(int(e)), "length_s": float(n)}
+            {"start": to_iso(int(s)), "end": to_iso(int(e)), "length_s": float(n)}
             for s, e, n in zip(
                 gaps.start_us[inside], gaps.end_us[inside], gaps.length_s[inside], strict=True
             )
@@ -312,7 +312,3 @@ def _noise_variance(values: np.ndarray[Any, Any]) -> float:
     steps = np.diff(values)
     scale = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / np.sqrt(2)
     return float(max(scale, 1e-3) ** 2)  # a floor: constant readings still need some noise
-
-
-def _iso(us: int) -> str:
-    return from_us(us).isoformat().replace("+00:00", "Z")

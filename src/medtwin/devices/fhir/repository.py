@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from medtwin.core.clock import from_us
+from medtwin.core.clock import to_iso
 from medtwin.data.crypto import BlindIndex, Keyring
 from medtwin.data.store import SqlStore, schema
 from medtwin.devices.fhir.mapping import search_rows
@@ -30,10 +30,6 @@ SEALED = "sealed:"
 _CHUNK = 500
 _RESOURCES = schema.fhir_resources
 _SEARCH = schema.fhir_search
-
-
-def iso_instant(us: int) -> str:
-    return from_us(us).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +62,7 @@ def with_meta(resource: dict[str, Any], version: int, last_updated_us: int) -> d
     meta = resource.get("meta")
     merged = dict(meta) if isinstance(meta, dict) else {}
     merged["versionId"] = str(version)
-    merged["lastUpdated"] = iso_instant(last_updated_us)
+    merged["lastUpdated"] = to_iso(last_updated_us)
     return {**resource, "meta": merged}
 
 

@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from medtwin.core.clock import to_iso
 from medtwin.core.errors import ConflictError, InputError
 from medtwin.core.records import LOINC, Intervention, Patient, QualityFlag
 from medtwin.data import mappings
@@ -72,7 +73,6 @@ from medtwin.devices.fhir.repository import (
     ResourceRepository,
     StoredResource,
     canonical,
-    iso_instant,
 )
 from medtwin.devices.fhir.validation import (
     ID_PATTERN,
@@ -278,20 +278,8 @@ class FhirService:
         Returns the stored version and whether it was created. An update with the
         same content as the current version stores nothing new.
         """
-        entry = self._single(
-            resource_type,
-            {
-                "resource": document,
-                "request": {"method": "PUT", "url": f"{resource_type}/{resource_id}"},
-            },
-            message=f"{resource_type}/{resource_id}",
-            raw=raw,
-            source=source,
-            care_team=care_team,
-        )
-        stored = self.repository.read(resource_type, entry.id, entry.version)
-        assert stored is not None
-        return stored, entry.status.startswith("201")
+        url = f"{resource_type}/{resource_id}"
+        return self._put(resource_type, url, url, document, raw, source, care_team)
 
     def conditional_put(
         self,
@@ -308,10 +296,24 @@ class FhirService:
 
         Returns the stored version and whether it was created.
         """
+        url, message = f"{resource_type}?{query}", f"{resource_type}?{query[:128]}"
+        return self._put(resource_type, url, message, document, raw, source, care_team)
+
+    def _put(
+        self,
+        resource_type: str,
+        url: str,
+        message: str,
+        document: Any,
+        raw: str | None,
+        source: str | None,
+        care_team: str | None,
+    ) -> tuple[StoredResource, bool]:
+        """One PUT entry to ``url``: the stored version and whether it was created."""
         entry = self._single(
             resource_type,
-            {"resource": document, "request": {"method": "PUT", "url": f"{resource_type}?{query}"}},
-            message=f"{resource_type}?{query[:128]}",
+            {"resource": document, "request": {"method": "PUT", "url": url}},
+            message=message,
             raw=raw,
             source=source,
             care_team=care_team,
@@ -1247,7 +1249,7 @@ class FhirService:
                 if entry.write:
                     counts["deleted"] += 1
                     response["etag"] = f'W/"{entry.version}"'
-                    response["lastModified"] = iso_instant(now)
+                    response["lastModified"] = to_iso(now)
                 else:
                     counts["unchanged"] += 1
                 out.append({"response": response})
@@ -1264,7 +1266,7 @@ class FhirService:
                 "etag": f'W/"{entry.version}"',
             }
             if entry.write:
-                response["lastModified"] = iso_instant(now)
+                response["lastModified"] = to_iso(now)
             notes = list(entry.notes)
             for code in sorted(unmapped_by_entry.get(entry.index, ())):
                 notes.append(

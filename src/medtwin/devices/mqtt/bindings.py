@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from medtwin.core.clock import from_us
+from medtwin.core.clock import to_iso
 from medtwin.core.errors import ConflictError, InputError, NotFoundError
 from medtwin.data.store import SqlStore
 from medtwin.data.store.schema import device_bindings
@@ -44,14 +44,10 @@ class Binding:
         return {
             "device": self.device,
             "patient": self.patient,
-            "from": _iso(self.from_us),
-            "to": None if self.to_us is None else _iso(self.to_us),
-            "created": _iso(self.created_us),
+            "from": to_iso(self.from_us),
+            "to": None if self.to_us is None else to_iso(self.to_us),
+            "created": to_iso(self.created_us),
         }
-
-
-def _iso(us: int) -> str:
-    return from_us(us).isoformat().replace("+00:00", "Z")
 
 
 class BindingIndex:
@@ -95,8 +91,8 @@ class DeviceBindings:
                     return binding  # a retried request
                 if binding.overlaps(from_us, to_us):
                     raise ConflictError(
-                        f"device {device} is bound from {_iso(binding.from_us)}"
-                        + ("" if binding.to_us is None else f" to {_iso(binding.to_us)}")
+                        f"device {device} is bound from {to_iso(binding.from_us)}"
+                        + ("" if binding.to_us is None else f" to {to_iso(binding.to_us)}")
                         + " already; unbind it first"
                     )
             result = conn.execute(
@@ -124,7 +120,7 @@ class DeviceBindings:
         with self.store.transaction() as conn:
             current = next((b for b in _select(conn, [device]) if b.covers(at_us)), None)
             if current is None:
-                raise NotFoundError(f"device {device} is not bound to a patient at {_iso(at_us)}")
+                raise NotFoundError(f"device {device} is not bound to a patient at {to_iso(at_us)}")
             if current.from_us == at_us:
                 raise InputError("'at' must be later than the binding's start", "at")
             conn.execute(

@@ -19,7 +19,7 @@ from medtwin.apps.api.graphql.context import Info, RequestContext
 from medtwin.apps.api.graphql.permissions import authorize
 from medtwin.apps.api.graphql.types import split_value
 from medtwin.apps.api.routes import derived
-from medtwin.apps.api.routes.patients import iso
+from medtwin.core.clock import to_iso
 from medtwin.core.errors import NotFoundError
 from medtwin.data.provenance import (
     InputRecord,
@@ -109,7 +109,7 @@ def result_node(record: ResultRecord, name: str | None = None) -> ResultNode:
         module=record.module,
         module_version=record.version,
         patient=record.patient,
-        computed=iso(record.computed_us),
+        computed=to_iso(record.computed_us),
         outputs=[OutputValue(name=k, value=v) for k, v in record.outputs.items()],
         parameters=JSON(record.parameters),
     )
@@ -247,7 +247,7 @@ async def derive(context: RequestContext, field: str, patient: str, name: str) -
         module=record.module,
         version=record.version,
         patient=strawberry.ID(record.patient),
-        computed=iso(record.computed_us),
+        computed=to_iso(record.computed_us),
         cached=not bool(run.computed[0]),
         outputs=[
             OutputValue(

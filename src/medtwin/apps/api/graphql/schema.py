@@ -31,7 +31,7 @@ from medtwin.apps.api.graphql.types import (
     observation_of,
     twin_of,
 )
-from medtwin.apps.api.routes.patients import iso
+from medtwin.core.clock import to_iso
 from medtwin.core.records import Patient as PatientRecord
 
 Codes = Annotated[list[str] | None, strawberry.argument(description="LOINC codes; all if absent")]
@@ -101,7 +101,7 @@ def _patient(record: PatientRecord) -> Patient:
         id=strawberry.ID(record.id),
         pseudonym=record.pseudonym,
         spo2_scale=1 if record.spo2_scale == 1 else 2,
-        created=iso(record.created_us),
+        created=to_iso(record.created_us),
     )
 
 

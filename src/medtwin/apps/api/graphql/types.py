@@ -11,7 +11,7 @@ from typing import Any
 
 import strawberry
 
-from medtwin.apps.api.routes.patients import iso
+from medtwin.core.clock import to_iso
 from medtwin.core.records import LOINC, QualityFlag
 from medtwin.data.store import StoredObservation
 
@@ -118,10 +118,10 @@ def observation_of(stored: StoredObservation) -> Observation:
         value=obs.value_num,
         text=obs.value_text if obs.value_num is None else None,
         unit=obs.unit,
-        time=iso(obs.effective_us),
+        time=to_iso(obs.effective_us),
         status=obs.status,
         flags=QualityFlag.names_of(obs.flags),
-        received=iso(stored.received_us),
+        received=to_iso(stored.received_us),
     )
 
 

@@ -9,8 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from medtwin.apps.api.auth import Policy
 from medtwin.apps.api.deps import Context, guard
-from medtwin.apps.api.routes.patients import iso
 from medtwin.apps.api.schemas import DerivedOut, ErrorAnswer, ModuleOut
+from medtwin.core.clock import to_iso
 from medtwin.core.errors import NotFoundError
 from medtwin.data.accounts import Role
 from medtwin.data.provenance import ResultRecord
@@ -112,7 +112,7 @@ def _derived_out(context: Any, record: ResultRecord, *, cached: bool) -> dict[st
         "module": record.module,
         "version": record.version,
         "patient": record.patient,
-        "computed": iso(record.computed_us),
+        "computed": to_iso(record.computed_us),
         "cached": cached,
         "outputs": [
             {

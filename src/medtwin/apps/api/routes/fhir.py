@@ -156,6 +156,11 @@ async def put_resource(
         )
     except FhirError as exc:
         return _failure(exc)
+    return _written(resource_type, stored, created)
+
+
+def _written(resource_type: str, stored: StoredResource, created: bool) -> FhirResponse:
+    """The answer to a PUT: the resource, 201 or 200, its version and where it is."""
     return FhirResponse(
         stored.resource,
         status_code=201 if created else 200,
@@ -196,14 +201,7 @@ async def conditional_put(
         )
     except FhirError as exc:
         return _failure(exc)
-    return FhirResponse(
-        stored.resource,
-        status_code=201 if created else 200,
-        headers={
-            "ETag": f'W/"{stored.version}"',
-            "Location": f"/fhir/{resource_type}/{stored.id}/_history/{stored.version}",
-        },
-    )
+    return _written(resource_type, stored, created)
 
 
 @router.delete("/{resource_type}/{resource_id}")

@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from medtwin.apps.api.auth import Policy, Principal
 from medtwin.apps.api.deps import Context, guard
 from medtwin.apps.api.routes.observations import ingest_answer, read_batch
-from medtwin.apps.api.routes.patients import iso, parse_query_time
+from medtwin.apps.api.routes.patients import parse_query_time
 from medtwin.apps.api.schemas import ErrorAnswer, IngestAnswer, InterventionOut
+from medtwin.core.clock import to_iso
 from medtwin.data.accounts import Role
 
 router = APIRouter(tags=["interventions"])
@@ -71,7 +72,7 @@ async def patient_interventions(
             kind=r.kind.value,
             amount=r.amount,
             unit=r.unit,
-            time=iso(r.start_us),
+            time=to_iso(r.start_us),
             duration_s=r.duration_s,
             drug=r.drug,
             route=r.route,

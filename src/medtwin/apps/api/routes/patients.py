@@ -18,7 +18,7 @@ from medtwin.apps.api.schemas import (
     PatientSearch,
     PatientUpdate,
 )
-from medtwin.core.clock import from_us, to_us
+from medtwin.core.clock import to_iso, to_us
 from medtwin.core.errors import InputError, NotFoundError
 from medtwin.core.records import Patient, QualityFlag
 from medtwin.data.accounts import Role
@@ -30,10 +30,6 @@ READ = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="read", patient_scoped=Tr
 UPDATE = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="update", patient_scoped=True)
 ERASE = Policy.allow(Role.ADMIN, action="erase", patient_scoped=True)
 _404: dict[int | str, dict[str, object]] = {404: {"model": ErrorAnswer}}
-
-
-def iso(us: int) -> str:
-    return from_us(us).isoformat().replace("+00:00", "Z")
 
 
 def parse_query_time(text: str | None, name: str) -> int | None:
@@ -54,7 +50,7 @@ def _out(patient: Patient) -> PatientOut:
         id=patient.id,
         pseudonym=patient.pseudonym,
         spo2_scale=1 if patient.spo2_scale == 1 else 2,
-        created=iso(patient.created_us),
+        created=to_iso(patient.created_us),
     )
 
 
@@ -187,11 +183,11 @@ async def observation_history(
                 "code": obs.code,
                 "value": obs.value_num if obs.value_num is not None else obs.value_text,
                 "unit": obs.unit,
-                "time": iso(obs.effective_us),
+                "time": to_iso(obs.effective_us),
                 "status": obs.status,
                 "version": obs.version,
                 "flags": QualityFlag.names_of(obs.flags),
-                "received": iso(stored.received_us),
+                "received": to_iso(stored.received_us),
             }
         )
     return HistoryAnswer.model_validate({"items": items, "next_cursor": page.next_cursor})

@@ -9,8 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from medtwin.apps.api.auth import Policy
 from medtwin.apps.api.deps import Context, guard
-from medtwin.apps.api.routes.patients import iso
 from medtwin.apps.api.schemas import ErrorAnswer, QuarantineOut, ReplayAnswer
+from medtwin.core.clock import to_iso
 from medtwin.core.errors import NotFoundError
 from medtwin.data.accounts import Role
 from medtwin.data.store import QuarantineEntry
@@ -26,13 +26,13 @@ def _out(entry: QuarantineEntry) -> QuarantineOut:
     assert entry.row_id is not None
     return QuarantineOut(
         id=entry.row_id,
-        received=iso(entry.received_us),
+        received=to_iso(entry.received_us),
         channel=entry.channel,
         source=entry.source,
         location=entry.location,
         reason=entry.reason,
         payload=entry.payload,
-        resolved=None if entry.resolved_us is None else iso(entry.resolved_us),
+        resolved=None if entry.resolved_us is None else to_iso(entry.resolved_us),
     )
 
 

@@ -29,7 +29,7 @@ from medtwin.apps.api.auth import Policy, Principal
 from medtwin.apps.api.context import ServiceContext
 from medtwin.apps.api.deps import Context, guard
 from medtwin.apps.api.routes.observations import read_batch
-from medtwin.apps.api.routes.patients import iso, parse_query_time
+from medtwin.apps.api.routes.patients import parse_query_time
 from medtwin.apps.api.schemas import (
     ErrorAnswer,
     HrvOut,
@@ -37,6 +37,7 @@ from medtwin.apps.api.schemas import (
     WaveformIngestAnswer,
     WaveformOut,
 )
+from medtwin.core.clock import to_iso
 from medtwin.core.errors import InputError, NotFoundError
 from medtwin.core.records import Patient
 from medtwin.data.accounts import Role
@@ -474,13 +475,13 @@ async def get_waveform(
             "kind": kind,
             "source": segment.source,
             "code": segment.code,
-            "start": iso(segment.start_us),
-            "end": iso(window.end_us),
+            "start": to_iso(segment.start_us),
+            "end": to_iso(window.end_us),
             "rate_hz": segment.rate_hz,
             "unit": segment.unit,
             "samples": values,
             "gaps": [
-                {"start": iso(g.start_us), "end": iso(g.end_us), "n_samples": g.n_samples}
+                {"start": to_iso(g.start_us), "end": to_iso(g.end_us), "n_samples": g.n_samples}
                 for g in window.gaps
             ],
         }
@@ -530,8 +531,8 @@ def _hrv(window: _Window, kind: Literal["ppg", "ecg"]) -> dict[str, Any]:
     times = segment.start_us + edges
     return {
         **{k: v for k, v in found.items() if k not in ("first", "last")},
-        "from": iso(int(times[0])),
-        "to": iso(int(times[1])),
+        "from": to_iso(int(times[0])),
+        "to": to_iso(int(times[1])),
     }
 
 
