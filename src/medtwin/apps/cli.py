@@ -19,6 +19,7 @@ from medtwin.apps.commands.mappings import app as mappings_app
 from medtwin.apps.commands.privacy import keys_app, patients_app
 from medtwin.apps.commands.quarantine import app as quarantine_app
 from medtwin.apps.commands.users import app as users_app
+from medtwin.core.collector import tune_collector
 from medtwin.core.errors import ConfigurationError, MedtwinError
 from medtwin.core.settings import Settings
 from medtwin.data.store import store_for
@@ -31,6 +32,12 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(mappings_app, name="mappings")
 console = Console(stderr=True)
+
+
+@app.callback()
+def _process() -> None:
+    """medtwin: live, personal digital twins of patients."""
+    tune_collector()
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -228,6 +235,7 @@ def _ingest_fhir(paths: list[Path], settings: Settings) -> None:
     from medtwin.apps.api.context import ServiceContext
     from medtwin.apps.api.routes.fhir import service_of
     from medtwin.devices.fhir import FhirError
+    from medtwin.devices.fhir.loader import BundleLoader
 
     def is_batch(path: Path) -> bool:
         with path.open("rb") as handle:
@@ -240,19 +248,18 @@ def _ingest_fhir(paths: list[Path], settings: Settings) -> None:
               "observations": 0}  # fmt: skip
     unmapped: dict[str, int] = {}
     try:
-        with Progress(
+        # The loader's reader process starts before the progress bar's thread.
+        with BundleLoader(service) as loader, Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed} files"),
             console=console,
         ) as bar:  # fmt: skip
             task = bar.add_task("FHIR bundles", total=len(ordered))
-            for path in ordered:
-                text = path.read_text(encoding="utf-8-sig")
-                try:
-                    report = service.process_bundle(json.loads(text), raw=text, source="cli").report
-                except (FhirError, ValueError) as exc:
+            for loaded in loader.load(ordered, source="cli"):
+                if isinstance(loaded.outcome, FhirError):
                     totals["failed"] += 1
-                    console.print(f"{path}: {exc}", markup=False, highlight=False)
+                    console.print(f"{loaded.path}: {loaded.outcome}", markup=False, highlight=False)
                 else:
+                    report = loaded.outcome.report
                     totals["bundles"] += 1
                     totals["replayed"] += int(report.replayed)
                     totals["created"] += report.created

@@ -67,6 +67,10 @@ class FhirError(MedtwinError):
     def outcome(self) -> dict[str, Any]:
         return operation_outcome(self.issues)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its issues when it crosses processes (the Bundle loader's reader).
+        return (type(self), (self.issues,))
+
 
 class InvalidResourceError(FhirError, InputError):
     """Not FHIR R4 JSON: unparseable, a wrong structure, or a resource the model refuses."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -66,7 +67,16 @@ def with_meta(resource: dict[str, Any], version: int, last_updated_us: int) -> d
     return {**resource, "meta": merged}
 
 
-def canonical(resource: dict[str, Any]) -> str:
+def dump_json(value: Any, *, sort_keys: bool = False) -> bytes:
+    """Compact UTF-8 JSON of parsed JSON (orjson; ``json`` for integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    except orjson.JSONEncodeError:
+        text = json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False)
+        return text.encode()
+
+
+def canonical(resource: dict[str, Any]) -> bytes:
     """Canonical JSON of a resource without server meta (to detect no-op updates)."""
     meta = resource.get("meta")
     if isinstance(meta, dict):
@@ -76,7 +86,7 @@ def canonical(resource: dict[str, Any]) -> str:
             if rest
             else {k: v for k, v in resource.items() if k != "meta"}
         )
-    return json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return dump_json(resource, sort_keys=True)
 
 
 class ResourceRepository:
@@ -93,12 +103,10 @@ class ResourceRepository:
     def _aad(resource_type: str, resource_id: str, version: int) -> bytes:
         return f"fhir:{resource_type}/{resource_id}/{version}".encode()
 
-    def seal(self, resource_type: str, resource_id: str, version: int, text: str) -> str:
+    def seal(self, resource_type: str, resource_id: str, version: int, content: bytes) -> str:
         if self.keyring is None:
-            return text
-        blob = self.keyring.encrypt(
-            text.encode(), aad=self._aad(resource_type, resource_id, version)
-        )
+            return content.decode()
+        blob = self.keyring.encrypt(content, aad=self._aad(resource_type, resource_id, version))
         return SEALED + base64.urlsafe_b64encode(blob).decode()
 
     def unseal(self, resource_type: str, resource_id: str, version: int, text: str) -> str:
@@ -235,7 +243,7 @@ class ResourceRepository:
                         v.resource_type,
                         v.id,
                         v.version,
-                        json.dumps(v.resource, separators=(",", ":"), ensure_ascii=False),
+                        dump_json(v.resource),
                     ),
                 }
                 for v in versions

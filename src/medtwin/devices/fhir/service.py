@@ -73,6 +73,7 @@ from medtwin.devices.fhir.repository import (
     ResourceRepository,
     StoredResource,
     canonical,
+    dump_json,
 )
 from medtwin.devices.fhir.validation import (
     ID_PATTERN,
@@ -202,6 +203,18 @@ class _Plan:
     unresolved: list[str] = field(default_factory=list)
 
 
+@dataclass
+class ReadBundle:
+    """A Bundle parsed and checked, ready to commit: what :func:`read_bundle` gives
+    (in the loader's second process too) and :meth:`FhirService.commit_group` takes."""
+
+    kind: str  # transaction or batch
+    entries: list[_Entry]
+    digest: str | None  # of the content: a Bundle loaded already is replayed, not redone
+    message: str  # names the Bundle in the origin of every observation it stores
+    source: str | None = None
+
+
 class FhirService:
     """FHIR R4 interactions over a store, feeding the twins through an :class:`Ingestor`."""
 
@@ -242,23 +255,13 @@ class FhirService:
         A failed transaction raises a :class:`FhirError` after quarantining the Bundle.
         """
         try:
-            kind, entries = self._entries(document, lambda i: f"Bundle.entry[{i}].resource")
-            if kind == "transaction":
-                issues = [issue for entry in entries for issue in entry.issues]
-                if issues:
-                    raise _refusal(issues)
-            digest = hashlib.sha256(
-                json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-            ).hexdigest()
-            bundle_id = document.get("id")
-            message = (
-                bundle_id
-                if isinstance(bundle_id, str) and ID_PATTERN.fullmatch(bundle_id)
-                else f"bundle-{digest[:16]}"
+            bundle = read_bundle(
+                document, max_entries=self.max_entries, max_depth=self.max_depth, source=source
             )
-            return self._commit(
-                kind, entries, digest, message=message, care_team=care_team, source=source
-            )
+            [outcome] = self.commit_group([bundle], care_team)
+            if isinstance(outcome, FhirError):
+                raise outcome
+            return outcome
         except FhirError as exc:
             self._quarantine(exc, raw, document, source)
             raise
@@ -357,7 +360,12 @@ class FhirService:
         """One interaction as a one-entry transaction; its entry once committed."""
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [request_entry]}
         try:
-            _, entries = self._entries(bundle, lambda _: resource_type)
+            _, entries = read_entries(
+                bundle,
+                lambda _: resource_type,
+                max_entries=self.max_entries,
+                max_depth=self.max_depth,
+            )
             issues = [issue for entry in entries for issue in entry.issues]
             if issues:
                 raise _refusal(issues)
@@ -392,192 +400,6 @@ class FhirService:
             ]
         )
 
-    def _entries(self, document: Any, base_of: Callable[[int], str]) -> tuple[str, list[_Entry]]:
-        """Check the Bundle's shape and every entry's request and resource (no lock held)."""
-        if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
-            raise InvalidResourceError(
-                [Issue("the body must be a Bundle", "Bundle", code="structure")]
-            )
-        # Everything but the resources here; each resource while it is copied (_scan).
-        shallow = {k: v for k, v in document.items() if k != "entry"}
-        entries_value = document.get("entry")
-        outside = [
-            {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
-            for e in (entries_value if isinstance(entries_value, list) else ())
-        ]
-        if _depth_exceeds([shallow, outside], self.max_depth - 1):
-            raise TooLargeError(
-                [Issue(f"JSON nested deeper than {self.max_depth}", "Bundle", code="too-costly")]
-            )
-        kind = document.get("type")
-        if kind not in ("transaction", "batch"):
-            raise InvalidResourceError(
-                [
-                    Issue(
-                        "only transaction and batch Bundles are processed",
-                        "Bundle.type",
-                        code="not-supported",
-                    )
-                ]
-            )
-        raw_entries = document.get("entry", [])
-        if not isinstance(raw_entries, list):
-            raise InvalidResourceError(
-                [Issue("entry must be an array", "Bundle.entry", code="structure")]
-            )
-        if len(raw_entries) > self.max_entries:
-            raise TooLargeError(
-                [
-                    Issue(
-                        f"{len(raw_entries)} entries exceed {self.max_entries}",
-                        "Bundle.entry",
-                        code="too-costly",
-                    )
-                ]
-            )
-        bundle_issues = [
-            Issue(f"unknown element {name[:64]!r}", f"Bundle.{name[:64]}", code="structure")
-            for name in document
-            if name not in _BUNDLE_ELEMENTS
-        ]
-        if bundle_issues:
-            raise InvalidResourceError(bundle_issues)
-        entries = [self._entry(i, raw, base_of(i)) for i, raw in enumerate(raw_entries)]
-        return kind, entries
-
-    def _entry(self, index: int, raw: Any, base: str) -> _Entry:
-        entry = _Entry(index, base)
-        where = f"Bundle.entry[{index}]"
-        if not isinstance(raw, dict):
-            entry.issues.append(Issue("an entry must be an object", where, code="structure"))
-            return entry
-        request = raw.get("request")
-        resource = raw.get("resource")
-        full_url = raw.get("fullUrl")
-        if full_url is not None and not isinstance(full_url, str):
-            entry.issues.append(Issue("fullUrl must be a string", f"{where}.fullUrl"))
-        entry.full_url = full_url if isinstance(full_url, str) else None
-        if not isinstance(request, dict):
-            entry.issues.append(Issue("request is required", f"{where}.request", code="required"))
-            return entry
-        method = request.get("method")
-        url = request.get("url")
-        if method not in ("POST", "PUT", "DELETE"):
-            entry.issues.append(
-                Issue(
-                    "only POST, PUT and DELETE are supported",
-                    f"{where}.request.method",
-                    code="not-supported",
-                )
-            )
-            return entry
-        if not isinstance(url, str) or not url:
-            entry.issues.append(
-                Issue("request.url is required", f"{where}.request.url", code="required")
-            )
-            return entry
-        if method == "DELETE":
-            self._delete_entry(entry, url, resource, where)
-            return entry
-        if not isinstance(resource, dict):
-            entry.issues.append(Issue("resource is required", f"{where}.resource", code="required"))
-            return entry
-        entry.method = method
-        # A copy: references are rewritten in it, the caller's document stays as it was.
-        fast = check_resource(resource, self.max_depth - 3)
-        if fast is not None and not code_issues(resource, base):
-            # Their paths are found when needed (an issue names one).
-            entry.resource, holders = fast
-            entry.refs = [(holder, "") for holder in holders]
-            issues: list[Issue] = []
-        else:
-            # The models decide, and name the element path of each fault.
-            copied, entry.refs, too_deep = _scan(resource, base, self.max_depth - 3)
-            if too_deep:
-                raise TooLargeError(
-                    [Issue(f"JSON nested deeper than {self.max_depth}", base, code="too-costly")]
-                )
-            entry.resource = copied
-            issues = validate_resource(resource, base)
-        resource_type = resource.get("resourceType")
-        entry.resource_type = resource_type if isinstance(resource_type, str) else ""
-        if issues:
-            entry.issues += issues
-            return entry
-        path = url.split("?", 1)[0].strip("/")
-        if method == "POST":
-            if path != entry.resource_type:
-                entry.issues.append(
-                    Issue(f"POST url must be {entry.resource_type}", f"{where}.request.url")
-                )
-            if_none = request.get("ifNoneExist")
-            if if_none is not None and not isinstance(if_none, str):
-                entry.issues.append(
-                    Issue("ifNoneExist must be a string", f"{where}.request.ifNoneExist")
-                )
-            entry.if_none_exist = if_none if isinstance(if_none, str) and if_none else None
-        elif "?" in url:
-            query = url.split("?", 1)[1]
-            if path != entry.resource_type or not query:
-                entry.issues.append(
-                    Issue(
-                        f"conditional PUT url must be {entry.resource_type}?<search>",
-                        f"{where}.request.url",
-                        code="not-supported",
-                    )
-                )
-            else:
-                entry.condition = query
-        else:
-            parts = path.split("/")
-            if len(parts) != 2 or parts[0] != entry.resource_type:
-                entry.issues.append(
-                    Issue(
-                        f"PUT url must be {entry.resource_type}/<id>",
-                        f"{where}.request.url",
-                        code="not-supported",
-                    )
-                )
-            elif not ID_PATTERN.fullmatch(parts[1]):
-                entry.issues.append(Issue("invalid resource id", f"{where}.request.url"))
-            elif resource.get("id") not in (None, parts[1]):
-                entry.issues.append(Issue("resource id differs from the url", f"{base}.id"))
-            else:
-                entry.target_id = parts[1]
-        return entry
-
-    @staticmethod
-    def _delete_entry(entry: _Entry, url: str, resource: Any, where: str) -> None:
-        """A DELETE entry: ``Type/id`` only (no conditional delete), never a Patient."""
-        entry.method = "DELETE"
-        parts = url.strip("/").split("/")
-        if resource is not None:
-            entry.issues.append(
-                Issue("a DELETE entry has no resource", f"{where}.resource", code="structure")
-            )
-        elif "?" in url:
-            entry.issues.append(
-                Issue(
-                    "conditional delete is not supported",
-                    f"{where}.request.url",
-                    code="not-supported",
-                )
-            )
-        elif len(parts) != 2 or model_class(parts[0]) is None:
-            entry.issues.append(
-                Issue(
-                    "DELETE url must be <type>/<id>", f"{where}.request.url", code="not-supported"
-                )
-            )
-        elif not ID_PATTERN.fullmatch(parts[1]):
-            entry.issues.append(Issue("invalid resource id", f"{where}.request.url"))
-        elif parts[0] == "Patient":
-            entry.issues.append(
-                Issue(_PATIENT_DELETE, f"{where}.request.method", code="not-supported")
-            )
-        else:
-            entry.resource_type, entry.target_id = parts[0], parts[1]
-
     def _commit(
         self,
         kind: str,
@@ -590,46 +412,96 @@ class FhirService:
     ) -> BundleResult:
         """Write what the entries carry in one transaction; ``message`` names the input
         in the origin of every observation stored (the Bundle, or ``Type/id`` of a PUT)."""
+        [outcome] = self.commit_group(
+            [ReadBundle(kind, entries, digest, message, source)], care_team
+        )
+        if isinstance(outcome, FhirError):
+            raise outcome
+        return outcome
+
+    def commit_group(
+        self, bundles: Sequence[ReadBundle], care_team: str | None = None
+    ) -> list[BundleResult | FhirError]:
+        """Commit read Bundles in one database transaction (one fsync), each in its own
+        savepoint: a refused Bundle changes nothing and leaves the others as they are.
+
+        A refused Bundle's outcome is its FhirError (the caller quarantines it: a
+        write beside this transaction would wait for it). The twins see every
+        Bundle once the transaction is committed.
+        """
         ingestor = self.ingestor
         now = ingestor.clock.now_us()
+        outcomes: list[BundleResult | FhirError] = []
+        after: list[Callable[[], None]] = []
         # The ingestor's commit lock: the twins see batches in the order the store took them.
         with ingestor._commit_lock:
+            if len(bundles) == 1:
+                try:  # a refusal rolls the whole transaction back
+                    with self.store.transaction() as conn:
+                        result, then = self._write_bundle(conn, bundles[0], now, care_team)
+                except FhirError as exc:
+                    return [exc]
+                then()
+                return [result]
             with self.store.transaction() as conn:
-                if digest is not None:
-                    stored = self.repository.replayed(conn, digest)
-                    if stored is not None:
-                        report = BundleReport(**{**stored["report"], "replayed": True})
-                        return BundleResult(stored["response"], report)
-                plan = self._plan(conn, kind, entries)
-                # Only a Bundle has entries to name (a PUT has no digest).
-                batch = self._prepare(kind, plan, message, in_bundle=digest is not None)
-                failed = [e for e in entries if e.failed]
-                if kind == "transaction" and failed:
-                    raise _failure([i for e in failed for i in e.issues])
-                if failed:
-                    plan.versions = [v for v in plan.versions if not _failed_version(v, entries)]
-                    self._quarantine_entries(conn, failed, now, source)
-                self.repository.write(conn, plan.versions, now)
-                self._apply_consents(conn, plan.versions, now)
-                new_patients = self._write_patients(conn, plan, now, care_team)
-                statuses = self._append(conn, batch, care_team) if batch is not None else []
-                self.store.append_interventions_in(
-                    conn, plan.interventions, received_us=now, channel=CHANNEL
-                )
-                result = self._result(kind, entries, plan, batch, statuses, now)
-                if digest is not None and not failed:
-                    self.repository.remember(
-                        conn,
-                        digest,
-                        now,
-                        {"response": result.response, "report": result.report.as_json()},
-                    )
+                for bundle in bundles:
+                    try:
+                        with conn.begin_nested():  # a refusal rolls back its savepoint
+                            result, then = self._write_bundle(conn, bundle, now, care_team)
+                    except FhirError as exc:
+                        outcomes.append(exc)
+                    else:
+                        outcomes.append(result)
+                        after.append(then)
+            for then in after:
+                then()
+        return outcomes
+
+    def _write_bundle(
+        self, conn: Connection, bundle: ReadBundle, now: int, care_team: str | None
+    ) -> tuple[BundleResult, Callable[[], None]]:
+        """Write one Bundle inside ``conn``'s transaction: its result, and what to do
+        once the transaction is committed."""
+        kind, entries, digest = bundle.kind, bundle.entries, bundle.digest
+        if digest is not None:
+            stored = self.repository.replayed(conn, digest)
+            if stored is not None:
+                report = BundleReport(**{**stored["report"], "replayed": True})
+                return BundleResult(stored["response"], report), _nothing
+        plan = self._plan(conn, kind, entries)
+        # Only a Bundle has entries to name (a PUT has no digest).
+        batch = self._prepare(kind, plan, bundle.message, in_bundle=digest is not None)
+        failed = [e for e in entries if e.failed]
+        if kind == "transaction" and failed:
+            raise _failure([i for e in failed for i in e.issues])
+        if failed:
+            plan.versions = [v for v in plan.versions if not _failed_version(v, entries)]
+            self._quarantine_entries(conn, failed, now, bundle.source)
+        self.repository.write(conn, plan.versions, now)
+        self._apply_consents(conn, plan.versions, now)
+        new_patients = self._write_patients(conn, plan, now, care_team)
+        statuses = self._append(conn, batch, care_team) if batch is not None else []
+        self.store.append_interventions_in(
+            conn, plan.interventions, received_us=now, channel=CHANNEL
+        )
+        result = self._result(kind, entries, plan, batch, statuses, now)
+        if digest is not None and not failed:
+            self.repository.remember(
+                conn,
+                digest,
+                now,
+                {"response": result.response, "report": result.report.as_json()},
+            )
+        ingestor = self.ingestor
+
+        def then() -> None:
             for patient in new_patients:
                 ingestor.runtime.add(patient)
             if batch is not None:
                 ingestor._observe_stored(batch, statuses)
                 ingestor._finish(batch, statuses)
-        return result
+
+        return result, then
 
     # -- planning (inside the write transaction) ------------------------------
 
@@ -1501,8 +1373,221 @@ def _locate(root: Any, target: dict[str, Any], base: str) -> str:
     return f"{base}.reference"
 
 
+def read_bundle(
+    document: Any, *, max_entries: int, max_depth: int, source: str | None = None
+) -> ReadBundle:
+    """Check a Bundle's shape and every entry (no store needed): FhirError when a
+    transaction is refused as a whole."""
+    kind, entries = read_entries(
+        document,
+        lambda i: f"Bundle.entry[{i}].resource",
+        max_entries=max_entries,
+        max_depth=max_depth,
+    )
+    if kind == "transaction":
+        issues = [issue for entry in entries for issue in entry.issues]
+        if issues:
+            raise _refusal(issues)
+    digest = hashlib.sha256(dump_json(document, sort_keys=True)).hexdigest()
+    bundle_id = document.get("id")
+    message = (
+        bundle_id
+        if isinstance(bundle_id, str) and ID_PATTERN.fullmatch(bundle_id)
+        else f"bundle-{digest[:16]}"
+    )
+    return ReadBundle(kind, entries, digest, message, source)
+
+
+def read_entries(
+    document: Any, base_of: Callable[[int], str], *, max_entries: int, max_depth: int
+) -> tuple[str, list[_Entry]]:
+    """Check the Bundle's shape and every entry's request and resource (no lock held)."""
+    if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
+        raise InvalidResourceError([Issue("the body must be a Bundle", "Bundle", code="structure")])
+    # Everything but the resources here; each resource while it is copied (_scan).
+    shallow = {k: v for k, v in document.items() if k != "entry"}
+    entries_value = document.get("entry")
+    outside = [
+        {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
+        for e in (entries_value if isinstance(entries_value, list) else ())
+    ]
+    if _depth_exceeds([shallow, outside], max_depth - 1):
+        raise TooLargeError(
+            [Issue(f"JSON nested deeper than {max_depth}", "Bundle", code="too-costly")]
+        )
+    kind = document.get("type")
+    if kind not in ("transaction", "batch"):
+        raise InvalidResourceError(
+            [
+                Issue(
+                    "only transaction and batch Bundles are processed",
+                    "Bundle.type",
+                    code="not-supported",
+                )
+            ]
+        )
+    raw_entries = document.get("entry", [])
+    if not isinstance(raw_entries, list):
+        raise InvalidResourceError(
+            [Issue("entry must be an array", "Bundle.entry", code="structure")]
+        )
+    if len(raw_entries) > max_entries:
+        raise TooLargeError(
+            [
+                Issue(
+                    f"{len(raw_entries)} entries exceed {max_entries}",
+                    "Bundle.entry",
+                    code="too-costly",
+                )
+            ]
+        )
+    bundle_issues = [
+        Issue(f"unknown element {name[:64]!r}", f"Bundle.{name[:64]}", code="structure")
+        for name in document
+        if name not in _BUNDLE_ELEMENTS
+    ]
+    if bundle_issues:
+        raise InvalidResourceError(bundle_issues)
+    entries = [_read_entry(i, raw, base_of(i), max_depth) for i, raw in enumerate(raw_entries)]
+    return kind, entries
+
+
+def _read_entry(index: int, raw: Any, base: str, max_depth: int) -> _Entry:
+    entry = _Entry(index, base)
+    where = f"Bundle.entry[{index}]"
+    if not isinstance(raw, dict):
+        entry.issues.append(Issue("an entry must be an object", where, code="structure"))
+        return entry
+    request = raw.get("request")
+    resource = raw.get("resource")
+    full_url = raw.get("fullUrl")
+    if full_url is not None and not isinstance(full_url, str):
+        entry.issues.append(Issue("fullUrl must be a string", f"{where}.fullUrl"))
+    entry.full_url = full_url if isinstance(full_url, str) else None
+    if not isinstance(request, dict):
+        entry.issues.append(Issue("request is required", f"{where}.request", code="required"))
+        return entry
+    method = request.get("method")
+    url = request.get("url")
+    if method not in ("POST", "PUT", "DELETE"):
+        entry.issues.append(
+            Issue(
+                "only POST, PUT and DELETE are supported",
+                f"{where}.request.method",
+                code="not-supported",
+            )
+        )
+        return entry
+    if not isinstance(url, str) or not url:
+        entry.issues.append(
+            Issue("request.url is required", f"{where}.request.url", code="required")
+        )
+        return entry
+    if method == "DELETE":
+        _delete_entry(entry, url, resource, where)
+        return entry
+    if not isinstance(resource, dict):
+        entry.issues.append(Issue("resource is required", f"{where}.resource", code="required"))
+        return entry
+    entry.method = method
+    # A copy: references are rewritten in it, the caller's document stays as it was.
+    fast = check_resource(resource, max_depth - 3)
+    if fast is not None and not code_issues(resource, base):
+        # Their paths are found when needed (an issue names one).
+        entry.resource, holders = fast
+        entry.refs = [(holder, "") for holder in holders]
+        issues: list[Issue] = []
+    else:
+        # The models decide, and name the element path of each fault.
+        copied, entry.refs, too_deep = _scan(resource, base, max_depth - 3)
+        if too_deep:
+            raise TooLargeError(
+                [Issue(f"JSON nested deeper than {max_depth}", base, code="too-costly")]
+            )
+        entry.resource = copied
+        issues = validate_resource(resource, base)
+    resource_type = resource.get("resourceType")
+    entry.resource_type = resource_type if isinstance(resource_type, str) else ""
+    if issues:
+        entry.issues += issues
+        return entry
+    path = url.split("?", 1)[0].strip("/")
+    if method == "POST":
+        if path != entry.resource_type:
+            entry.issues.append(
+                Issue(f"POST url must be {entry.resource_type}", f"{where}.request.url")
+            )
+        if_none = request.get("ifNoneExist")
+        if if_none is not None and not isinstance(if_none, str):
+            entry.issues.append(
+                Issue("ifNoneExist must be a string", f"{where}.request.ifNoneExist")
+            )
+        entry.if_none_exist = if_none if isinstance(if_none, str) and if_none else None
+    elif "?" in url:
+        query = url.split("?", 1)[1]
+        if path != entry.resource_type or not query:
+            entry.issues.append(
+                Issue(
+                    f"conditional PUT url must be {entry.resource_type}?<search>",
+                    f"{where}.request.url",
+                    code="not-supported",
+                )
+            )
+        else:
+            entry.condition = query
+    else:
+        parts = path.split("/")
+        if len(parts) != 2 or parts[0] != entry.resource_type:
+            entry.issues.append(
+                Issue(
+                    f"PUT url must be {entry.resource_type}/<id>",
+                    f"{where}.request.url",
+                    code="not-supported",
+                )
+            )
+        elif not ID_PATTERN.fullmatch(parts[1]):
+            entry.issues.append(Issue("invalid resource id", f"{where}.request.url"))
+        elif resource.get("id") not in (None, parts[1]):
+            entry.issues.append(Issue("resource id differs from the url", f"{base}.id"))
+        else:
+            entry.target_id = parts[1]
+    return entry
+
+
+def _delete_entry(entry: _Entry, url: str, resource: Any, where: str) -> None:
+    """A DELETE entry: ``Type/id`` only (no conditional delete), never a Patient."""
+    entry.method = "DELETE"
+    parts = url.strip("/").split("/")
+    if resource is not None:
+        entry.issues.append(
+            Issue("a DELETE entry has no resource", f"{where}.resource", code="structure")
+        )
+    elif "?" in url:
+        entry.issues.append(
+            Issue(
+                "conditional delete is not supported",
+                f"{where}.request.url",
+                code="not-supported",
+            )
+        )
+    elif len(parts) != 2 or model_class(parts[0]) is None:
+        entry.issues.append(
+            Issue("DELETE url must be <type>/<id>", f"{where}.request.url", code="not-supported")
+        )
+    elif not ID_PATTERN.fullmatch(parts[1]):
+        entry.issues.append(Issue("invalid resource id", f"{where}.request.url"))
+    elif parts[0] == "Patient":
+        entry.issues.append(Issue(_PATIENT_DELETE, f"{where}.request.method", code="not-supported"))
+    else:
+        entry.resource_type, entry.target_id = parts[0], parts[1]
+
+
+def _nothing() -> None:
+    """Nothing to do after the commit (a replayed Bundle)."""
+
+
 def _dump(value: Any) -> str:
     try:
-        return json.dumps(value, ensure_ascii=False)
+        return dump_json(value).decode()
     except (TypeError, ValueError):
         return repr(value)
