@@ -138,16 +138,32 @@ class ResourceRepository:
         self, conn: Connection, resource_type: str, ids: Iterable[str]
     ) -> dict[str, int]:
         """Newest version of each of ``ids`` that is held."""
-        found: dict[str, int] = {}
-        wanted = sorted(set(ids))
+        found = self.held_versions(conn, [(resource_type, i) for i in ids])
+        return {resource_id: version for (_, resource_id), version in found.items()}
+
+    def held_versions(
+        self, conn: Connection, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]:
+        """Newest version of each (type, id) of ``keys`` that is held (one query per
+        500 keys, whatever their types)."""
+        found: dict[tuple[str, str], int] = {}
+        wanted = sorted(set(keys))
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
+            # Types IN and ids IN: both databases seek the primary key for each pair
+            # (a row-value IN made SQLite scan the whole index); stray pairs are dropped.
             rows = conn.execute(
-                sa.select(_RESOURCES.c.id, sa.func.max(_RESOURCES.c.version))
-                .where(_RESOURCES.c.resource_type == resource_type, _RESOURCES.c.id.in_(chunk))
-                .group_by(_RESOURCES.c.id)
+                sa.select(
+                    _RESOURCES.c.resource_type, _RESOURCES.c.id, sa.func.max(_RESOURCES.c.version)
+                )
+                .where(
+                    _RESOURCES.c.resource_type.in_(sorted({t for t, _ in chunk})),
+                    _RESOURCES.c.id.in_(sorted({i for _, i in chunk})),
+                )
+                .group_by(_RESOURCES.c.resource_type, _RESOURCES.c.id)
             )
-            found.update({row[0]: int(row[1]) for row in rows})
+            asked = set(chunk)
+            found.update({(r[0], r[1]): int(r[2]) for r in rows if (r[0], r[1]) in asked})
         return found
 
     def deleted_ids(self, conn: Connection, resource_type: str, ids: Iterable[str]) -> set[str]:

@@ -531,25 +531,25 @@ class FhirService:
         full_urls: dict[str, str] = {}
         pending: dict[tuple[str, str], set[str]] = {}  # (type, identifier value) -> ids
         taken: set[tuple[str, str]] = set()
-        # Ids held already, in one query per type.
-        by_type: dict[str, set[str]] = {}
+        # Ids held already, in one query per 500.
+        keys: set[tuple[str, str]] = set()
         for entry in live:
             wanted: Any = entry.target_id
             if wanted is None and entry.resource is not None:
                 wanted = entry.resource.get("id")
             if isinstance(wanted, str):
-                by_type.setdefault(entry.resource_type, set()).add(wanted)
-        held: dict[tuple[str, str], int] = {}
+                keys.add((entry.resource_type, wanted))
+        held = self.repository.held_versions(conn, keys)
         gone: set[tuple[str, str]] = set()  # held, and the newest version is a deletion
-        for resource_type, ids in by_type.items():
-            versions = self.repository.current_versions(conn, resource_type, ids)
-            for resource_id, version in versions.items():
-                held[(resource_type, resource_id)] = version
-            if any(version > 1 for version in versions.values()):
-                gone.update(
-                    (resource_type, resource_id)
-                    for resource_id in self.repository.deleted_ids(conn, resource_type, versions)
-                )
+        updated: dict[str, list[str]] = {}
+        for (resource_type, resource_id), version in held.items():
+            if version > 1:
+                updated.setdefault(resource_type, []).append(resource_id)
+        for resource_type, ids in updated.items():
+            gone.update(
+                (resource_type, resource_id)
+                for resource_id in self.repository.deleted_ids(conn, resource_type, ids)
+            )
 
         def hold(resource_type: str, resource_id: str) -> None:
             """Know the current version of a resource a conditional update matched."""
