@@ -154,7 +154,12 @@ class Store(Protocol):
     ) -> list[AppendStatus]: ...
 
     def interventions_of(
-        self, patient: str, *, since_us: int | None = None, until_us: int | None = None
+        self,
+        patient: str,
+        *,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        retracted: bool = False,
     ) -> list[Intervention]: ...
 
     def resolve_quarantine(self, row_ids: Sequence[int], at_us: int) -> None: ...
@@ -763,12 +768,40 @@ class SqlStore:
             self._insert_quarantine(conn, conflicts)
         return statuses
 
+    def retract_interventions_in(
+        self, conn: Connection, source: str, prefixes: Sequence[str], *, at_us: int
+    ) -> int:
+        """Withdraw the interventions of ``source`` whose id starts with one of
+        ``prefixes`` (every version of a FHIR resource), inside the caller's transaction;
+        how many were withdrawn now."""
+        table = schema.interventions
+        withdrawn = 0
+        for prefix in prefixes:
+            result = conn.execute(
+                sa.update(table)
+                .where(
+                    table.c.source == source,
+                    table.c.source_id.startswith(prefix, autoescape=True),
+                    table.c.retracted_us.is_(None),
+                )
+                .values(retracted_us=at_us)
+            )
+            withdrawn += result.rowcount
+        return withdrawn
+
     def interventions_of(
-        self, patient: str, *, since_us: int | None = None, until_us: int | None = None
+        self,
+        patient: str,
+        *,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        retracted: bool = False,
     ) -> list[Intervention]:
-        """A patient's interventions in start order."""
+        """A patient's interventions in start order; withdrawn ones only with ``retracted``."""
         table = schema.interventions
         query = sa.select(table).where(table.c.patient_id == patient).order_by(table.c.start_us)
+        if not retracted:
+            query = query.where(table.c.retracted_us.is_(None))
         if since_us is not None:
             query = query.where(table.c.start_us >= since_us)
         if until_us is not None:

@@ -75,6 +75,9 @@ interventions = Table(
     Column("drug", Text),
     Column("route", Text),
     Column("received_us", BigInteger, nullable=False),
+    # When the source withdrew it (a FHIR update, deletion or entered-in-error): kept
+    # for the record, no longer a model input.
+    Column("retracted_us", BigInteger),
     UniqueConstraint("source", "source_id", name="uq_interventions_source_id"),
     Index("ix_interventions_patient_time", "patient_id", "start_us"),
 )

@@ -314,10 +314,9 @@ def _address_text(address: dict[str, Any]) -> str:
 # -- MedicationAdministration ------------------------------------------------
 
 
-def intervention_of(
-    resource: dict[str, Any], resource_id: str, patient: str
-) -> Intervention | None:
-    """A drug dose from a completed MedicationAdministration with a dose and a time."""
+def intervention_of(resource: dict[str, Any], source_id: str, patient: str) -> Intervention | None:
+    """A drug dose from a completed (or in-progress) MedicationAdministration with a dose
+    and a time; ``source_id`` names the version (``id/_history/n``)."""
     if resource.get("status") not in ("completed", "in-progress"):
         return None
     dosage = resource.get("dosage")
@@ -343,7 +342,7 @@ def intervention_of(
     unit = dose.get("code") or dose.get("unit") or ""
     return Intervention(
         source=SOURCE,
-        source_id=resource_id,
+        source_id=source_id,
         patient=patient,
         kind=InterventionKind.DRUG_DOSE,
         amount=float(dose["value"]),

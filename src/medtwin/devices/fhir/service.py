@@ -58,6 +58,7 @@ from medtwin.devices.fhir.errors import (
 )
 from medtwin.devices.fhir.fastcheck import check_resource
 from medtwin.devices.fhir.mapping import (
+    SOURCE,
     MappedItem,
     demographics_of,
     identifier_rows,
@@ -200,6 +201,8 @@ class _Plan:
     items: list[dict[str, Any]] = field(default_factory=list)
     item_entries: list[tuple[_Entry, MappedItem]] = field(default_factory=list)
     interventions: list[Intervention] = field(default_factory=list)
+    # MedicationAdministrations updated or deleted: their earlier doses are withdrawn.
+    withdrawn: list[str] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)
 
 
@@ -481,6 +484,9 @@ class FhirService:
         self._apply_consents(conn, plan.versions, now)
         new_patients = self._write_patients(conn, plan, now, care_team)
         statuses = self._append(conn, batch, care_team) if batch is not None else []
+        self.store.retract_interventions_in(
+            conn, SOURCE, [f"{i}/_history/" for i in plan.withdrawn], at_us=now
+        )
         self.store.append_interventions_in(
             conn, plan.interventions, received_us=now, channel=CHANNEL
         )
@@ -922,6 +928,10 @@ class FhirService:
             if entry.failed or not entry.write:
                 continue
             resource = entry.resource
+            if entry.resource_type == "MedicationAdministration" and (
+                entry.version > 1 or entry.method == "DELETE"
+            ):
+                plan.withdrawn.append(entry.id)
             if entry.method == "DELETE":
                 if entry.prior is None or entry.resource_type != "Observation":
                     continue
@@ -950,7 +960,10 @@ class FhirService:
                     plan.items.append(mapped.item)
                     plan.item_entries.append((entry, mapped))
             elif entry.resource_type == "MedicationAdministration":
-                intervention = intervention_of(resource, entry.id, patient)
+                # One intervention per version: an update withdraws the earlier ones.
+                intervention = intervention_of(
+                    resource, f"{entry.id}/_history/{entry.version}", patient
+                )
                 if intervention is not None:
                     plan.interventions.append(intervention)
 
