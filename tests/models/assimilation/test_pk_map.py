@@ -40,6 +40,7 @@ from medtwin.models.assimilation import (
     predict_levels,
     recommend_dose,
 )
+from medtwin.models.assimilation.pk_map import crcl_cockcroft_gault
 from medtwin.models.physiology.pkpd import Dose, regimen
 
 MODEL = GOTI_2018_VANCOMYCIN
@@ -110,15 +111,16 @@ def precise() -> dict[str, Any]:
 
 def test_map_recovers_parameters_with_a_precise_assay(precise: dict[str, Any]) -> None:
     err, pop = precise["err"], precise["pop"]
-    assert np.mean(err[:, 0] < 0.20) >= 0.90  # measured 0.94
+    # Measured with V2 scaled by weight as published (a fixed V2 gave 0.94 and 0.92 for CL).
+    assert np.mean(err[:, 0] < 0.20) >= 0.85  # measured 0.88
     assert np.mean(err[:, 1] < 0.30) >= 0.90  # measured 0.98
-    assert np.mean(err[:, 0] < pop[:, 0]) >= 0.85  # measured 0.92
+    assert np.mean(err[:, 0] < pop[:, 0]) >= 0.85  # measured 0.88
     assert np.mean(err[:, 1] < pop[:, 1]) >= 0.90  # measured 0.98
 
 
 def test_recommended_dose_lands_in_target_with_true_parameters(precise: dict[str, Any]) -> None:
-    assert precise["auc_ok"] >= 0.90  # measured 0.98
-    assert precise["trough_ok"] >= 0.80  # measured 0.86
+    assert precise["auc_ok"] >= 0.90  # measured 0.92
+    assert precise["trough_ok"] >= 0.80  # measured 0.84
 
 
 def test_band_contains_map_prediction(precise: dict[str, Any]) -> None:
@@ -174,16 +176,34 @@ def test_published_parameters_match_the_cited_source() -> None:
     assert (theta["V1"], theta["V1_dial"], theta["Q2"], theta["V2"]) == (58.4, 0.5, 6.5, 38.4)
     for text in ("4.5 * (CrCL / 120)^0.8 * 0.7^DIAL", "58.4 * (WT / 70) * 0.5^DIAL"):
         assert text in doc
-    assert "Q (L/h) = 6.5, V2 (L) = 38.4" in doc
+    assert "Q (L/h) = 6.5, V2 (L) = 38.4 * (WT / 70)" in doc
     flat = re.sub(r"\s+", " ", doc)
-    assert "CL 0.147, V1 0.510, V2 0.282" in flat
-    assert dict(MODEL.omega2) == {"CL": 0.147, "V1": 0.510, "V2": 0.282}
+    assert "CL 39.8 % (0.1470), V1 81.6 % (0.5103), V2 57.1 % (0.2822)" in flat
+    # omega^2 = ln(CV^2 + 1) of the published %CV.
+    cv = {"CL": 0.398, "V1": 0.816, "V2": 0.571}
+    assert dict(MODEL.omega2) == pytest.approx(
+        {p: np.log(c**2 + 1) for p, c in cv.items()}, rel=1e-12
+    )
     assert (MODEL.sigma_prop, MODEL.sigma_add) == (0.227, 3.4)
     ref = MODEL.typical({"weight_kg": 70.0, "crcl_ml_min": 120.0, "dialysis": 0.0})
     assert ref == pytest.approx({"CL": 4.5, "V1": 58.4, "Q2": 6.5, "V2": 38.4})
     hd = MODEL.typical({"weight_kg": 140.0, "crcl_ml_min": 60.0, "dialysis": 1.0})
     assert hd["CL"] == pytest.approx(4.5 * 0.5**0.8 * 0.7)
     assert hd["V1"] == pytest.approx(58.4)
+    assert hd["V2"] == pytest.approx(76.8)
+
+
+def test_cockcroft_gault_with_the_models_conventions() -> None:
+    # (140 - 40) * 80 / (72 * 1.0) = 111.1 mL/min; x 0.85 for a woman.
+    assert crcl_cockcroft_gault(40, 80, 1.0, female=False) == pytest.approx(111.111, rel=1e-4)
+    assert crcl_cockcroft_gault(40, 80, 1.0, female=True) == pytest.approx(94.444, rel=1e-4)
+    # Above 60 years a creatinine under 1 mg/dL counts as 1 (low muscle mass) ...
+    assert crcl_cockcroft_gault(70, 70, 0.6, female=False) == pytest.approx(68.056, rel=1e-4)
+    assert crcl_cockcroft_gault(60, 70, 0.6, female=False) == pytest.approx(129.630, rel=1e-4)
+    # ... and the clearance is capped at 150 mL/min.
+    assert crcl_cockcroft_gault(20, 120, 0.5, female=False) == 150.0
+    with pytest.raises(InputError):
+        crcl_cockcroft_gault(40, 80, 0.0, female=False)
 
 
 def test_bad_inputs_are_named() -> None:

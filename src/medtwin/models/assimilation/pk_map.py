@@ -31,14 +31,18 @@ hemodialysis). Structural model and fixed effects, as published:
 - CL (L/h) = 4.5 * (CrCL / 120)^0.8 * 0.7^DIAL  (CrCL in mL/min,
   Cockcroft-Gault; DIAL = 1 on hemodialysis)
 - V1 (L) = 58.4 * (WT / 70) * 0.5^DIAL  (WT in kg, total body weight)
-- Q (L/h) = 6.5, V2 (L) = 38.4
+- Q (L/h) = 6.5, V2 (L) = 38.4 * (WT / 70)  (the paper normalized every
+  volume to 70 kg before the other covariates were examined; Table 2 lists
+  only the covariates kept on top of that)
 
-Between-subject variability (omega^2, log-normal) CL 0.147, V1 0.510,
-V2 0.282, and residual error proportional 22.7 % (SD) plus additive
-3.4 mg/L (SD). These variability and residual values were NOT checked
-against the paper's table here: they agree with a third-party mrgsolve
-implementation of the model (proportional variance 0.0502, i.e. 22.4 %)
-and with recollection; verify them against the publication before use.
+Between-subject variability, log-normal, from the %CV of Table 2 as
+omega^2 = ln(CV^2 + 1): CL 39.8 % (0.1470), V1 81.6 % (0.5103), V2
+57.1 % (0.2822); residual error proportional 22.7 % plus additive 3.4 mg/L
+(SD). Every value as traced to its row of Table 2 by the nlmixr2lib model
+library (model ``Goti_2018_vancomycin``, each value with its source location);
+the paper itself was not at hand here. CrCL is Cockcroft-Gault as the paper
+computed it (``crcl_cockcroft_gault``: serum creatinine floored at 1 mg/dL
+above 60 years, the result capped at 150 mL/min).
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ __all__ = [
     "PopulationModel",
     "Recommendation",
     "Target",
+    "crcl_cockcroft_gault",
     "map_estimate",
     "predict_levels",
     "recommend_dose",
@@ -142,8 +147,22 @@ def _goti_relations(theta: Mapping[str, float], cov: Mapping[str, float]) -> dic
         * theta["CL_dial"] ** dial,
         "V1": theta["V1"] * (cov["weight_kg"] / 70.0) * theta["V1_dial"] ** dial,
         "Q2": theta["Q2"],
-        "V2": theta["V2"],
+        "V2": theta["V2"] * (cov["weight_kg"] / 70.0),
     }
+
+
+def crcl_cockcroft_gault(
+    age_years: float, weight_kg: float, creatinine_mg_dl: float, *, female: bool
+) -> float:
+    """Creatinine clearance (mL/min) by Cockcroft and Gault (Nephron 1976;16:31-41),
+    with the Goti 2018 conventions: creatinine floored at 1 mg/dL above 60 years,
+    the clearance capped at 150 mL/min."""
+    if not (age_years > 0 and weight_kg > 0 and creatinine_mg_dl > 0):
+        raise InputError("age, weight and creatinine must be positive", "covariates")
+    if age_years > 60:
+        creatinine_mg_dl = max(creatinine_mg_dl, 1.0)
+    crcl = (140.0 - age_years) * weight_kg / (72.0 * creatinine_mg_dl)
+    return min(crcl * (0.85 if female else 1.0), 150.0)
 
 
 GOTI_2018_VANCOMYCIN = PopulationModel(
@@ -160,7 +179,8 @@ GOTI_2018_VANCOMYCIN = PopulationModel(
     },
     relations=_goti_relations,
     covariates=("weight_kg", "crcl_ml_min", "dialysis"),
-    omega2={"CL": 0.147, "V1": 0.510, "V2": 0.282},
+    # omega^2 = ln(CV^2 + 1) of the published coefficients of variation.
+    omega2={p: math.log(cv**2 + 1.0) for p, cv in {"CL": 0.398, "V1": 0.816, "V2": 0.571}.items()},
     sigma_prop=0.227,
     sigma_add=3.4,
     citation=(
