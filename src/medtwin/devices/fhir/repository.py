@@ -245,23 +245,22 @@ class ResourceRepository:
         """Insert the versions and replace the search rows of their resources."""
         if not versions:
             return
-        conn.execute(
-            sa.insert(_RESOURCES),
+        params = self.store._params
+        # Plain driver executemany: tens of thousands of rows per Bundle group, where
+        # SQLAlchemy's per-row parameter processing would cost more than the inserts.
+        conn.exec_driver_sql(
+            "INSERT INTO fhir_resources (resource_type, id, version, last_updated_us, "
+            f"patient_id, deleted, content) VALUES ({params(7)})",
             [
-                {
-                    "resource_type": v.resource_type,
-                    "id": v.id,
-                    "version": v.version,
-                    "last_updated_us": now_us,
-                    "patient_id": v.patient_id,
-                    "deleted": v.deleted,
-                    "content": self.seal(
-                        v.resource_type,
-                        v.id,
-                        v.version,
-                        dump_json(v.resource),
-                    ),
-                }
+                (
+                    v.resource_type,
+                    v.id,
+                    v.version,
+                    now_us,
+                    v.patient_id,
+                    v.deleted,
+                    self.seal(v.resource_type, v.id, v.version, dump_json(v.resource)),
+                )
                 for v in versions
             ],
         )
@@ -273,13 +272,16 @@ class ResourceRepository:
                 )
             )
         rows = [
-            {"resource_type": v.resource_type, "param": param, "value": value, "id": v.id}
+            (v.resource_type, param, value, v.id)
             for v in versions
             if not v.deleted
             for param, value in search_rows(v.resource_type, v.resource, self.index)
         ]
         if rows:
-            conn.execute(sa.insert(_SEARCH), rows)
+            conn.exec_driver_sql(
+                f"INSERT INTO fhir_search (resource_type, param, value, id) VALUES ({params(4)})",
+                rows,
+            )
 
     # -- reads ----------------------------------------------------------------
 

@@ -1110,6 +1110,7 @@ class FhirService:
                     unmapped_by_entry.setdefault(entry.index, set()).add(f"{obs.system}|{obs.code}")
         out: list[dict[str, Any]] = []
         response: dict[str, Any]
+        modified = to_iso(now)
         counts = {
             "created": 0,
             "updated": 0,
@@ -1134,7 +1135,7 @@ class FhirService:
                 if entry.write:
                     counts["deleted"] += 1
                     response["etag"] = f'W/"{entry.version}"'
-                    response["lastModified"] = to_iso(now)
+                    response["lastModified"] = modified
                 else:
                     counts["unchanged"] += 1
                 out.append({"response": response})
@@ -1151,7 +1152,7 @@ class FhirService:
                 "etag": f'W/"{entry.version}"',
             }
             if entry.write:
-                response["lastModified"] = to_iso(now)
+                response["lastModified"] = modified
             notes = list(entry.notes)
             for code in sorted(unmapped_by_entry.get(entry.index, ())):
                 notes.append(
