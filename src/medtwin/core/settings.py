@@ -148,6 +148,13 @@ class Settings(BaseSettings):
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
     mqtt_tls_ca: Path | None = None
+    mqtt_tls_certfile: Path | None = Field(
+        None, description="client certificate (PEM chain) for brokers that require one (mTLS)"
+    )
+    mqtt_tls_keyfile: Path | None = Field(
+        None, description="its private key (omit when the certificate file holds it)"
+    )
+    mqtt_tls_keyfile_password: SecretStr | None = None
     mqtt_password_file: Path | None = Field(
         None, description="Mosquitto password file to provision"
     )

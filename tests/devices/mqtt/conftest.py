@@ -64,11 +64,14 @@ class Broker:
     password_file: Path | None = None
     acl_file: Path | None = None
     host: str = "127.0.0.1"
+    # Options of the listener (cafile, certfile, keyfile, require_certificate): TLS.
+    listener_options: list[str] = field(default_factory=list)
     _process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         lines = [
             f"listener {self.port} 127.0.0.1",
+            *self.listener_options,
             "persistence false",
             "max_queued_messages 20000",
             "max_inflight_messages 0",

@@ -132,10 +132,12 @@ class ServiceContext:
         # One HL7 processor serves the MLLP listener (apps.adapters) and the replay of
         # quarantined HL7 parts (which runs from the CLI too, without a listener).
         from medtwin.devices.hl7 import HL7Processor, replayer
+        from medtwin.devices.mqtt import MqttReplayer
 
         hl7 = HL7Processor.from_settings(settings, store, ingestor, clock)
         context.extras["hl7"] = hl7
         context.replayers.register("mllp", replayer(hl7))
+        context.replayers.register("mqtt", MqttReplayer(ingestor))
         if warm:
             context.warm()
         return context

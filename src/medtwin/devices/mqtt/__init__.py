@@ -3,6 +3,7 @@
 - :mod:`~medtwin.devices.mqtt.payload`: topic and JSON payload into a reading;
 - :mod:`~medtwin.devices.mqtt.bindings`: which patient a device was on, and when;
 - :mod:`~medtwin.devices.mqtt.subscriber`: the broker connection and the ingestion;
+- :mod:`~medtwin.devices.mqtt.replay`: replay of quarantined messages (``mqtt`` replayer);
 - :mod:`~medtwin.devices.mqtt.provisioning`: per-device credentials and ACLs for Mosquitto;
 - :mod:`~medtwin.devices.mqtt.loadgen`: publishing readings at volume (tests, benchmark).
 """
@@ -16,7 +17,14 @@ from medtwin.devices.mqtt.payload import (
     PayloadRejection,
     parse_message,
 )
-from medtwin.devices.mqtt.subscriber import MqttConfig, MqttError, MqttSubscriber, SubscriberStats
+from medtwin.devices.mqtt.replay import MqttReplayer, replayer
+from medtwin.devices.mqtt.subscriber import (
+    MqttConfig,
+    MqttError,
+    MqttSubscriber,
+    SubscriberStats,
+    tls_context,
+)
 
 __all__ = [
     "Binding",
@@ -26,8 +34,11 @@ __all__ = [
     "DeviceObservation",
     "MqttConfig",
     "MqttError",
+    "MqttReplayer",
     "MqttSubscriber",
     "PayloadRejection",
     "SubscriberStats",
     "parse_message",
+    "replayer",
+    "tls_context",
 ]

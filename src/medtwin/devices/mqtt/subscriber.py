@@ -24,12 +24,17 @@ Reconnection: paho's network loop reconnects with exponential backoff (from
 ``reconnect_min_s`` doubling to ``reconnect_max_s``) for as long as the
 subscriber runs. A batch the store cannot take is retried with the same
 backoff and stays unacknowledged meanwhile.
+
+TLS: with ``tls_ca`` (and, for brokers that require client certificates,
+``tls_certfile``/``tls_keyfile``) the connection is TLS 1.2 or newer, and the
+broker's certificate must come from that CA and name ``host``
+(:func:`tls_context`). A refused handshake or certificate shows in
+``last_error``; the subscriber keeps retrying as for any other refusal.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import ssl
 import threading
@@ -50,6 +55,7 @@ from sqlalchemy.engine import Connection
 from medtwin.core.clock import from_us
 from medtwin.core.errors import ConfigurationError, MedtwinError
 from medtwin.core.settings import Settings
+from medtwin.core.tls import CIPHERS, MINIMUM_VERSION
 from medtwin.data.store import AppendStatus, Origin, QuarantineEntry, SqlStore, schema
 from medtwin.devices.mqtt.bindings import DeviceBindings
 from medtwin.devices.mqtt.fastclient import BufferedClient
@@ -61,6 +67,7 @@ from medtwin.devices.mqtt.payload import (
     DeviceIntervention,
     DeviceObservation,
     PayloadRejection,
+    content_digest,
     parse_message,
 )
 from medtwin.twins.ingest import Ingestor, intervention_event
@@ -85,7 +92,14 @@ class MqttConfig:
     client_id: str = "medtwin-ingest"
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    # TLS is on when a CA or a client certificate is given. The broker's certificate is
+    # checked against ``tls_ca`` (the system's CAs without it) and must name ``host``.
     tls_ca: Path | None = None
+    # Mutual TLS: the subscriber's certificate (PEM chain) and key (omit when the
+    # certificate file holds it), for brokers with ``require_certificate true``.
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    tls_keyfile_password: str | None = field(default=None, repr=False)
     root: str = DEFAULT_ROOT
     keepalive_s: int = 30
     # How long the broker keeps the session (and queues messages) while we are away.
@@ -104,6 +118,7 @@ class MqttConfig:
         if settings.mqtt_host is None:
             raise ConfigurationError("MEDTWIN_MQTT_HOST is not set")
         password = settings.mqtt_password
+        key_password = settings.mqtt_tls_keyfile_password
         return cls(
             host=settings.mqtt_host,
             port=settings.mqtt_port,
@@ -111,7 +126,47 @@ class MqttConfig:
             username=settings.mqtt_username,
             password=None if password is None else password.get_secret_value(),
             tls_ca=settings.mqtt_tls_ca,
+            tls_certfile=settings.mqtt_tls_certfile,
+            tls_keyfile=settings.mqtt_tls_keyfile,
+            tls_keyfile_password=None if key_password is None else key_password.get_secret_value(),
         )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection to the broker is TLS (a key alone is an error, not plain)."""
+        return any(f is not None for f in (self.tls_ca, self.tls_certfile, self.tls_keyfile))
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext:
+    """The client TLS context of ``config``: TLS 1.2 or newer, the broker's certificate and
+    host name verified, and the client certificate for mutual TLS when one is configured.
+
+    ConfigurationError when a file is missing or cannot be loaded.
+    """
+    if config.tls_keyfile is not None and config.tls_certfile is None:
+        raise ConfigurationError("an MQTT TLS key is set without its certificate")
+    for name, path in (
+        ("CA", config.tls_ca),
+        ("certificate", config.tls_certfile),
+        ("key", config.tls_keyfile),
+    ):
+        if path is not None and not Path(path).is_file():
+            raise ConfigurationError(f"MQTT TLS {name}: no file {path}")
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH,
+            cafile=None if config.tls_ca is None else str(config.tls_ca),
+        )
+        context.minimum_version = MINIMUM_VERSION
+        context.set_ciphers(CIPHERS)
+        if config.tls_certfile is not None:
+            password = config.tls_keyfile_password or ""
+            # Always a callable: without one, OpenSSL asks for the passphrase of an
+            # encrypted key on the terminal, and a service would hang there.
+            context.load_cert_chain(config.tls_certfile, config.tls_keyfile, lambda: password)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigurationError(f"MQTT TLS setup failed: {exc}") from exc
+    return context
 
 
 @dataclass
@@ -265,11 +320,8 @@ class MqttSubscriber:
         )
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
-        if config.tls_ca is not None:
-            try:
-                client.tls_set(ca_certs=str(config.tls_ca))
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise ConfigurationError(f"MQTT TLS setup failed: {exc}") from exc
+        if config.tls:
+            client.tls_set_context(tls_context(config))
         # Typed int, but paho only adds and compares them: fractions of a second work.
         client.reconnect_delay_set(
             config.reconnect_min_s,  # type: ignore[arg-type]
@@ -279,7 +331,7 @@ class MqttSubscriber:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
+        client.message_sink = self._on_publish
         return client
 
     def _on_connect(
@@ -317,31 +369,48 @@ class MqttSubscriber:
             return
         self._connected.set()
 
-    def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
-        self.last_error = MqttError(
-            f"MQTT broker at {self.config.host}:{self.config.port} is unreachable"
-        )
+    def _on_connect_fail(self, client: Any, _userdata: Any) -> None:
+        where = f"MQTT broker at {self.config.host}:{self.config.port}"
+        cause = client.socket_error
+        if isinstance(cause, ssl.SSLError):
+            self.last_error = MqttError(f"TLS handshake with the {where} failed: {cause}")
+        else:
+            detail = "" if cause is None else f": {cause}"
+            self.last_error = MqttError(f"{where} is unreachable{detail}")
 
     def _on_disconnect(
-        self, _client: Any, _userdata: Any, _flags: Any, reason: Any, _properties: Any
+        self, client: Any, _userdata: Any, _flags: Any, reason: Any, _properties: Any
     ) -> None:
         with self._conn_lock:
             self._epoch += 1  # acknowledgements of the old connection must not go out
+        accepted = self._connected.is_set()
         self._connected.clear()
-        if not self._stopping.is_set():
-            log.warning("disconnected from the MQTT broker (%s); reconnecting", reason)
+        if self._stopping.is_set():
+            return
+        cause = client.socket_error
+        if isinstance(cause, ssl.SSLError):
+            # With TLS 1.3 a broker that refuses the client's certificate says so only
+            # after the handshake, in an alert read here.
+            self.last_error = MqttError(f"the MQTT broker closed the TLS connection: {cause}")
+        elif not accepted and self.last_error is None:
+            # E.g. plain MQTT sent to a TLS port: the broker just hangs up.
+            self.last_error = MqttError(
+                f"the MQTT broker closed the connection before accepting it ({reason})"
+            )
+        log.warning("disconnected from the MQTT broker (%s); reconnecting", reason)
 
-    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+    def _on_publish(self, mid: int, qos: int, topic_bytes: bytes, payload: bytes) -> None:
+        """The client's message sink: one message in, on the network thread."""
         try:
-            topic = message.topic
+            topic = topic_bytes.decode("utf-8")
         except UnicodeDecodeError:  # MQTT requires UTF-8 topics; keep it readable anyway
-            topic = bytes(message._topic).decode("utf-8", errors="replace")
+            topic = topic_bytes.decode("utf-8", errors="replace")
         queue = self._queue
-        queue.append(_Message(self._epoch, message.mid, message.qos, topic, message.payload))
+        queue.append(_Message(self._epoch, mid, qos, topic, payload))
         self.stats.received += 1
         # Wake the worker for the first message of a batch and when a batch is full.
         size = len(queue)
-        if size == 1 or size >= self.config.batch_size:
+        if size == 1 or size == self.config.batch_size:
             with self._ready:
                 self._ready.notify()
 
@@ -392,16 +461,13 @@ class MqttSubscriber:
 
     def _ack(self, batch: list[_Message]) -> None:
         client = self._client
-        acked = 0
         with self._conn_lock:
             if self._aborted:
                 return
             epoch = self._epoch
-            for message in batch:
-                if message.epoch == epoch and message.qos:
-                    client.ack(message.mid, message.qos)
-                    acked += 1
-        self.stats.acked += acked
+            mids = [m.mid for m in batch if m.epoch == epoch and m.qos]
+            client.ack_many(mids)
+        self.stats.acked += len(mids)
 
     def _process(self, batch: list[_Message]) -> None:
         """Parse, attribute and commit one batch: one transaction for everything it brings."""
@@ -422,16 +488,8 @@ class MqttSubscriber:
                 continue
             patient = index.patient_at(reading.device, reading.time_us)
             if patient is None:
-                quarantine.append(
-                    _entry(
-                        f"{reading.topic}: patient",
-                        f"device {reading.device} is not bound to a patient at "
-                        f"{from_us(reading.time_us).isoformat().replace('+00:00', 'Z')}",
-                        reading,
-                        reading.device,
-                        now,
-                    )
-                )
+                location, reason = unbound_fault(reading)
+                quarantine.append(_entry(location, reason, reading, reading.device, now))
             elif isinstance(reading, DeviceObservation):
                 items.append(reading.item(patient))
                 readings.append(reading)
@@ -457,7 +515,7 @@ class MqttSubscriber:
         prepared = ingestor.prepare(items, channel=CHANNEL, origins=origins)
         invalid = [
             _entry(
-                f"{readings[r.index].topic}: {_PAYLOAD_FIELD.get(r.field, r.field) or 'payload'}",
+                item_location(readings[r.index], r.field),
                 r.reason,
                 readings[r.index],
                 readings[r.index].device,
@@ -517,11 +575,18 @@ class MqttSubscriber:
         stats.batches += 1
 
 
-def _digest(topic: str, raw: str) -> str:
-    """The tag of one message's content: the first 12 hex digits of sha256(topic, payload)."""
-    content = hashlib.sha256(topic.encode("utf-8", errors="replace") + b"\x00")
-    content.update(raw.encode("utf-8", errors="replace"))
-    return content.hexdigest()[:12]
+def unbound_fault(reading: DeviceObservation | DeviceIntervention) -> tuple[str, str]:
+    """(location, reason) of a reading from a device on no patient at the reading's time."""
+    moment = from_us(reading.time_us).isoformat().replace("+00:00", "Z")
+    return (
+        f"{reading.topic}: patient",
+        f"device {reading.device} is not bound to a patient at {moment}",
+    )
+
+
+def item_location(reading: DeviceObservation, item_field: str) -> str:
+    """Where in the device's message the ingestion item's field ``item_field`` came from."""
+    return f"{reading.topic}: {_PAYLOAD_FIELD.get(item_field, item_field) or 'payload'}"
 
 
 def _entry(
@@ -532,7 +597,7 @@ def _entry(
     received_us: int,
 ) -> QuarantineEntry:
     """A quarantine entry of one message, its reason tagged with the message's digest."""
-    tag = f"[sha256:{_digest(message.topic, message.raw)}]"
+    tag = f"[sha256:{content_digest(message.topic, message.raw)}]"
     return QuarantineEntry(CHANNEL, location, f"{reason} {tag}", message.raw, device, received_us)
 
 
