@@ -7,7 +7,14 @@ import math
 import pytest
 
 from medtwin.core.records import LOINC
-from medtwin.data.codes import DEFAULT_REGISTRY, VITAL_SIGNS, CodeRegistry, CodeSpec
+from medtwin.data.codes import (
+    DEFAULT_REGISTRY,
+    LABORATORY_AND_SCORES,
+    LOCAL,
+    VITAL_SIGNS,
+    CodeRegistry,
+    CodeSpec,
+)
 
 EXPECTED_CODES = {
     "9279-1": "/min",  # respiratory rate
@@ -19,6 +26,21 @@ EXPECTED_CODES = {
     "80288-4": "",  # ACVPU
     "3150-0": "%",  # FiO2
     "2339-0": "mg/dL",  # glucose
+    "2703-7": "mm[Hg]",  # PaO2
+    "777-3": "10*3/uL",  # platelets
+    "1975-2": "mg/dL",  # bilirubin
+    "2160-0": "mg/dL",  # creatinine
+    "8478-0": "mm[Hg]",  # mean arterial pressure
+    "9269-2": "{score}",  # Glasgow coma score
+    "9192-6": "mL/(24.h)",  # urine output
+}
+# Local codes (system LOCAL): SOFA inputs LOINC has no observation code for.
+EXPECTED_LOCAL = {
+    "medtwin-respiratory-support": "1",
+    "medtwin-dopamine-rate": "ug/kg/min",
+    "medtwin-dobutamine-rate": "ug/kg/min",
+    "medtwin-epinephrine-rate": "ug/kg/min",
+    "medtwin-norepinephrine-rate": "ug/kg/min",
 }
 
 # (code, unit, value, canonical value): every accepted unit of every code.
@@ -46,13 +68,47 @@ CONVERSIONS = [
     ("2339-0", "mg/dL", 99, 99.0),
     ("2339-0", "mmol/L", 5.5, 99.088),
     ("2339-0", "mmol/L", 10, 180.16),
+    ("2703-7", "mm[Hg]", 90, 90.0),
+    ("2703-7", "kPa", 12, 90.007401924),
+    ("777-3", "10*3/uL", 250, 250.0),
+    ("777-3", "10*9/L", 250, 250.0),
+    ("777-3", "10*3/mm3", 250, 250.0),
+    ("1975-2", "mg/dL", 1.2, 1.2),
+    ("1975-2", "umol/L", 34.2, 2.0),
+    ("2160-0", "mg/dL", 1.0, 1.0),
+    ("2160-0", "umol/L", 88.4, 1.0),
+    ("8478-0", "mm[Hg]", 70, 70.0),
+    ("8478-0", "kPa", 10, 75.00616827),
+    ("9269-2", "{score}", 15, 15.0),
+    ("9269-2", "1", 8, 8.0),
+    ("9269-2", "", 3, 3.0),
+    ("9192-6", "mL/(24.h)", 500, 500.0),
+    ("9192-6", "mL/d", 500, 500.0),
+    ("9192-6", "L/(24.h)", 0.4, 400.0),
+    ("9192-6", "L/d", 1.2, 1200.0),
+    ("medtwin-respiratory-support", "1", 1, 1.0),
+    ("medtwin-respiratory-support", "", 0, 0.0),
+    ("medtwin-dopamine-rate", "ug/kg/min", 5, 5.0),
+    ("medtwin-dobutamine-rate", "ug/kg/min", 5, 5.0),
+    ("medtwin-epinephrine-rate", "ug/kg/min", 0.1, 0.1),
+    ("medtwin-norepinephrine-rate", "ug/kg/min", 0.1, 0.1),
 ]
+ALL_SPECS = [*VITAL_SIGNS, *LABORATORY_AND_SCORES]
 
 
-def test_default_registry_holds_the_vital_signs() -> None:
-    assert len(DEFAULT_REGISTRY) == len(VITAL_SIGNS) == len(EXPECTED_CODES)
-    assert {spec.code: spec.unit for spec in DEFAULT_REGISTRY} == EXPECTED_CODES
-    assert list(DEFAULT_REGISTRY) == list(VITAL_SIGNS)
+def test_default_registry_holds_vital_signs_laboratory_and_scores() -> None:
+    assert len(DEFAULT_REGISTRY) == len(EXPECTED_CODES) + len(EXPECTED_LOCAL)
+    assert {s.code: s.unit for s in DEFAULT_REGISTRY if s.system == LOINC} == EXPECTED_CODES
+    assert {s.code: s.unit for s in DEFAULT_REGISTRY if s.system == LOCAL} == EXPECTED_LOCAL
+    assert list(DEFAULT_REGISTRY) == ALL_SPECS
+
+
+@pytest.mark.parametrize("code", sorted(EXPECTED_LOCAL))
+def test_local_codes_are_found_in_their_own_system_only(code: str) -> None:
+    spec = DEFAULT_REGISTRY.get(code, LOCAL)
+    assert spec is not None
+    assert spec.system == LOCAL
+    assert DEFAULT_REGISTRY.get(code) is None
 
 
 @pytest.mark.parametrize("code", sorted(EXPECTED_CODES))
@@ -97,7 +153,7 @@ def test_coded_and_numeric_specs() -> None:
 
 @pytest.mark.parametrize(("code", "unit", "value", "expected"), CONVERSIONS)
 def test_each_accepted_unit_converts(code: str, unit: str, value: float, expected: float) -> None:
-    spec = DEFAULT_REGISTRY.get(code)
+    spec = DEFAULT_REGISTRY.get(code, LOCAL if code in EXPECTED_LOCAL else LOINC)
     assert spec is not None
     assert spec.to_canonical(value, unit) == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
@@ -108,19 +164,19 @@ def test_conversion_table_covers_every_accepted_unit() -> None:
     assert covered == every
 
 
-@pytest.mark.parametrize("spec", VITAL_SIGNS, ids=lambda s: s.code)
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: s.code)
 def test_canonical_unit_is_accepted_as_identity(spec: CodeSpec) -> None:
     assert spec.units[spec.unit] == (1.0, 0.0)
     assert spec.to_canonical(12.5, spec.unit) == 12.5
 
 
-@pytest.mark.parametrize("spec", VITAL_SIGNS, ids=lambda s: s.code)
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: s.code)
 def test_unaccepted_unit_converts_to_none(spec: CodeSpec) -> None:
     assert spec.to_canonical(1.0, "furlong/fortnight") is None
     assert spec.to_canonical(1.0, spec.unit + " ") is None
 
 
-@pytest.mark.parametrize("spec", VITAL_SIGNS, ids=lambda s: s.code)
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: s.code)
 def test_soft_limits_lie_within_hard_limits(spec: CodeSpec) -> None:
     hard_low, hard_high = spec.hard
     soft_low, soft_high = spec.soft

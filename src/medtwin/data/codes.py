@@ -133,10 +133,104 @@ VITAL_SIGNS: tuple[CodeSpec, ...] = (
 )
 
 
+# Local codes, for what LOINC has no observation code for (SOFA's respiratory
+# support and vasopressor rates): a device or an eMAR feed sends them as such.
+LOCAL = "urn:medtwin:code"
+
+LABORATORY_AND_SCORES: tuple[CodeSpec, ...] = (
+    CodeSpec(
+        "2703-7",
+        "Oxygen [Partial pressure] in Arterial blood",
+        "mm[Hg]",
+        {**_same("mm[Hg]"), "kPa": (_MMHG_PER_KPA, 0.0)},
+        hard=(0, 800),
+        soft=(30, 600),
+    ),
+    CodeSpec(
+        "777-3",
+        "Platelets [#/volume] in Blood by Automated count",
+        "10*3/uL",
+        _same("10*3/uL", "10*9/L", "10*3/mm3"),
+        hard=(0, 5000),
+        soft=(5, 1500),
+    ),
+    CodeSpec(
+        "1975-2",
+        "Bilirubin.total [Mass/volume] in Serum or Plasma",
+        "mg/dL",
+        # 1 mg/dL = 17.1 umol/L (molar mass 584.66 g/mol).
+        {**_same("mg/dL"), "umol/L": (1 / 17.1, 0.0)},
+        hard=(0, 100),
+        soft=(0, 30),
+    ),
+    CodeSpec(
+        "2160-0",
+        "Creatinine [Mass/volume] in Serum or Plasma",
+        "mg/dL",
+        # 1 mg/dL = 88.4 umol/L (molar mass 113.12 g/mol).
+        {**_same("mg/dL"), "umol/L": (1 / 88.4, 0.0)},
+        hard=(0, 40),
+        soft=(0.1, 15),
+    ),
+    CodeSpec(
+        "8478-0",
+        "Mean blood pressure",
+        "mm[Hg]",
+        {**_same("mm[Hg]"), "kPa": (_MMHG_PER_KPA, 0.0)},
+        hard=(0, 300),
+        soft=(30, 200),
+    ),
+    CodeSpec(
+        "9269-2",
+        "Glasgow coma score total",
+        "{score}",
+        _same("{score}", "1", ""),
+        hard=(3, 15),
+        soft=(3, 15),
+    ),
+    CodeSpec(
+        "9192-6",
+        "Urine output 24 hour",
+        "mL/(24.h)",
+        {**_same("mL/(24.h)", "mL/d"), "L/(24.h)": (1000.0, 0.0), "L/d": (1000.0, 0.0)},
+        hard=(0, 20000),
+        soft=(0, 8000),
+    ),
+    CodeSpec(
+        "medtwin-respiratory-support",
+        "Respiratory support (1 = ventilation, CPAP or BiPAP; 0 = none)",
+        "1",
+        _same("1", ""),
+        hard=(0, 1),
+        soft=(0, 1),
+        system=LOCAL,
+    ),
+    *(
+        CodeSpec(
+            f"medtwin-{drug}-rate",
+            f"{drug.capitalize()} infusion rate",
+            "ug/kg/min",
+            _same("ug/kg/min"),
+            hard=(0, top),
+            soft=(0, top / 5),
+            system=LOCAL,
+        )
+        for drug, top in (
+            ("dopamine", 100.0),
+            ("dobutamine", 100.0),
+            ("epinephrine", 10.0),
+            ("norepinephrine", 10.0),
+        )
+    ),
+)
+
+
 class CodeRegistry:
     """Lookup of :class:`CodeSpec` by code (LOINC unless a spec says otherwise)."""
 
-    def __init__(self, specs: tuple[CodeSpec, ...] = VITAL_SIGNS) -> None:
+    def __init__(
+        self, specs: tuple[CodeSpec, ...] = (*VITAL_SIGNS, *LABORATORY_AND_SCORES)
+    ) -> None:
         self._by_code: Mapping[str, CodeSpec] = MappingProxyType({s.code: s for s in specs})
 
     def get(self, code: str, system: str = LOINC) -> CodeSpec | None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from medtwin.data.codes import DEFAULT_REGISTRY
+from medtwin.data.codes import DEFAULT_REGISTRY, VITAL_SIGNS
 from medtwin.models.modules import Module, ModuleGraph, ObservationInput, ResultInput
 from medtwin.models.scores.qsofa import (
     CRITERIA,
@@ -293,14 +293,19 @@ def test_module_takes_an_invalid_reading_as_missing() -> None:
     assert out[QSOFA]["missing_mask"][0] == 0b110
 
 
-def test_modules_register_with_todays_registry_reading_acvpu_only() -> None:
+def test_modules_register_with_the_default_registry() -> None:
     codes = [spec.code for spec in DEFAULT_REGISTRY]
     modules = qsofa_modules(codes=codes)
     graph = ModuleGraph(modules, codes=codes)
     mentation = graph["qsofa.mentation"]
     read = {i.code for i in mentation.inputs if isinstance(i, ObservationInput)}
-    assert read <= set(codes)
-    assert QSOFA_CODES["consciousness"] in read
+    assert read == {QSOFA_CODES["consciousness"], QSOFA_CODES["gcs"]}
+    # Without GCS registered, mentation reads ACVPU alone.
+    vitals = [spec.code for spec in VITAL_SIGNS]
+    alone = ModuleGraph(qsofa_modules(codes=vitals), codes=vitals)["qsofa.mentation"]
+    assert {i.code for i in alone.inputs if isinstance(i, ObservationInput)} == {
+        QSOFA_CODES["consciousness"]
+    }
     assert [m.name for m in graph.plan([QSOFA])][-1] == QSOFA
     with pytest.raises(ValueError, match="needs one of the codes"):
         qsofa_modules(codes=["9279-1"])

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from medtwin.data.codes import DEFAULT_REGISTRY
+from medtwin.data.codes import DEFAULT_REGISTRY, VITAL_SIGNS
 from medtwin.models.modules import Module, ModuleGraph, ObservationInput, ResultInput
 from medtwin.models.scores.sepsis_modules import LOCAL_CODES, SOFA, SOFA_CODES, sofa_modules
 from medtwin.models.scores.sofa import (
@@ -549,10 +549,10 @@ def test_module_takes_invalid_readings_as_missing() -> None:
 
 
 def test_codes_restrict_the_modules_to_registered_inputs() -> None:
-    today = [spec.code for spec in DEFAULT_REGISTRY]
+    vitals = [spec.code for spec in VITAL_SIGNS]
     with pytest.raises(ValueError, match="no SOFA component"):
-        sofa_modules(codes=today)  # the registry has none of PaO2, labs, GCS, MAP yet
-    labs = [*today, "777-3", "1975-2", "2160-0"]
+        sofa_modules(codes=vitals)  # none of PaO2, labs, GCS, MAP
+    labs = [*vitals, "777-3", "1975-2", "2160-0"]
     modules = sofa_modules(codes=labs)
     assert sorted(m.name for m in modules) == [SOFA, "sofa.coagulation", "sofa.liver", "sofa.renal"]
     ModuleGraph(modules, codes=labs)
@@ -561,6 +561,10 @@ def test_codes_restrict_the_modules_to_registered_inputs() -> None:
     assert out["missing_mask"][0] == 0b011101  # respiration, liver, cardiovascular, cns
     full = sofa_modules(codes=[*SOFA_CODES.values()])
     assert len(full) == 7
+    # The default registry holds every SOFA input.
+    registered = [spec.code for spec in DEFAULT_REGISTRY]
+    assert set(SOFA_CODES.values()) <= set(registered)
+    assert len(sofa_modules(codes=registered)) == 7
     assert set(LOCAL_CODES.values()) <= {
         i.code for m in full for i in m.inputs if isinstance(i, ObservationInput)
     }
