@@ -159,6 +159,23 @@ class Settings(BaseSettings):
         None, description="Mosquitto password file to provision"
     )
     mqtt_acl_file: Path | None = Field(None, description="Mosquitto ACL file to provision")
+    # Alarms (medtwin.twins.alarms): the rules (TOML or JSON; unset: the shipped rules),
+    # what a rule over a module the service does not run does, and the outbound channels.
+    alarm_rules_file: Path | None = None
+    alarm_unknown_modules: Literal["error", "warn"] = Field(
+        "warn", description="a rule over an unknown module: fail at start, or warn and skip it"
+    )
+    alarm_max_suppress_minutes: float = Field(240.0, gt=0)
+    alarm_webhook_urls: list[str] = Field(
+        default_factory=list, description="each alarm transition is POSTed as JSON to these"
+    )
+    alarm_webhook_retries: int = Field(3, ge=0, le=10)
+    alarm_webhook_timeout_s: float = Field(5.0, gt=0)
+    alarm_mqtt_host: str | None = Field(None, description="publish alarm transitions here")
+    alarm_mqtt_port: int = Field(1883, ge=1, le=65535)
+    alarm_mqtt_topic: str = Field("medtwin/alarms", description="prefix; one level per patient")
+    alarm_mqtt_username: str | None = None
+    alarm_mqtt_password: SecretStr | None = None
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -17,6 +17,7 @@ from medtwin.apps.api import errors
 from medtwin.apps.api.context import ServiceContext
 from medtwin.apps.api.ratelimit import RateLimit
 from medtwin.apps.api.routes import (
+    alarms,
     auth,
     consents,
     derived,
@@ -46,9 +47,9 @@ BackgroundTask = Callable[[ServiceContext], Coroutine[Any, Any, None]]
 
 
 async def refresh_twins(context: ServiceContext) -> None:
-    """Every refresh interval: rescore twins as values age out of their windows, and
-    bring every derived value up to date (stored with its provenance, announced as
-    ``derived.updated`` events)."""
+    """Every refresh interval: rescore twins as values age out of their windows, bring
+    every derived value up to date (stored with its provenance, announced as
+    ``derived.updated`` events), and evaluate the alarm rules over them."""
     while True:
         await asyncio.sleep(context.settings.refresh_interval_s)
         try:
@@ -56,6 +57,8 @@ async def refresh_twins(context: ServiceContext) -> None:
             events = await run_in_threadpool(context.planner.derive)
             if events and context.bus.has_subscribers:
                 context.bus.publish(events)
+            # Alarms read the values just derived, and time out escalations (publishes itself).
+            await run_in_threadpool(context.alarms.evaluate)
         except Exception:  # keep refreshing: one failed pass must not stop the ward
             log.exception("twin refresh failed")
 
@@ -87,6 +90,8 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # Alarm events still queued for webhooks and MQTT go out before the process ends.
+            await run_in_threadpool(context.outbound.close)
             # Anchor the audit chain's head outside the database at every shutdown.
             try:
                 await run_in_threadpool(context.audit.checkpoint)
@@ -119,6 +124,7 @@ def create_app(
         events,
         fhir,
         waveforms,
+        alarms,
     ):
         app.include_router(module.router)
     from medtwin.apps.api import graphql

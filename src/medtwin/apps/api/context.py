@@ -20,6 +20,7 @@ from medtwin.devices.conditioning.pipeline import Conditioner, PipelineConfig
 from medtwin.models.modules import ModuleGraph
 from medtwin.models.scores.news2_modules import news2_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
+from medtwin.twins.alarms import AlarmEngine, Outbound, load_rules
 from medtwin.twins.calibrations import CalibrationStore
 from medtwin.twins.hrv_modules import hrv_modules
 from medtwin.twins.planner import Planner
@@ -59,6 +60,8 @@ class ServiceContext:
     consents: ConsentStore
     replayers: Replayers
     planner: Planner
+    alarms: AlarmEngine
+    outbound: Outbound
     extras: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -105,6 +108,29 @@ class ServiceContext:
         )
         privacy = Privacy.from_settings(settings)
         store.seal_payloads(privacy.keyring)
+        planner = Planner(
+            ModuleGraph(
+                (*news2_modules(settings.news2_window_s), *hrv_modules()),
+                codes=runtime.codes,
+            ),
+            runtime,
+            store,
+            clock=clock,
+        )
+        alarms = AlarmEngine(
+            load_rules(settings.alarm_rules_file).bind(
+                {m.name: [o.name for o in m.outputs] for m in planner.graph},
+                unknown=settings.alarm_unknown_modules,
+            ),
+            store,
+            planner,
+            bus,
+            audit,
+            clock,
+            max_suppress_minutes=settings.alarm_max_suppress_minutes,
+        )
+        outbound = Outbound.from_settings(settings)
+        outbound.attach(bus)
         context = cls(
             settings,
             clock,
@@ -119,15 +145,9 @@ class ServiceContext:
             PatientVault(store, privacy),
             ConsentStore(store, privacy.keyring),
             Replayers(store, ingestor, clock),
-            Planner(
-                ModuleGraph(
-                    (*news2_modules(settings.news2_window_s), *hrv_modules()),
-                    codes=runtime.codes,
-                ),
-                runtime,
-                store,
-                clock=clock,
-            ),
+            planner,
+            alarms,
+            outbound,
         )
         # One HL7 processor serves the MLLP listener (apps.adapters) and the replay of
         # quarantined HL7 parts (which runs from the CLI too, without a listener).

@@ -356,3 +356,71 @@ calibrations = Table(
     Column("calibration", Text, nullable=False),  # JSON: gain, offset, n, residual_sd, ...
     Index("ix_calibrations_device", "device", "code"),
 )
+
+# Alarms (medtwin.twins.alarms): one row per alarm, updated at each transition (the audit
+# trail holds every transition); at most one open (active or acknowledged) per rule+patient.
+alarms = Table(
+    "alarms",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("rule", Text, nullable=False),
+    Column("patient_id", Text, nullable=False),
+    Column("priority", Text, nullable=False),  # low, medium, high (IEC 60601-1-8)
+    Column("title", Text, nullable=False),
+    Column("status", Text, nullable=False),  # active, acknowledged, resolved
+    Column("level", Integer, nullable=False),  # index into the rule's escalation chain
+    Column("recipient", Text, nullable=False),  # care-team, role:..., user:...
+    Column("raised_us", BigInteger, nullable=False),
+    Column("escalated_us", BigInteger, nullable=False),  # when the current recipient was called
+    Column("value", Float),  # the value that raised it
+    Column("acknowledged_us", BigInteger),
+    Column("acknowledged_by", Text),
+    Column("acknowledged_reason", Text),
+    Column("resolved_us", BigInteger),
+    Column("resolved_by", Text),  # a user name, or "system" when the condition cleared
+    Column("resolved_reason", Text),
+    Index("ix_alarms_open", "status", "patient_id", "rule"),
+    Index("ix_alarms_patient", "patient_id", "raised_us"),
+)
+
+alarm_suppressions = Table(
+    "alarm_suppressions",
+    metadata,
+    Column("row_id", RowId, primary_key=True, autoincrement=True),
+    Column("patient_id", Text, nullable=False),
+    Column("rule", Text, nullable=False),
+    Column("start_us", BigInteger, nullable=False),
+    Column("end_us", BigInteger, nullable=False),
+    Column("actor", Text, nullable=False),  # a user name, or "system" after a resolution
+    Column("reason", Text, nullable=False),
+    Index("ix_alarm_suppressions_patient", "patient_id", "rule", "end_us"),
+)
+
+# Model registry (medtwin.data.model_registry): trained models, versioned per name, and the
+# log of promotions (the newest promotion of a name is the version that serves).
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("version", Integer, primary_key=True),  # 1, 2, 3... per name
+    Column("created_us", BigInteger, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("fingerprint", Text, nullable=False),  # sha256 of the training matrix and labels
+    Column("features", Text, nullable=False),  # JSON list of feature names, column order
+    Column("metrics", Text, nullable=False),  # JSON {metric: number}
+    Column("params", Text, nullable=False),  # JSON: calibration, feature spec, ...
+    Column("reference", Text, nullable=False),  # JSON: training quantile bins for drift (PSI)
+    Column("model", LargeBinary, nullable=False),  # e.g. LightGBM model_to_string(), UTF-8
+)
+
+model_promotions = Table(
+    "model_promotions",
+    metadata,
+    Column("row_id", RowId, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("promoted_us", BigInteger, nullable=False),
+    Column("by_user", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_model_promotions_name", "name", "row_id"),
+)

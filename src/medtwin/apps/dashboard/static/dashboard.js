@@ -212,14 +212,173 @@
         .catch(function () { /* the socket's reconnect will try again */ });
     }
 
+    var alarms = initAlarms(data);
     connect(data, {
-      onOpen: resync,
+      onOpen: function () {
+        resync();
+        alarms.resync();
+      },
       onClose: function () {},
       onEvent: function (event) {
         if (event.type === "twin.updated") update(event);
-        else if (event.type === "events.dropped") resync();
+        else if (event.type === "events.dropped") {
+          resync();
+          alarms.resync();
+        } else alarms.onEvent(event);
       },
     });
+  }
+
+  // -- alarms on the ward page -------------------------------------------------
+
+  var PRIORITY_RANK = { high: 0, medium: 1, low: 2 };
+
+  function initAlarms(data) {
+    var tbody = document.getElementById("alarm-rows");
+    var count = document.getElementById("alarm-count");
+    var dialog = document.getElementById("ack-dialog");
+    var form = document.getElementById("ack-form");
+    var reason = document.getElementById("ack-reason");
+    var what = document.getElementById("ack-what");
+    var error = document.getElementById("ack-error");
+    var alarms = new Map(); // id -> alarm JSON
+    var taking = null; // the alarm the dialog acknowledges
+
+    function cell(tr, field, text) {
+      var td = document.createElement("td");
+      td.className = field;
+      td.dataset.field = field;
+      if (text !== undefined) td.textContent = text;
+      tr.appendChild(td);
+      return td;
+    }
+
+    function row(alarm) {
+      var tr = document.createElement("tr");
+      tr.dataset.alarm = alarm.id;
+      tr.dataset.priority = alarm.priority;
+      tr.className = "alarm priority-" + alarm.priority + " " + alarm.status;
+      cell(tr, "priority", alarm.priority);
+      var patient = cell(tr, "patient");
+      var link = document.createElement("a");
+      link.href = data.root + "/patients/" + encodeURIComponent(alarm.patient);
+      link.textContent = alarm.patient;
+      patient.appendChild(link);
+      cell(tr, "title", alarm.title).title = alarm.rule;
+      var since = document.createElement("time");
+      since.setAttribute("datetime", alarm.raised);
+      since.textContent = formatTime(alarm.raised);
+      since.title = alarm.raised;
+      cell(tr, "since").appendChild(since);
+      cell(tr, "escalation", "level " + alarm.level + " \u00b7 " + alarm.recipient);
+      var status = cell(tr, "status");
+      var action = cell(tr, "action");
+      if (alarm.status === "acknowledged" && alarm.acknowledged) {
+        status.textContent = "acknowledged by " + alarm.acknowledged.by;
+        status.title = alarm.acknowledged.reason;
+      } else {
+        status.textContent = alarm.status;
+        var button = document.createElement("button");
+        button.type = "button";
+        button.className = "ack";
+        button.textContent = "Acknowledge";
+        button.addEventListener("click", function () { ask(alarm); });
+        action.appendChild(button);
+      }
+      return tr;
+    }
+
+    function render() {
+      var list = Array.from(alarms.values()).sort(function (a, b) {
+        var rank = PRIORITY_RANK[a.priority] - PRIORITY_RANK[b.priority];
+        return rank !== 0 ? rank : Date.parse(a.raised) - Date.parse(b.raised);
+      });
+      tbody.textContent = "";
+      if (!list.length) {
+        var empty = document.createElement("tr");
+        empty.className = "empty";
+        var td = document.createElement("td");
+        td.colSpan = 7;
+        td.textContent = "No active alarms.";
+        empty.appendChild(td);
+        tbody.appendChild(empty);
+      }
+      list.forEach(function (alarm) { tbody.appendChild(row(alarm)); });
+      count.textContent = String(list.length);
+      count.classList.toggle("some", list.some(function (a) { return a.status === "active"; }));
+    }
+
+    function put(alarm) {
+      if (alarm.status === "resolved") alarms.delete(alarm.id);
+      else alarms.set(alarm.id, alarm);
+    }
+
+    function resync() {
+      fetch(data.root + "/api/v1/alarms", { headers: { Accept: "application/json" } })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (list) {
+          if (!list) return;
+          alarms.clear();
+          list.forEach(put);
+          render();
+        })
+        .catch(function () { /* the socket's reconnect will try again */ });
+    }
+
+    function ask(alarm) {
+      taking = alarm;
+      what.textContent = alarm.priority.toUpperCase() + " \u00b7 " + alarm.patient + " \u00b7 " + alarm.title;
+      reason.value = "";
+      error.textContent = "";
+      dialog.showModal();
+      reason.focus();
+    }
+
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var text = reason.value.trim();
+      if (!text || !taking) {
+        error.textContent = "A reason is required.";
+        return;
+      }
+      var alarm = taking;
+      fetch(data.root + "/api/v1/alarms/" + encodeURIComponent(alarm.id) + "/acknowledge", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ reason: text }),
+      })
+        .then(function (r) {
+          return r.json().then(function (body) { return { ok: r.ok, status: r.status, body: body }; });
+        })
+        .then(function (answer) {
+          if (!answer.ok) {
+            var detail = answer.body && (answer.body.error ? answer.body.error.message : answer.body.detail);
+            error.textContent = "Not acknowledged: " + (detail || "HTTP " + answer.status);
+            if (answer.status === 409) resync();
+            return;
+          }
+          put(answer.body);
+          render();
+          taking = null;
+          dialog.close();
+        })
+        .catch(function () { error.textContent = "Not acknowledged: the server did not answer."; });
+    });
+    document.getElementById("ack-cancel").addEventListener("click", function () {
+      taking = null;
+      dialog.close();
+    });
+
+    return {
+      resync: resync,
+      onEvent: function (event) {
+        if (event.alarm && String(event.type).indexOf("alarm.") === 0) {
+          put(event.alarm);
+          render();
+        }
+      },
+    };
   }
 
   // -- the patient page -------------------------------------------------------
