@@ -724,9 +724,20 @@ def test_merge_patients_moves_records_and_teams(store: SqlStore) -> None:
     store.append(
         [b], received_us=3_000_000, new_patients=[Patient("new", "pt-n", 1, 0)], care_team="ward-b"
     )
+    with store.transaction() as conn:
+        conn.execute(
+            sa.insert(schema.alarms).values(
+                id="al-1", rule="news2-high", patient_id="old", priority="high", title="NEWS2",
+                status="active", level=0, recipient="care-team", raised_us=2_500_000,
+                escalated_us=2_500_000,
+            )
+        )  # fmt: skip
     moved = store.merge_patients("old", "new", at_us=4_000_000)
-    assert moved >= 1
+    assert moved >= 2
     assert sorted(i.observation.source_id for i in store.history("new").items) == ["a1", "b1"]
+    with store.reading() as conn:
+        alarm_patients = conn.execute(sa.select(schema.alarms.c.patient_id)).scalars().all()
+    assert alarm_patients == ["new"]  # the survivor's alarms now
     assert store.history("old").items == []
     assert "old" not in {p.id for p in store.patients()}
     with store.reading() as conn:

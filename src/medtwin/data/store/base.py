@@ -231,6 +231,8 @@ _MERGED_TABLES = (
     "fhir_resources",
     "consents",
     "waveforms",
+    "alarms",
+    "alarm_suppressions",
 )
 
 
