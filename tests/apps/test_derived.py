@@ -69,7 +69,7 @@ def test_new_data_gives_a_new_derived_value(live_server: LiveServer) -> None:
 def test_unknown_modules_patients_and_ids_answer_404(live_server: LiveServer) -> None:
     post_values(live_server, "p1", NEWS2_ZERO)
     admin = live_server.admin
-    assert admin.get("/api/v1/patients/p1/derived/sofa").status_code == 404
+    assert admin.get("/api/v1/patients/p1/derived/apache-ii").status_code == 404
     assert admin.get("/api/v1/patients/nobody/derived/news2").status_code == 404
     missing = admin.get("/api/v1/derived/" + "0" * 32 + "/provenance")
     assert missing.status_code == 404

@@ -19,6 +19,7 @@ from medtwin.data.vault import PatientVault, Privacy
 from medtwin.devices.conditioning.pipeline import Conditioner, PipelineConfig
 from medtwin.models.modules import ModuleGraph
 from medtwin.models.scores.news2_modules import news2_modules
+from medtwin.models.scores.sepsis_modules import qsofa_modules, sofa_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
 from medtwin.twins.alarms import AlarmEngine, Outbound, load_rules
 from medtwin.twins.calibrations import CalibrationStore
@@ -110,7 +111,12 @@ class ServiceContext:
         store.seal_payloads(privacy.keyring)
         planner = Planner(
             ModuleGraph(
-                (*news2_modules(settings.news2_window_s), *hrv_modules()),
+                (
+                    *news2_modules(settings.news2_window_s),
+                    *hrv_modules(),
+                    *qsofa_modules(settings.news2_window_s, codes=runtime.codes),
+                    *sofa_modules(codes=runtime.codes),
+                ),
                 codes=runtime.codes,
             ),
             runtime,
