@@ -8,6 +8,7 @@ is given only once that transaction has committed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import secrets
 import threading
@@ -465,7 +466,7 @@ class Ingestor:
     ) -> list[IngestResult]:
         results: list[IngestResult | None] = [None] * len(items)
         for (index, obs), status in zip(accepted, statuses, strict=True):
-            flags = tuple(QualityFlag.names_of(obs.flags)) if obs.flags else ()
+            flags = _flag_names(obs.flags) if obs.flags else ()
             results[index] = IngestResult(index, obs.source_id, str(status), flags)
         for rejection in rejections:
             item = rejection.item
@@ -488,6 +489,11 @@ class Ingestor:
             self.metrics.items.labels(channel, status).inc(n)
         self.metrics.seconds.labels(channel).observe(seconds)
         self.metrics.twins.set(len(self.runtime))
+
+
+@functools.lru_cache(maxsize=64)  # a handful of flag combinations, met item after item
+def _flag_names(bits: int) -> tuple[str, ...]:
+    return tuple(QualityFlag.names_of(bits))
 
 
 def _location(rejection: Rejection, origin: Origin | None) -> str:

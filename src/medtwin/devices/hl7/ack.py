@@ -94,6 +94,8 @@ class Fault:
 # Original-mode code -> the enhanced-mode accept code that says the same about commit.
 _ENHANCED = {AckCode.AA: AckCode.CA, AckCode.AE: AckCode.CA, AckCode.AR: AckCode.CR}
 
+# Text with none of the characters _escape replaces.
+_PLAIN = re.compile(r"[^\\|^&~\r\n\x0b\x1c]*")
 _LOCATION = re.compile(r"(?P<segment>[A-Z][A-Z0-9]{2})(?:\[(?P<index>\d+)\])?(?:-(?P<field>\d+))?")
 _counter = itertools.count(1)
 
@@ -197,6 +199,8 @@ def _err(fault: Fault) -> str:
 
 def _escape(value: str) -> str:
     """``value`` with the standard separators escaped (HL7 2.7.4 escape sequences)."""
+    if _PLAIN.fullmatch(value):
+        return value  # the usual name, code or id: nothing to escape
     value = value.replace("\\", "\\E\\")
     value = value.replace("|", "\\F\\").replace("^", "\\S\\")
     value = value.replace("&", "\\T\\").replace("~", "\\R\\")

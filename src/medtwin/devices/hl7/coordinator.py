@@ -20,7 +20,7 @@ from medtwin.core.errors import ConfigurationError
 from medtwin.devices.hl7.ack import AckCode, Fault, build_ack, enhanced_code, sends_accept_ack
 from medtwin.devices.hl7.mllp import MllpServer
 from medtwin.devices.hl7.parse import salvage_header
-from medtwin.devices.hl7.processor import HL7Processor
+from medtwin.devices.hl7.processor import HL7Processor, ReadMessage
 
 __all__ = ["MllpCoordinator", "mllp_ssl_context"]
 
@@ -79,6 +79,7 @@ class MllpCoordinator:
                 allowed_peers=allowed_peers,
                 ssl_context=ssl_context,
                 batch_handler=self._handle_batch,
+                read_ahead=processor.read_ahead,
             )
         except ValueError as exc:  # ipaddress: a peer that is no address or network
             raise ConfigurationError(f"MEDTWIN_MLLP_ALLOWED_PEERS: {exc}") from exc
@@ -120,9 +121,12 @@ class MllpCoordinator:
         outcome = self.processor.handle(message)
         return None if outcome.ack is None else outcome.ack.encode("utf-8")
 
-    def _handle_batch(self, frames: list[tuple[bytes, str]]) -> list[bytes | None]:
-        """Frames that arrived together: committed together (group commit), answered each."""
-        outcomes = self.processor.handle_batch([message for message, _ in frames])
+    def _handle_batch(self, frames: list[tuple[object, str]]) -> list[bytes | None]:
+        """Frames that arrived together: committed together (group commit), answered each.
+
+        A frame comes as its bytes, or as the processor's ``read_ahead`` read it.
+        """
+        outcomes = self.processor.handle_batch([_message(item) for item, _ in frames])
         return [None if o.ack is None else o.ack.encode("utf-8") for o in outcomes]
 
     def _oversize(self, head: bytes) -> bytes | None:
@@ -135,3 +139,9 @@ class MllpCoordinator:
             return None
         fault = Fault("MSH", f"message larger than {self.max_message_bytes} bytes", 207)
         return build_ack(header, code, [fault]).encode("utf-8")
+
+
+def _message(item: object) -> bytes | ReadMessage:
+    if isinstance(item, bytes | ReadMessage):
+        return item
+    raise TypeError(f"the MLLP server handed over a {type(item).__name__}")

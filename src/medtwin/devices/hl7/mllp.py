@@ -20,6 +20,23 @@ worker takes every frame waiting when it becomes free and hands them over togeth
 are committed together (group commit: one fsync for all); each connection still
 gets its own answer, in order, after that commit. One connection alone sees no
 difference: its frames are handed over one by one, as its sender waits for each ACK.
+
+Senders wait for each ACK, so the connections just answered send their next frame a
+moment after the answer, while the frames that came during the commit are already
+queued. Taking the queue at once would split the connections into two groups that
+take turns (one frame, then seven, then one... on eight connections), each group
+paying a whole commit. So before taking a batch the worker waits for the connections
+answered by the previous one to queue their next frame, at most ``group_wait_s``
+after that answer and never longer than that commit took (a commit of the frames
+present costs about that much again). A connection alone never waits: its own frame
+is the one expected.
+
+With a ``read_ahead`` callable, a frame that will wait for its batch (others are
+expected, or a batch is being handled) is given to it at once, in the worker that
+is otherwise idle meanwhile; the batch handler then gets what it returned in place
+of the frame's bytes. The worker runs these in arrival order, each before any batch
+handed over after it, and ``read_ahead`` must do only what needs nothing committed
+before it (parsing, say).
 """
 
 from __future__ import annotations
@@ -27,12 +44,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 __all__ = [
@@ -50,8 +68,11 @@ log = logging.getLogger("medtwin.devices.hl7.mllp")
 
 # handler(message bytes, peer address) -> answer bytes (None: send nothing)
 Handler = Callable[[bytes, str], bytes | None]
-# batch_handler([(message bytes, peer address), ...]) -> one answer per message, in order
-BatchHandler = Callable[[list[tuple[bytes, str]]], list[bytes | None]]
+# batch_handler([(message bytes or what read_ahead made of them, peer address), ...])
+# -> one answer per message, in order
+BatchHandler = Callable[[list[tuple[object, str]]], list[bytes | None]]
+# read_ahead(message bytes) -> what the batch handler is given in place of the bytes
+ReadAhead = Callable[[bytes], object]
 # oversize(first bytes of the frame) -> answer bytes for a frame that was too large
 Oversize = Callable[[bytes], bytes | None]
 _READ_CHUNK = 65_536
@@ -98,10 +119,14 @@ class MllpServer:
         max_connections: int = 256,
         batch_handler: BatchHandler | None = None,
         max_batch: int = 64,
+        group_wait_s: float = 0.002,
+        read_ahead: ReadAhead | None = None,
     ) -> None:
         self.handler = handler
         self.batch_handler = batch_handler
         self.max_batch = max_batch
+        self.group_wait_s = group_wait_s
+        self.read_ahead = read_ahead
         self.oversize = oversize
         self.host = host
         self.port = port
@@ -116,9 +141,19 @@ class MllpServer:
         self._tasks: set[asyncio.Task[None]] = set()
         # One worker: the store is synchronous and messages are handled in arrival order.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mllp")
-        # Frames waiting for the batch handler, and the task handing them over.
-        self._queue: list[tuple[bytes, str, asyncio.Future[bytes | None]]] = []
+        # Frames waiting for the batch handler (with their connection), and the task
+        # handing them over.
+        self._queue: list[_Queued] = []
         self._drainer: asyncio.Task[None] | None = None
+        self._busy = False  # a batch is in the worker
+        # Connections answered by the last batch whose next frame has not come yet, when
+        # that answer was given (loop time), how long that batch took, and the signal
+        # that one of them came (or went).
+        self._expected: set[int] = set()
+        self._answered_at = 0.0
+        self._last_batch_s = 0.0
+        self._arrival = asyncio.Event()
+        self._connection_ids = itertools.count()
 
     @property
     def bound_port(self) -> int:
@@ -172,7 +207,11 @@ class MllpServer:
                 log.warning("mllp: connection from %s refused (too many connections)", peer)
                 return
             self.stats.connections += 1
-            await self._frames(reader, writer, peer)
+            connection = next(self._connection_ids)
+            try:
+                await self._frames(reader, writer, peer, connection)
+            finally:
+                self._arrived(connection)  # none will come: not waited for
         except _CloseConnectionError:
             pass
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, OSError) as exc:
@@ -200,7 +239,11 @@ class MllpServer:
         return any(address in network for network in self.allowed_peers)
 
     async def _frames(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+        connection: int,
     ) -> None:
         pending = bytearray()  # bytes read and not yet taken apart
         in_frame = False
@@ -241,16 +284,20 @@ class MllpServer:
                     discarded = -1
                 else:
                     self.stats.messages += 1
-                    answer = await self._dispatch(message, peer)
+                    answer = await self._dispatch(message, peer, connection)
                 if answer is not None:
                     writer.write(frame(answer))
-                    await asyncio.wait_for(writer.drain(), self.idle_timeout_s)
+                    # Usually sent at once: waiting for a drain would cost a timer per answer.
+                    if writer.transport.get_write_buffer_size():
+                        async with asyncio.timeout(self.idle_timeout_s):
+                            await writer.drain()
             timeout = self.idle_timeout_s
             if in_frame:
                 remaining = started + self.frame_timeout_s - time.monotonic()
                 timeout = min(timeout, max(0.0, remaining))
             try:
-                chunk = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout)
+                async with asyncio.timeout(timeout):  # no task per read, unlike wait_for
+                    chunk = await reader.read(_READ_CHUNK)
             except TimeoutError:
                 self.stats.idle_closed += 1
                 log.info("mllp: connection from %s timed out", peer)
@@ -259,36 +306,92 @@ class MllpServer:
                 return
             pending += chunk
 
-    async def _dispatch(self, message: bytes, peer: str) -> bytes | None:
+    async def _dispatch(self, message: bytes, peer: str, connection: int) -> bytes | None:
         """The handler's answer to ``message`` (alone, or in the next batch)."""
         loop = asyncio.get_running_loop()
         if self.batch_handler is None:
             return await loop.run_in_executor(self._executor, self.handler, message, peer)
         future: asyncio.Future[bytes | None] = loop.create_future()
-        self._queue.append((message, peer, future))
+        self._arrived(connection)
+        read: Future[object] | None = None
+        if self.read_ahead is not None and (self._expected or self._busy):
+            # Not handed over at once: the worker reads it meanwhile.
+            read = self._executor.submit(self.read_ahead, message)
+        self._queue.append(_Queued(message, peer, connection, future, read))
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
         return await future
+
+    def _arrived(self, connection: int) -> None:
+        """``connection`` queued its next frame, or closed: the worker need not wait for it."""
+        if connection in self._expected:
+            self._expected.discard(connection)
+            self._arrival.set()
+
+    async def _gather(self) -> None:
+        """Wait for the connections answered last to queue their next frame (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = self._answered_at + min(self.group_wait_s, self._last_batch_s)
+        while self._expected and len(self._queue) < self.max_batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._arrival.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._arrival.wait()
+        self._expected.clear()  # a sender slower than that is not waited for again
 
     async def _drain(self) -> None:
         """Hand the waiting frames to the batch handler until none is left."""
         assert self.batch_handler is not None
         loop = asyncio.get_running_loop()
         while self._queue:
+            if self._expected:
+                await self._gather()
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            frames = [(message, peer) for message, peer, _ in batch]
+            started = loop.time()
+            self._busy = True
             try:
-                answers = await loop.run_in_executor(self._executor, self.batch_handler, frames)
+                answers = await loop.run_in_executor(self._executor, self._handle_batch, batch)
                 if len(answers) != len(batch):
                     raise RuntimeError("the batch handler answered the wrong number of frames")
             except Exception as exc:  # each connection ends on it, as with the plain handler
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                for queued in batch:
+                    if not queued.answer.done():
+                        queued.answer.set_exception(exc)
                 continue
-            for (_, _, future), answer in zip(batch, answers, strict=True):
-                if not future.done():  # a connection closed meanwhile: its answer is dropped
-                    future.set_result(answer)
+            finally:
+                self._busy = False
+            self._answered_at = loop.time()
+            self._last_batch_s = self._answered_at - started
+            for queued, answer in zip(batch, answers, strict=True):
+                if not queued.answer.done():  # a connection closed meanwhile: answer dropped
+                    queued.answer.set_result(answer)
+                    self._expected.add(queued.connection)
+
+    def _handle_batch(self, batch: list[_Queued]) -> list[bytes | None]:
+        """In the worker: the batch handler's answers, frames read ahead given as read."""
+        assert self.batch_handler is not None
+        frames: list[tuple[object, str]] = []
+        for queued in batch:
+            item: object = queued.message
+            # Done already: the worker ran it before this batch. A failure is read again.
+            if queued.read is not None and queued.read.exception() is None:
+                item = queued.read.result()
+            frames.append((item, queued.peer))
+        return self.batch_handler(frames)
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    """A frame waiting for its batch: whose it is, where its answer goes, its read-ahead."""
+
+    message: bytes
+    peer: str
+    connection: int
+    answer: asyncio.Future[bytes | None]
+    read: Future[object] | None
 
 
 def _peer_host(writer: asyncio.StreamWriter) -> str:

@@ -23,11 +23,12 @@ error: the item carries ``correction`` and the processor finds the earlier one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import tzinfo
 from typing import Any
 
 from medtwin.core.clock import to_us
@@ -38,6 +39,7 @@ from medtwin.devices.hl7.parse import (
     ParsedMessage,
     Segment,
     component,
+    components,
     field_text,
     parse_ts,
     repetitions,
@@ -86,6 +88,7 @@ class OruContent:
     unsupported: Counter[str] = field(default_factory=Counter)  # value type -> OBX count
 
 
+@functools.lru_cache(maxsize=1024)  # a feed names a handful of systems, OBX after OBX
 def coding_system(name: str) -> str:
     """URI of an HL7 coding system name (``LN`` -> LOINC); unknown ones get a URN."""
     name = name.strip()
@@ -116,34 +119,23 @@ def read_oru(parsed: ParsedMessage, zone: tzinfo, *, index_offset: int = 0) -> O
     """
     header = parsed.header
     content = OruContent()
+    encoding = parsed.encoding
     msh_text = parsed.texts[0]
     patient: str | None = None
-    pid_text = ""
-    obr: Segment | None = None
-    obr_text = ""
-    times: dict[str, datetime] = {}  # the OBX of one message repeat a few timestamps
-    for segment in parsed.segments():
-        name, text = segment.name, segment.text
-        if name == "PID":
-            patient = patient_id(component(segment, 3, 1))
-            pid_text, obr, obr_text = text, None, ""
-        elif name == "OBR":
-            obr, obr_text = segment, text
-        elif name == "OBX":
+    # MSH, PID and OBR as received: the start of each OBX's payload.
+    pid_text = obr_text = ""
+    head = msh_text
+    obr_time = ""  # OBR-7 as received: part of each OBX's id digest
+    # What every OBX of the message shares, worked out once.
+    context = _Message(header.sender, header.control_id, zone)
+    for text in parsed.texts:
+        name = text[:3]
+        if name == "OBX":
+            segment = Segment(text, encoding)
             content.obx_total += 1
             index = content.obx_total + index_offset
-            payload = "\r".join(t for t in (msh_text, pid_text, obr_text, text) if t)
-            result = _read_obx(
-                segment,
-                index,
-                text,
-                patient=patient,
-                obr=obr,
-                sender=header.sender,
-                control_id=header.control_id,
-                zone=zone,
-                times=times,
-            )
+            payload = f"{head}\r{text}"
+            result = _read_obx(segment, index, text, patient, obr_time, context)
             if isinstance(result, Fault):
                 content.faults.append((result, payload))
                 if result.code == ErrorCode.DATA_TYPE_ERROR and result.location.endswith("-2"):
@@ -151,28 +143,60 @@ def read_oru(parsed: ParsedMessage, zone: tzinfo, *, index_offset: int = 0) -> O
             else:
                 item, correction = result
                 content.items.append(ObxItem(index, item, payload, correction))
+        elif name == "PID":
+            patient = patient_id(component(Segment(text, encoding), 3, 1))
+            pid_text, obr_text, obr_time = text, "", ""
+            head = "\r".join(t for t in (msh_text, pid_text) if t)
+        elif name == "OBR":
+            obr_text, obr_time = text, field_text(Segment(text, encoding), 7)
+            head = "\r".join(t for t in (msh_text, pid_text, obr_text) if t)
     return content
+
+
+class _Message:
+    """The parts of one message's OBX items that do not change from one OBX to the next."""
+
+    __slots__ = ("control_id", "prefix", "sender", "times", "zone")
+
+    def __init__(self, sender: str, control_id: str, zone: tzinfo) -> None:
+        self.sender = sender
+        self.control_id = control_id
+        self.zone = zone
+        self.prefix = _NOT_ID.sub("_", control_id).lstrip("._-")[:24] or "m"
+        # The OBX of one message repeat a few timestamps: each is read once (ISO text).
+        self.times: dict[str, str] = {}
 
 
 def _read_obx(
     segment: Segment,
     index: int,
     text: str,
-    *,
     patient: str | None,
-    obr: Segment | None,
-    sender: str,
-    control_id: str,
-    zone: tzinfo,
-    times: dict[str, datetime],
+    obr_time: str,
+    message: _Message,
 ) -> tuple[dict[str, Any], str | None] | Fault:
     where = f"OBX[{index}]"
     if patient is None:
         return Fault("PID-3", "no patient identifier (PID-3) before this OBX", 101)
-    value_type = field_text(segment, 2).strip().upper()
-    status_code = field_text(segment, 11).strip().upper()
+    fields = segment.fields
+    count = len(fields)
+    encoding = segment.encoding
+    if encoding.escape in text or encoding.subcomponent in text or encoding.repetition in text:
+        value_type, status_code, time_text, unit, first_value = (
+            components(segment, number)[0] for number in (2, 11, 14, 6, 5)
+        )
+        identifier = components(segment, 3)
+    else:  # the usual OBX: a field's first component is the text before ^
+        mark = encoding.component
+        value_type, status_code, time_text, unit, first_value = (
+            fields[number].partition(mark)[0] if number < count else ""
+            for number in (2, 11, 14, 6, 5)
+        )
+        identifier = fields[3].split(mark) if count > 3 else [""]
+    value_type = value_type.strip().upper()
+    status_code = status_code.strip().upper()
     correction = _CORRECTIONS.get(status_code)
-    value_present = repetitions(segment, 5) > 0
+    value_present = count > 5 and fields[5] != ""
     if not value_type and not value_present:
         return Fault(
             f"{where}-5",
@@ -185,10 +209,11 @@ def _read_obx(
         return Fault(
             f"{where}-2", f"value type {value_type[:8]} not supported", ErrorCode.DATA_TYPE_ERROR
         )
-    code = component(segment, 3, 1).strip()
-    system_name = component(segment, 3, 3)
-    if not code and component(segment, 3, 4).strip():  # only an alternate identifier
-        code, system_name = component(segment, 3, 4).strip(), component(segment, 3, 6)
+    parts = len(identifier)
+    code = identifier[0].strip()
+    system_name = identifier[2] if parts > 2 else ""
+    if not code and parts > 3 and identifier[3].strip():  # only an alternate identifier
+        code, system_name = identifier[3].strip(), identifier[5] if parts > 5 else ""
     if not code:
         return Fault(
             f"{where}-3", "no observation identifier (OBX-3)", ErrorCode.REQUIRED_FIELD_MISSING
@@ -203,48 +228,48 @@ def _read_obx(
             )
         value = None  # the processor takes the earlier result's value
     else:
-        read = _value(segment, value_type, where)
+        read = _value(segment, value_type, where, first_value)
         if isinstance(read, Fault):
             return read
         value = read
-    time_text = field_text(segment, 14).strip()
+    time_text = time_text.strip()
     time_field = f"{where}-14"
-    if not time_text and obr is not None:
-        time_text, time_field = field_text(obr, 7).strip(), "OBR-7"
+    if not time_text and obr_time:
+        time_text, time_field = obr_time.strip(), "OBR-7"
     if not time_text:
         return Fault(
             f"{where}-14", "no observation time (OBX-14 or OBR-7)", ErrorCode.REQUIRED_FIELD_MISSING
         )
-    moment = times.get(time_text)
+    moment = message.times.get(time_text)
     if moment is None:
         try:
-            moment = parse_ts(time_text, zone)
-            to_us(moment)
+            read_time = parse_ts(time_text, message.zone)
+            to_us(read_time)
         except (ValueError, OverflowError) as exc:
             return Fault(time_field, str(exc), ErrorCode.DATA_TYPE_ERROR)
-        times[time_text] = moment
-    unit = component(segment, 6, 1).strip()
-    obr_time = field_text(obr, 7) if obr is not None else ""
+        moment = message.times[time_text] = read_time.isoformat()
     digest = hashlib.sha256(
-        "\x1f".join((sender, control_id, patient, obr_time, text)).encode("utf-8", "replace")
+        "\x1f".join((message.sender, message.control_id, patient, obr_time, text)).encode(
+            "utf-8", "replace"
+        )
     ).hexdigest()[:12]
-    prefix = _NOT_ID.sub("_", control_id).lstrip("._-")[:24] or "m"
     item: dict[str, Any] = {
-        "id": f"{prefix}.{index}.{digest}",
-        "source": sender,
+        "id": f"{message.prefix}.{index}.{digest}",
+        "source": message.sender,
         "patient": patient,
         "code": code[:MAX_TEXT],
         "system": coding_system(system_name),
         "value": value,
-        "unit": unit,
-        "time": moment.isoformat(),
+        "unit": unit.strip(),
+        "time": moment,
     }
     if correction is not None:
         item["status"] = correction
     return item, correction
 
 
-def _value(segment: Segment, value_type: str, where: str) -> str | float | Fault:
+def _value(segment: Segment, value_type: str, where: str, first: str) -> str | float | Fault:
+    """OBX-5 read as ``value_type``; ``first`` is its first component, as read already."""
     location = f"{where}-5"
     count = repetitions(segment, 5)
     if value_type in _TEXT:
@@ -260,13 +285,13 @@ def _value(segment: Segment, value_type: str, where: str) -> str | float | Fault
             location, f"repeated {value_type} values are not supported", ErrorCode.DATA_TYPE_ERROR
         )
     if value_type == "NM":
-        raw = field_text(segment, 5).strip()
+        raw = first.strip()
         if _NUMBER.fullmatch(raw) is None:
             return Fault(location, "NM value is not a number", ErrorCode.DATA_TYPE_ERROR)
         return float(raw)
     if value_type == "SN":
         return _structured_numeric(segment, location)
-    coded = component(segment, 5, 1).strip() or component(segment, 5, 2).strip()
+    coded = first.strip() or component(segment, 5, 2).strip()
     if not coded:
         return Fault(location, f"{value_type} value has no code", ErrorCode.REQUIRED_FIELD_MISSING)
     if len(coded) > MAX_TEXT:

@@ -19,6 +19,7 @@ logging the value, which may be personal data. Every failure comes out as
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "ParsedMessage",
     "Segment",
     "component",
+    "components",
     "decode",
     "field_text",
     "parse_message",
@@ -48,6 +50,7 @@ _LINE_BREAKS = re.compile(r"\r\n|\n|\r")
 _MSH_START = re.compile(r"MSH(?P<field>[^A-Za-z0-9\s])(?P<encoding>[^A-Za-z0-9\s]{4,5})(?P=field)")
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
 _MAX_SEGMENTS = 100_000
+_BATCHED = re.compile(r"\r(?:MSH|BHS|FHS)")
 # Formatting escapes (HL7 2.10.6) and highlighting (2.10.3), as python-hl7 maps them.
 _FORMATTING = {
     "H": "_",
@@ -222,8 +225,15 @@ def decode(raw: bytes) -> str:
 
 def normalize(text: str) -> str:
     """``text`` with any line break as the segment separator and blank segments dropped."""
+    return "\r".join(_lines(text))
+
+
+def _lines(text: str) -> list[str]:
+    """The non-blank lines of ``text`` (any line break), BOM dropped."""
     text = text.removeprefix(_BOM)
-    return "\r".join(s for s in _LINE_BREAKS.split(text) if s.strip())
+    # Most feeds use \r alone: a plain split, no regular expression.
+    lines = text.split("\r") if "\n" not in text else _LINE_BREAKS.split(text)
+    return [line for line in lines if line and not line.isspace()]
 
 
 def payload_text(text: str) -> str:
@@ -233,7 +243,8 @@ def payload_text(text: str) -> str:
 
 def parse_message(raw: bytes | str) -> ParsedMessage:
     """Parse one message; InputError (with an MSH location) when it is not HL7 v2."""
-    text = normalize(decode(raw) if isinstance(raw, bytes) else raw)
+    segment_texts = _lines(decode(raw) if isinstance(raw, bytes) else raw)
+    text = "\r".join(segment_texts)
     if not text.startswith("MSH"):
         raise InputError("message does not start with an MSH segment", "MSH")
     start = _MSH_START.match(text)
@@ -245,16 +256,10 @@ def parse_message(raw: bytes | str) -> ParsedMessage:
     separator, characters = start["field"], start["encoding"]
     if len(set(separator + characters[:4])) != 5:
         raise InputError("MSH-1/MSH-2 separators must be distinct", "MSH-2")
-    segment_texts = text.split("\r")
     if len(segment_texts) > _MAX_SEGMENTS:
         raise InputError(f"more than {_MAX_SEGMENTS} segments", "MSH")
-    segment_id = _SEGMENT_ID.fullmatch
-    for position, segment in enumerate(segment_texts[1:], start=2):
-        name = segment[:3]
-        if segment_id(name) is None or segment[3:4] not in ("", separator):
-            raise InputError(f"segment {position} has no valid segment id", f"segment {position}")
-        if name in ("MSH", "BHS", "FHS"):
-            raise InputError("one message per frame: batches are not supported", name)
+    if _bad_segment(separator).search(text) or _BATCHED.search(text):
+        _refuse_segments(segment_texts, separator)
     # python-hl7 strips the message's outer whitespace before splitting: so do we, so
     # that the last segment's values are the same.
     texts = [*segment_texts[:-1], segment_texts[-1].rstrip()]
@@ -266,6 +271,23 @@ def parse_message(raw: bytes | str) -> ParsedMessage:
     header = _header(Segment(texts[0], encoding))
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return ParsedMessage(header, encoding, texts, text, digest)
+
+
+@functools.lru_cache(maxsize=32)
+def _bad_segment(separator: str) -> re.Pattern[str]:
+    """A segment after the first whose id is not 3 letters/digits then ``separator``."""
+    return re.compile(rf"\r(?![A-Z][A-Z0-9]{{2}}(?:{re.escape(separator)}|\r|\Z))")
+
+
+def _refuse_segments(segment_texts: list[str], separator: str) -> None:
+    """InputError for the first segment after MSH that is not valid (a bad id, a batch)."""
+    segment_id = _SEGMENT_ID.fullmatch
+    for position, segment in enumerate(segment_texts[1:], start=2):
+        name = segment[:3]
+        if segment_id(name) is None or segment[3:4] not in ("", separator):
+            raise InputError(f"segment {position} has no valid segment id", f"segment {position}")
+        if name in ("MSH", "BHS", "FHS"):
+            raise InputError("one message per frame: batches are not supported", name)
 
 
 def _header(msh: Segment) -> Header:
@@ -315,6 +337,34 @@ def component(
         return encoding.unescape(value)
     except ValueError:  # a bad repeat count: python-hl7 fails on it, we read it as absent
         return ""
+
+
+def components(segment: Segment, field: int) -> list[str]:
+    """Every component of ``field``'s first repetition as :func:`component` reads it.
+
+    ``components(s, f)[n - 1] == component(s, f, n)`` for each component present
+    (and the list is ``[""]`` for an absent field): for a reader that needs several
+    components of one field, which this splits once. Not for MSH-1 and MSH-2.
+    """
+    fields = segment.fields
+    if field >= len(fields):
+        return [""]
+    value = fields[field]
+    encoding = segment.encoding
+    if encoding.repetition in value:
+        value = value[: value.index(encoding.repetition)]
+    sub, esc = encoding.subcomponent, encoding.escape
+    if sub not in value and esc not in value:
+        return value.split(encoding.component)  # the usual field: nothing to decode
+    out = []
+    for part in value.split(encoding.component):
+        if sub in part:
+            part = part[: part.index(sub)]
+        try:
+            out.append(encoding.unescape(part))
+        except ValueError:  # a bad repeat count: read as absent, as component() does
+            out.append("")
+    return out
 
 
 def field_text(segment: Segment, field: int) -> str:

@@ -16,6 +16,9 @@ Group commit: ORU^R01 messages handed over together (from several connections) a
 committed in one transaction, one fsync for all of them; each still gets its own
 acknowledgement. A group that meets a resend, a correction (which must see the
 results committed before it) or any other message kind is done one message at a time.
+The log rows of a group are looked up in one query. :meth:`HL7Processor.read_ahead`
+reads (parses, maps) an ORU^R01 while it waits for its group, as the MLLP listener
+does in its otherwise idle worker; what depends on earlier commits is done at its turn.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 from medtwin.core.clock import Clock, from_us, to_us
 from medtwin.core.errors import ConfigurationError, InputError, StoreError
@@ -57,7 +61,7 @@ from medtwin.devices.hl7.parse import (
 )
 from medtwin.twins.ingest import Ingestor, IngestResult
 
-__all__ = ["CHANNEL", "HL7Processor", "Outcome", "replayer"]
+__all__ = ["CHANNEL", "HL7Processor", "Outcome", "ReadMessage", "replayer"]
 
 CHANNEL = "mllp"
 log = logging.getLogger("medtwin.devices.hl7")
@@ -123,6 +127,14 @@ class _OruWork:
     warnings: list[Fault]
     corrections: bool
     reused: bool = False  # the control id was seen before with other content
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMessage:
+    """A message as :meth:`HL7Processor.read_ahead` read it, waiting for its commit."""
+
+    raw: bytes | str
+    work: _OruWork | None  # None: processed from ``raw`` at its turn
 
 
 class _ResendError(Exception):
@@ -194,16 +206,20 @@ class HL7Processor:
         with self._lock:
             return self._guarded(raw, None)
 
-    def handle_batch(self, raws: Sequence[bytes | str]) -> list[Outcome]:
+    def handle_batch(self, raws: Sequence[bytes | str | ReadMessage]) -> list[Outcome]:
         """Process messages that arrived together, in order, committing ORU groups at once.
 
-        The outcomes are those :meth:`handle` would give message by message.
+        The outcomes are those :meth:`handle` would give message by message. A message
+        may come as :meth:`read_ahead` read it, earlier, while it waited for its turn.
         """
         with self._lock:
             outcomes: list[Outcome | None] = [None] * len(raws)
             group: list[tuple[int, _OruWork]] = []
-            for position, raw in enumerate(raws):
-                work = self._groupable(raw)
+            for position, given in enumerate(raws):
+                if isinstance(given, ReadMessage):
+                    raw, work = given.raw, given.work
+                else:
+                    raw, work = given, self._groupable(given)
                 if work is not None:
                     group.append((position, work))
                     continue
@@ -212,6 +228,19 @@ class HL7Processor:
                 outcomes[position] = self._guarded(raw, None)
             self._flush(group, outcomes)
             return [o for o in outcomes if o is not None]
+
+    def read_ahead(self, raw: bytes | str) -> ReadMessage:
+        """``raw`` read (parsed, OBX mapped) for :meth:`handle_batch`, before its turn.
+
+        Only what needs nothing committed before it is done here: a correction, which
+        must see the results committed before it, and anything but an ORU^R01 are read
+        again at their turn. Never raises.
+        """
+        with self._lock:
+            try:
+                return ReadMessage(raw, self._groupable(raw))
+            except Exception:  # read again, guarded, at its turn
+                return ReadMessage(raw, None)
 
     def replay(self, entry: QuarantineEntry) -> tuple[str, str] | None:
         """Take a quarantined payload in again; None when taken, else (reason, location).
@@ -706,29 +735,37 @@ class HL7Processor:
 
         def hook(conn: Connection) -> None:
             sql = _sql(conn)
-            seen: set[tuple[str, str, str]] = set()
-            rows = []
-            for number, parsed in enumerate(messages):
-                header = parsed.header
-                sender, control = payload_text(header.sender), payload_text(header.control_id)
-                key = (sender, control, parsed.digest)
-                if check:
-                    if key in seen:
-                        raise _ResendError(number, codes[number])
-                    earlier = conn.exec_driver_sql(sql.select, (sender, control)).all()
-                    for digest, ack_code in earlier:
-                        if digest == parsed.digest:
-                            raise _ResendError(number, ack_code)
-                    if earlier and works is not None:
-                        works[number].reused = True
-                    elif earlier:
-                        log.warning(
-                            "hl7: sender fault: control id %s reused with different content",
-                            _control(header),
-                        )
-                seen.add(key)
-                rows.append((sender, control, parsed.digest, received, codes[number]))
-            conn.exec_driver_sql(sql.insert, rows)
+            keys = [
+                (payload_text(p.header.sender), payload_text(p.header.control_id)) for p in messages
+            ]
+            # The driver's cursor: through SQLAlchemy each statement costs more than it runs.
+            cursor = conn.connection.cursor()
+            try:
+                earlier_of = _logged(cursor, sql, keys) if check else {}
+                seen: set[tuple[str, str, str]] = set()
+                rows = []
+                for number, parsed in enumerate(messages):
+                    sender, control = keys[number]
+                    key = (sender, control, parsed.digest)
+                    if check:
+                        if key in seen:
+                            raise _ResendError(number, codes[number])
+                        earlier = earlier_of.get(keys[number], ())
+                        for digest, ack_code in earlier:
+                            if digest == parsed.digest:
+                                raise _ResendError(number, ack_code)
+                        if earlier and works is not None:
+                            works[number].reused = True
+                        elif earlier:
+                            log.warning(
+                                "hl7: sender fault: control id %s reused with different content",
+                                _control(parsed.header),
+                            )
+                    seen.add(key)
+                    rows.append((sender, control, parsed.digest, received, codes[number]))
+                cursor.executemany(sql.insert, rows)
+            finally:
+                cursor.close()
 
         return hook
 
@@ -800,17 +837,22 @@ class HL7Processor:
 class _Sql:
     """The message-log statements in one driver's parameter style."""
 
-    select: str
+    mark: str
     insert: str
     update: str
+
+    def select(self, count: int) -> str:
+        """The logged rows of ``count`` (sender, control id) pairs: one query for a group."""
+        mark = self.mark
+        pair = f"(sender = {mark} AND control_id = {mark})"
+        return "SELECT sender, control_id, digest, ack_code FROM hl7_messages WHERE " + " OR ".join(
+            [pair] * count
+        )
 
 
 def _statements(mark: str) -> _Sql:
     return _Sql(
-        select=(
-            f"SELECT digest, ack_code FROM hl7_messages WHERE sender = {mark} "
-            f"AND control_id = {mark}"
-        ),
+        mark=mark,
         insert=(
             "INSERT INTO hl7_messages (sender, control_id, digest, received_us, ack_code) "
             f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}) ON CONFLICT DO NOTHING"
@@ -828,6 +870,23 @@ _SQL = {"qmark": _statements("?"), "format": _statements("%s"), "pyformat": _sta
 def _sql(conn: Connection) -> _Sql:
     """Plain SQL, not SQLAlchemy constructs: compiling a statement costs more than running it."""
     return _SQL[conn.dialect.paramstyle]
+
+
+_LOOKUP_PAIRS = 256  # pairs per query: well within both drivers' parameter limits
+
+
+def _logged(
+    cursor: DBAPICursor, sql: _Sql, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """(digest, ack code) of each logged message, by (sender, control id), among ``keys``."""
+    wanted = list(dict.fromkeys(keys))
+    found: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for start in range(0, len(wanted), _LOOKUP_PAIRS):
+        chunk = wanted[start : start + _LOOKUP_PAIRS]
+        cursor.execute(sql.select(len(chunk)), [value for pair in chunk for value in pair])
+        for sender, control, digest, ack_code in cursor.fetchall():
+            found.setdefault((sender, control), []).append((digest, ack_code))
+    return found
 
 
 def _owners(offsets: Sequence[int], total: int) -> list[int]:
