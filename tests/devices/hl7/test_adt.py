@@ -10,7 +10,7 @@ import pytest
 
 from medtwin.data.crypto import BlindIndex, DataKeys, Keyring
 from medtwin.data.store import SqlStore
-from medtwin.data.vault import PatientVault, Privacy
+from medtwin.data.vault import PatientVault, Privacy, decode
 from medtwin.devices.fhir.repository import ResourceRepository
 from medtwin.devices.hl7 import HL7Processor
 from medtwin.devices.hl7.adt import identifier_kind
@@ -40,7 +40,9 @@ def adt_processor(store: SqlStore, privacy: Privacy) -> HL7Processor:
 def _message(event: str, control: str, pv1: str, pid: str | None = None) -> str:
     pid = pid or (
         "PID|1||MRN-77^^^HOSP^MR~123-45-6789^^^USSSA^SS~X9^^^HOSP^ZZ||"
-        "DOE^JANE^Q~SMITH^JANE||19800214|F"
+        "DOE^JANE^Q~SMITH^JANE||19800214|F|||"
+        "12&Elm Street^Apt 4^Springfield^IL^62704^USA~^^Shelbyville^IL||"
+        "^PRN^PH^jane@example.org^1^217^5550100~(217)555-0199|^WPN^PH^^^217^5550142^12"
     )
     return "\r".join(
         [
@@ -91,17 +93,33 @@ def test_a01_demographics_into_the_vault_and_nothing_personal_logged(
         ("ssn", "123-45-6789"),
         ("other", "X9"),
     }
+    # PID-11 (XAD) as one line per address, PID-13/14 (XTN) numbers and e-mail.
+    assert found.address == [
+        "12 Elm Street, Apt 4, Springfield, IL 62704, USA",
+        "Shelbyville, IL",
+    ]
+    assert found.telecom == [
+        "1 217 5550100",
+        "jane@example.org",
+        "(217)555-0199",
+        "217 5550142 ext. 12",
+    ]
     # Blind-indexed as the vault does: found by identifier, name and birth year.
     assert vault.find(identifier=("ssn", "123-45-6789")) == {"MRN-77"}
     assert vault.find(name="jane doe", birth_year=1980) == {"MRN-77"}
-    # Sealed at rest: the plaintext is not in the database.
+    # Sealed at rest: the plaintext is not in the database. The column holds base64
+    # ciphertext, where a short plaintext could turn up by chance: compare the bytes.
     with store.reading() as conn:
         raw = conn.exec_driver_sql("SELECT demographics FROM patients").scalar_one()
-    assert "DOE" not in str(raw)
-    assert "6789" not in str(raw)
+    sealed = decode(str(raw))
+    for personal in (b"DOE", b"6789", b"Elm Street", b"5550100", b"jane@example.org"):
+        assert personal not in sealed
     # Nothing personal in the logs.
     text = "\n".join(r.getMessage() for r in caplog.records)
-    for personal in ("DOE", "JANE", "SMITH", "1980", "6789", "MRN-77", "V-1001", "ICU"):
+    for personal in (
+        "DOE", "JANE", "SMITH", "1980", "6789", "MRN-77", "V-1001", "ICU", "Elm", "5550100",
+        "example.org",
+    ):  # fmt: skip
         assert personal not in text
 
 
@@ -121,6 +139,10 @@ def test_reference_a01_demographics(
     kinds = {(i.kind, i.value) for i in found.identifiers}
     assert ("mrn", "PATID1234") in kinds
     assert ("ssn", "123456789") in kinds
+    # PID-11 "1000&Hospital Lane^Ste. 123^Ann Arbor ^MI^99999^USA^M^..."
+    assert found.address == ["1000 Hospital Lane, Ste. 123, Ann Arbor, MI 99999, USA"]
+    # PID-13 "78788788^^CP^5555^...~12121212^^CP", PID-14 "7777^^CP~1111^^TDD"
+    assert found.telecom == ["78788788", "5555", "12121212", "7777", "1111"]
 
 
 def test_a08_updates_and_keeps_what_it_leaves_out(
@@ -135,6 +157,8 @@ def test_a08_updates_and_keeps_what_it_leaves_out(
     assert found.birth_date == date(1980, 2, 15)
     assert found.sex == "female"  # not in the A08: kept
     assert ("ssn", "123-45-6789") in {(i.kind, i.value) for i in found.identifiers}
+    assert found.address[0].startswith("12 Elm Street")  # kept too
+    assert "jane@example.org" in found.telecom
 
 
 def _encounter(store: SqlStore, privacy: Privacy) -> tuple[int, dict[str, object]]:

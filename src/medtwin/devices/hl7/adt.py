@@ -62,6 +62,8 @@ _SEX = {"F": "female", "M": "male", "O": "other", "A": "other", "U": "unknown", 
 _BIRTH = re.compile(r"(\d{4})(\d{2})(\d{2})")
 _MAX_IDENTIFIERS = 20
 _MAX_NAMES = 10
+_MAX_CONTACTS = 10  # addresses, and telecom entries (the vault's limits)
+_MAX_TEXT = 200
 
 
 def identifier_kind(type_code: str) -> str:
@@ -224,6 +226,47 @@ def read_demographics(pid: Segment) -> Demographics:
         except ValueError:
             birth_date = None
     sex = _SEX.get(component(pid, 8).strip().upper())
+    address = [a for rep in range(1, repetitions(pid, 11) + 1) if (a := _address(pid, rep))]
+    telecom: list[str] = []
+    for phones in (13, 14):  # home, then business
+        for rep in range(1, repetitions(pid, phones) + 1):
+            telecom += [t for t in _telecom(pid, phones, rep) if t not in telecom]
     return Demographics.model_validate(
-        {"names": names, "identifiers": identifiers, "birth_date": birth_date, "sex": sex}
+        {
+            "names": names,
+            "identifiers": identifiers,
+            "birth_date": birth_date,
+            "sex": sex,
+            "address": address[:_MAX_CONTACTS],
+            "telecom": telecom[:_MAX_CONTACTS],
+        }
     )
+
+
+def _address(pid: Segment, rep: int) -> str:
+    """One line of a PID-11 (XAD) repetition: street, other, city, state and zip, country."""
+
+    def part(number: int, sub: int = 1) -> str:
+        return component(pid, 11, number, rep, sub).strip()
+
+    street = " ".join(p for p in (part(1, 1), part(1, 2), part(1, 3)) if p)
+    region = " ".join(p for p in (part(4), part(5)) if p)
+    return ", ".join(p for p in (street, part(2), part(3), region, part(6)) if p)[:_MAX_TEXT]
+
+
+def _telecom(pid: Segment, phones: int, rep: int) -> list[str]:
+    """The number and the address (e-mail) of an XTN repetition of PID-13 or PID-14.
+
+    XTN-1 is the number as sent before v2.5 (still the common form); otherwise the
+    number is country, area and local number (XTN-5..7), with its extension (XTN-8).
+    """
+
+    def part(number: int) -> str:
+        return component(pid, phones, number, rep).strip()
+
+    number = part(1)
+    if not number:
+        number = " ".join(p for p in (part(5), part(6), part(7)) if p)
+        if number and part(8):
+            number += f" ext. {part(8)}"
+    return [t[:_MAX_TEXT] for t in (number, part(4)) if t]

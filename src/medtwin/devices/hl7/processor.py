@@ -659,8 +659,8 @@ class HL7Processor:
     def _demographics(self, people: Sequence[Person]) -> None:
         """Set the demographics of ``people`` in the vault (never logged: personal data).
 
-        What the message does not carry (address, telecom) is kept; identifiers of a
-        kind the message does not carry are kept too.
+        What the message does not carry (an empty PID-11, -13, -14, ...) is kept;
+        identifiers of a kind the message does not carry are kept too.
         """
         vault = self.vault
         if vault is None:
@@ -918,6 +918,8 @@ def _merged(current: Demographics | None, fresh: Demographics) -> Demographics:
             "identifiers": (list(fresh.identifiers) + kept)[:20],
             "birth_date": fresh.birth_date or current.birth_date,
             "sex": fresh.sex or current.sex,
+            "address": fresh.address or current.address,
+            "telecom": fresh.telecom or current.telecom,
         }
     )
 
