@@ -169,6 +169,31 @@ def _encounter(store: SqlStore, privacy: Privacy) -> tuple[int, dict[str, object
     return stored.version, stored.resource
 
 
+def test_a40_merge_moves_the_encounter_to_the_surviving_patient(
+    adt_processor: HL7Processor, store: SqlStore, privacy: Privacy
+) -> None:
+    assert adt_processor.handle(_message("A01", "C1", _pv1("ICU^12^B^HOSP"))).code == "AA"
+    merge = "\r".join(
+        [
+            "MSH|^~\\&|ADT|HOSP|MEDTWIN|WARD|20300102120000+0000||ADT^A40|C9|P|2.5.1",
+            "EVN|A40|20300102120000+0000",
+            "PID|1||MRN-88^^^HOSP^MR||DOE^JANE||19800214|F",
+            "MRG|MRN-77^^^HOSP^MR",
+        ]
+    )
+    assert adt_processor.handle(merge).code == "AA"
+    repository = ResourceRepository(store, privacy.keyring, privacy.blind_index)
+    stored = repository.read("Encounter", encounter_id("ADT", "V-1001"))
+    assert stored is not None
+    assert (stored.version, stored.patient_id) == (2, "MRN-88")
+    assert stored.resource["subject"] == {"reference": "Patient/MRN-88"}
+    history = repository.history("Encounter", encounter_id("ADT", "V-1001"))
+    assert [v.resource["subject"]["reference"] for v in history] == [
+        "Patient/MRN-88",
+        "Patient/MRN-77",
+    ]
+
+
 def test_encounter_admit_transfer_discharge(
     adt_processor: HL7Processor, store: SqlStore, privacy: Privacy
 ) -> None:

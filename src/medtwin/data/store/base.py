@@ -553,13 +553,22 @@ class SqlStore:
             rows = conn.execute(query).all()
         return [Patient(r.id, r.pseudonym, r.spo2_scale, r.created_us) for r in rows]
 
-    def merge_patients(self, prior: str, survivor: str, *, at_us: int) -> int:
+    def merge_patients(
+        self,
+        prior: str,
+        survivor: str,
+        *,
+        at_us: int,
+        extra: Callable[[Connection], None] | None = None,
+    ) -> int:
         """Move everything recorded under ``prior`` to ``survivor`` in one transaction.
 
         Observations, interventions, derived values, device bindings, FHIR
         resources, consents and care-team memberships follow; the prior patient
         stays, marked ``merged_into`` (its encrypted demographics are kept under
         its own key). Returns the rows moved; a survivor not yet known is created.
+        ``extra`` runs in the same transaction once both patients exist, before
+        anything moves (an adapter's own rows, such as FHIR references).
         """
         patients = schema.patients
         with self._write() as conn:
@@ -575,6 +584,8 @@ class SqlStore:
                 self._insert_patients(
                     conn, [Patient(survivor, "pt-" + secrets.token_hex(8), created_us=at_us)]
                 )
+            if extra is not None:
+                extra(conn)
             moved = 0
             for name in _MERGED_TABLES:
                 table = schema.metadata.tables[name]

@@ -283,6 +283,29 @@ class ResourceRepository:
                 rows,
             )
 
+    def repoint(self, conn: Connection, prior: str, survivor: str, now_us: int) -> int:
+        """A new version of each current resource of patient ``prior`` (its Patient
+        resource aside) with its references to ``Patient/<prior>`` made
+        ``Patient/<survivor>``, inside ``conn``'s transaction (a merge); how many."""
+        rows = conn.execute(
+            sa.select(_RESOURCES)
+            .where(_RESOURCES.c.patient_id == prior)
+            .order_by(_RESOURCES.c.resource_type, _RESOURCES.c.id, _RESOURCES.c.version)
+        ).all()
+        newest = {(row.resource_type, row.id): row for row in rows}  # the last version wins
+        old, new = f"Patient/{prior}", f"Patient/{survivor}"
+        versions = []
+        for (resource_type, resource_id), row in sorted(newest.items()):
+            if row.deleted or resource_type == "Patient":
+                continue
+            resource = json.loads(self.unseal(resource_type, resource_id, row.version, row.content))
+            if _replace_reference(resource, old, new):
+                versions.append(
+                    NewVersion(resource_type, resource_id, row.version + 1, survivor, resource)
+                )
+        self.write(conn, versions, now_us)
+        return len(versions)
+
     # -- reads ----------------------------------------------------------------
 
     def read(
@@ -424,3 +447,18 @@ class ResourceRepository:
             sa.insert(schema.fhir_bundles),
             [{"digest": digest, "received_us": now_us, "response": json.dumps(response)}],
         )
+
+
+def _replace_reference(value: Any, old: str, new: str) -> bool:
+    """Make every ``reference`` equal to ``old`` ``new``, in place; whether any was."""
+    found = False
+    if isinstance(value, dict):
+        if value.get("reference") == old:
+            value["reference"] = new
+            found = True
+        for child in value.values():
+            found = _replace_reference(child, old, new) or found
+    elif isinstance(value, list):
+        for child in value:
+            found = _replace_reference(child, old, new) or found
+    return found

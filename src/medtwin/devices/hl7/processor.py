@@ -49,7 +49,7 @@ from medtwin.data.vault import Demographics, PatientVault, Privacy
 from medtwin.devices.fhir.repository import ResourceRepository
 from medtwin.devices.hl7.ack import AckCode, ErrorCode, Fault, build_ack, enhanced_code
 from medtwin.devices.hl7.ack import sends_accept_ack as _sends
-from medtwin.devices.hl7.adt import ADT_EVENTS, Person, Visit, read_adt
+from medtwin.devices.hl7.adt import ADT_EVENTS, Merge, Person, Visit, read_adt
 from medtwin.devices.hl7.encounter import write_encounters
 from medtwin.devices.hl7.oru import ObxItem, OruContent, read_oru
 from medtwin.devices.hl7.parse import (
@@ -621,7 +621,9 @@ class HL7Processor:
             raise
         for merge in merges:
             # After the message's commit: the surviving patient exists by then.
-            self.store.merge_patients(merge.prior, merge.surviving, at_us=now)
+            self.store.merge_patients(
+                merge.prior, merge.surviving, at_us=now, extra=self._repoint(merge, now)
+            )
             self.ingestor.publish(self.ingestor.runtime.merge(merge.prior, merge.surviving))
         # After the message's commit, before the ACK: the patients exist by then.
         self._demographics(content.people)
@@ -655,6 +657,18 @@ class HL7Processor:
             )
 
         return hook
+
+    def _repoint(self, merge: Merge, now: int) -> Callable[[Connection], None] | None:
+        """In the merge's transaction: the prior patient's FHIR resources (encounters,
+        ...) get a new version referring to the surviving patient."""
+        repository = self.encounters
+        if repository is None:
+            return None
+
+        def repoint(conn: Connection) -> None:
+            repository.repoint(conn, merge.prior, merge.surviving, now)
+
+        return repoint
 
     def _demographics(self, people: Sequence[Person]) -> None:
         """Set the demographics of ``people`` in the vault (never logged: personal data).
