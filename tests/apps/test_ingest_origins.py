@@ -114,7 +114,10 @@ def test_the_demo_ward_names_each_step_and_reading(tmp_path: Path) -> None:
         origins = store.origins_of(keys)
     assert set(origins) == set(keys)
     assert {o.channel for o in origins.values()} == {"demo"}
-    assert all(re.fullmatch(r"ward-\d{8}T\d{6}Z", o.message) for o in origins.values())
-    first = [o for o in origins.values() if o.message == min(x.message for x in origins.values())]
+    # The monitors' steps, and the CGM steps of the demo's patients with diabetes.
+    assert all(re.fullmatch(r"(ward|t1d)-\d{8}T\d{6}Z", o.message) for o in origins.values())
+    ward = [o for o in origins.values() if o.message.startswith("ward-")]
+    assert ward
+    first = [o for o in ward if o.message == min(x.message for x in ward)]
     # Within a step, each reading has its own place.
     assert sorted(int((o.entry or "")[1:-1]) for o in first) == list(range(len(first)))

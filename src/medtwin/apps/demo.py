@@ -2,7 +2,9 @@
 
 Simulated bedside monitors feed the same ingestion path a real device uses,
 in accelerated time driven by the injected clock (so accelerated timestamps
-are never taken for future times).
+are never taken for future times). Three patients with type 1 diabetes
+(UVA/Padova virtual subjects) send CGM readings every 5 minutes and their
+insulin and meals, for the glucose twins.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from medtwin.core.clock import AcceleratedClock, from_us
 from medtwin.core.settings import Settings
 from medtwin.data.accounts import Accounts, Role
 from medtwin.data.store import Origin, SqlStore, store_for
-from medtwin.devices.simulated import VirtualWard, WardConfig
+from medtwin.devices.simulated import DiabetesWard, VirtualWard, WardConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,9 @@ BATCH = 1000
 DEMO_USER = "demo"
 DEMO_TEAM = "ward"
 TICK_S = 1.0  # real seconds between simulator steps
+# A fresh demo starts its diabetes patients with this much history, so their glucose
+# twins have learnt something before anyone looks.
+DIABETES_BACKFILL = timedelta(hours=6)
 
 
 def run_ward(ward: VirtualWard) -> BackgroundTask:
@@ -57,6 +62,51 @@ def run_ward(ward: VirtualWard) -> BackgroundTask:
                     )
                 except Exception:  # the ward keeps running; the failure is logged
                     log.exception("simulated ward batch failed")
+            await asyncio.sleep(TICK_S)
+
+    return run
+
+
+def run_diabetes(ward: DiabetesWard) -> BackgroundTask:
+    """A background task that feeds the CGM readings, insulin and meals of the patients
+    with type 1 diabetes into the service, through the same ingestion path."""
+
+    async def run(context: ServiceContext) -> None:
+        ids = set(ward.patient_ids)
+        known = {p.id for p in await run_in_threadpool(context.store.patients)}
+        start = context.clock.now()
+        if not ids & known:  # a fresh demo: begin with some history
+            # The first call simulates the days ahead (and compiles the model): a thread.
+            await run_in_threadpool(ward.advance, start - DIABETES_BACKFILL)
+        while True:
+            now = context.clock.now()
+            try:
+                observations, interventions = await run_in_threadpool(ward.advance, now)
+                message = f"t1d-{now:%Y%m%dT%H%M%SZ}"
+                origins: list[Origin | None] = [
+                    Origin("demo", message, f"[{i}]") for i in range(len(observations))
+                ]
+                for begin in range(0, len(observations), BATCH):
+                    await run_in_threadpool(
+                        partial(
+                            context.ingestor.ingest,
+                            observations[begin : begin + BATCH],
+                            channel="simulator",
+                            care_team=DEMO_TEAM,
+                            origins=origins[begin : begin + BATCH],
+                        )
+                    )
+                if interventions:
+                    await run_in_threadpool(
+                        partial(
+                            context.ingestor.ingest_interventions,
+                            interventions,
+                            channel="simulator",
+                            care_team=DEMO_TEAM,
+                        )
+                    )
+            except Exception:  # the ward keeps running; the failure is logged
+                log.exception("simulated diabetes batch failed")
             await asyncio.sleep(TICK_S)
 
     return run
@@ -92,6 +142,6 @@ def create_demo_app(settings: Settings) -> tuple[FastAPI, tuple[str, str]]:
         settings,
         clock=clock,
         store=store,
-        background=(refresh_twins, run_ward(ward)),
+        background=(refresh_twins, run_ward(ward), run_diabetes(DiabetesWard())),
     )
     return app, credentials

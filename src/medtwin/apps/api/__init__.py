@@ -24,6 +24,7 @@ from medtwin.apps.api.routes import (
     devices,
     events,
     fhir,
+    glucose,
     health,
     interventions,
     observations,
@@ -61,6 +62,14 @@ async def refresh_twins(context: ServiceContext) -> None:
             await run_in_threadpool(context.alarms.evaluate)
         except Exception:  # keep refreshing: one failed pass must not stop the ward
             log.exception("twin refresh failed")
+        # Glucose twins step to now (their forecasts are derived values too); last, and on
+        # their own, so their first pass (a rebuild from the store) delays nothing above.
+        try:
+            forecasts = await run_in_threadpool(context.glucose.refresh)
+            if forecasts and context.bus.has_subscribers:
+                context.bus.publish(forecasts)
+        except Exception:
+            log.exception("glucose twin refresh failed")
 
 
 def create_app(
@@ -117,6 +126,7 @@ def create_app(
         consents,
         devices,
         twins,
+        glucose,  # before derived: it answers /patients/{p}/derived/glucose.forecast
         derived,
         research,
         quarantine,

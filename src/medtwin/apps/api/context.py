@@ -23,6 +23,7 @@ from medtwin.models.scores.sepsis_modules import qsofa_modules, sofa_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
 from medtwin.twins.alarms import AlarmEngine, Outbound, load_rules
 from medtwin.twins.calibrations import CalibrationStore
+from medtwin.twins.glucose import GlucoseTwinService
 from medtwin.twins.hrv_modules import hrv_modules
 from medtwin.twins.planner import Planner
 from medtwin.twins.replay import Replayers
@@ -68,6 +69,13 @@ class ServiceContext:
     @property
     def provenance(self) -> ProvenanceStore:
         return self.planner.provenance
+
+    @property
+    def glucose(self) -> GlucoseTwinService:
+        """The live glucose twins (patients with CGM); built with the context."""
+        service = self.extras["glucose"]
+        assert isinstance(service, GlucoseTwinService)
+        return service
 
     @classmethod
     def build(
@@ -162,6 +170,8 @@ class ServiceContext:
 
         hl7 = HL7Processor.from_settings(settings, store, ingestor, clock)
         context.extras["hl7"] = hl7
+        # Glucose twins rebuild from the store on their first refresh pass, not here.
+        context.extras["glucose"] = GlucoseTwinService(store, clock)
         context.replayers.register("mllp", replayer(hl7))
         context.replayers.register("mqtt", MqttReplayer(ingestor))
         if warm:

@@ -586,6 +586,7 @@
     }
 
     function onEvent(event) {
+      document.dispatchEvent(new CustomEvent("medtwin:event", { detail: event }));
       if (event.type === "events.dropped") {
         loadAll();
         refreshCurrent();
@@ -645,10 +646,352 @@
     loadAll();
   }
 
+  // == glucose twin (issue 8): forecast band, personal parameters, what-if ========
+  //
+  // Shown on the patient page when the patient has a glucose twin (GET .../glucose
+  // answers 200); redrawn when a glucose.forecast result is announced on the socket
+  // (the patient page forwards its events as "medtwin:event" DOM events).
+
+  var GLUCOSE_MODULE = "glucose.forecast";
+  var BRANCH_COLORS = ["#102a43", "#0b6e99", "#c05621", "#2f855a", "#6b46c1"];
+  var MAX_BRANCHES = 4;
+
+  function rgba(hex, alpha) {
+    var n = parseInt(hex.slice(1), 16);
+    return "rgba(" + (n >> 16) + ", " + ((n >> 8) & 255) + ", " + (n & 255) + ", " + alpha + ")";
+  }
+
+  function initGlucose(data) {
+    var section = document.getElementById("glucose");
+    if (!section || typeof uPlot === "undefined") return;
+    var url = data.root + "/api/v1/patients/" + encodeURIComponent(data.patient) + "/glucose";
+    var whatifUrl = data.root + "/api/v1/twins/" + encodeURIComponent(data.patient) + "/whatif";
+    var status = document.getElementById("glucose-status");
+    var chartEl = document.getElementById("glucose-chart");
+    var whatifEl = document.getElementById("whatif-chart");
+    var form = document.getElementById("whatif-form");
+    var error = document.getElementById("whatif-error");
+    var plot = null;
+    var whatifPlot = null;
+    var latest = null; // the last GET .../glucose answer
+    var scenarios = []; // the branches the form added
+    var loading = null;
+
+    function width(el) {
+      return Math.max(280, el.querySelector(".plot").clientWidth || 480);
+    }
+
+    function fmt(v, decimals) {
+      return typeof v === "number" && isFinite(v) ? roundHalfAway(v, decimals) : DASH;
+    }
+
+    function sig(v) {
+      if (typeof v !== "number" || !isFinite(v)) return DASH;
+      return Number(v.toPrecision(3)).toString();
+    }
+
+    // Measures the drawn 90 % band (canvas pixels at the last horizon): tests and
+    // screen readers can tell that the band is really on the chart.
+    function markBand(u) {
+      var n = u.data[0].length;
+      if (!n || u.data[4][n - 1] === null || u.data[4][n - 1] === undefined) return;
+      var top = u.valToPos(u.data[4][n - 1], "y");
+      var bottom = u.valToPos(u.data[3][n - 1], "y");
+      chartEl.dataset.band90Px = String(Math.round(bottom - top));
+    }
+
+    function glucosePlot() {
+      var opts = {
+        width: width(chartEl),
+        height: 220,
+        legend: { show: false },
+        cursor: { sync: { key: "medtwin" } },
+        scales: { x: { time: true }, y: { range: function (u, min, max) {
+          return [Math.min(40, min === null ? 40 : min - 10), Math.max(250, max === null ? 250 : max + 10)];
+        } } },
+        axes: [{ label: "time", labelSize: 18 }, { label: "mg/dL", labelSize: 18, size: 48 }],
+        series: [
+          {},
+          { label: "CGM", stroke: "#52606d", width: 1, spanGaps: true, points: { show: true, size: 4 } },
+          { label: "median", stroke: "#0b6e99", width: 2, dash: [6, 4], spanGaps: true, points: { show: false } },
+          { label: "90% low", stroke: "transparent", spanGaps: true, points: { show: false } },
+          { label: "90% high", stroke: "transparent", spanGaps: true, points: { show: false } },
+          { label: "50% low", stroke: "transparent", spanGaps: true, points: { show: false } },
+          { label: "50% high", stroke: "transparent", spanGaps: true, points: { show: false } },
+        ],
+        bands: [
+          { series: [4, 3], fill: "rgba(11, 110, 153, 0.14)" },
+          { series: [6, 5], fill: "rgba(11, 110, 153, 0.30)" },
+        ],
+        hooks: { draw: [markBand] },
+      };
+      return new uPlot(opts, [[], [], [], [], [], [], []], chartEl.querySelector(".plot"));
+    }
+
+    function readingsMap(answer) {
+      var map = new Map();
+      (answer.readings || []).forEach(function (r) { map.set(Date.parse(r.time) / 1000, r.value); });
+      return map;
+    }
+
+    // The band fans out from the newest reading at the twin's time (else its estimate).
+    function anchor(answer, readings) {
+      var t = Date.parse(answer.time) / 1000;
+      var value = answer.glucose_now;
+      readings.forEach(function (v, at) { if (at <= t && at > t - 600) value = v; });
+      return { t: t, value: value };
+    }
+
+    function drawForecast(answer) {
+      var readings = readingsMap(answer);
+      var start = anchor(answer, readings);
+      var forecast = new Map();
+      forecast.set(start.t, { median: start.value, lower50: start.value, upper50: start.value, lower90: start.value, upper90: start.value });
+      answer.forecast.forEach(function (p) { forecast.set(Date.parse(p.time) / 1000, p); });
+      var xs = Array.from(new Set(Array.from(readings.keys()).concat(Array.from(forecast.keys()))));
+      xs.sort(function (a, b) { return a - b; });
+      function column(name) {
+        return xs.map(function (t) { var p = forecast.get(t); return p ? p[name] : null; });
+      }
+      var series = [
+        xs,
+        xs.map(function (t) { return readings.has(t) ? readings.get(t) : null; }),
+        column("median"),
+        column("lower90"),
+        column("upper90"),
+        column("lower50"),
+        column("upper50"),
+      ];
+      if (!plot) plot = glucosePlot();
+      plot.setData(series);
+      chartEl.dataset.points = String(readings.size);
+      chartEl.dataset.forecast = answer.id;
+    }
+
+    function fillTables(answer) {
+      var body = document.querySelector("#glucose-forecast tbody");
+      body.replaceChildren();
+      answer.forecast.forEach(function (p) {
+        var tr = document.createElement("tr");
+        tr.dataset.horizon = String(p.horizon_min);
+        [p.horizon_min + " min", fmt(p.median, 0), fmt(p.lower50, 0) + DASH + fmt(p.upper50, 0),
+         fmt(p.lower90, 0) + DASH + fmt(p.upper90, 0)].forEach(function (text, i) {
+          var td = document.createElement(i ? "td" : "th");
+          if (!i) td.scope = "row";
+          td.textContent = text;
+          tr.appendChild(td);
+        });
+        body.appendChild(tr);
+      });
+      var params = document.querySelector("#glucose-parameters tbody");
+      params.replaceChildren();
+      answer.parameters.forEach(function (p) {
+        var tr = document.createElement("tr");
+        tr.dataset.parameter = p.name;
+        var th = document.createElement("th");
+        th.scope = "row";
+        th.textContent = p.name;
+        th.title = p.description;
+        var value = document.createElement("td");
+        value.textContent = sig(p.value);
+        var unit = document.createElement("span");
+        unit.className = "unit";
+        unit.textContent = p.unit;
+        value.appendChild(unit);
+        var range = document.createElement("td");
+        range.textContent = sig(p.lower90) + DASH + sig(p.upper90);
+        tr.append(th, value, range);
+        params.appendChild(tr);
+      });
+      document.getElementById("glucose-statement").textContent = answer.statement;
+      var when = document.getElementById("glucose-time");
+      when.setAttribute("datetime", answer.time);
+      var last = document.getElementById("glucose-last");
+      last.setAttribute("datetime", answer.last_reading);
+      localizeTimes(section);
+      document.getElementById("glucose-basal").textContent = fmt(answer.basal_u_per_h, 2);
+      document.getElementById("glucose-provenance").href = data.root + answer.provenance;
+    }
+
+    function load() {
+      if (loading) return loading;
+      loading = fetch(url, { headers: { Accept: "application/json" } })
+        .then(function (r) {
+          if (r.status === 404) return null; // no glucose twin (yet)
+          if (!r.ok) throw new Error(String(r.status));
+          return r.json();
+        })
+        .then(function (answer) {
+          if (!answer) return;
+          latest = answer;
+          section.hidden = false;
+          fillTables(answer);
+          drawForecast(answer);
+          if (status) status.textContent = "";
+        })
+        .catch(function () { if (status) status.textContent = "forecast unavailable; retrying on the next update"; })
+        .finally(function () { loading = null; });
+      return loading;
+    }
+
+    // -- what-if ----------------------------------------------------------------
+
+    function number(id) {
+      var v = Number(document.getElementById(id).value);
+      return isFinite(v) ? v : NaN;
+    }
+
+    function scenarioName(sc) {
+      var parts = [];
+      if (sc.bolus_u) parts.push("bolus " + sc.bolus_u + " U");
+      if (sc.meal_g) parts.push("meal " + sc.meal_g + " g");
+      if (sc.basal_change_u_per_h) parts.push("basal " + (sc.basal_change_u_per_h > 0 ? "+" : "") + sc.basal_change_u_per_h + " U/h");
+      var name = parts.length ? parts.join(", ") : "as planned";
+      return sc.at_min ? name + " in " + sc.at_min + " min" : name;
+    }
+
+    function drawBranches(answer) {
+      var readings = latest ? readingsMap(latest) : new Map();
+      var branchTimes = answer.branches[0].time.map(function (iso) { return Date.parse(iso) / 1000; });
+      var start = Date.parse(answer.time) / 1000;
+      var xs = Array.from(new Set(Array.from(readings.keys()).concat([start], branchTimes)));
+      xs.sort(function (a, b) { return a - b; });
+      var index = new Map(branchTimes.map(function (t, i) { return [t, i]; }));
+      var startValue = latest ? anchor(latest, readings).value : null;
+      var series = [{}, { label: "CGM", stroke: "#52606d", width: 1, spanGaps: true, points: { show: true, size: 3 } }];
+      var columns = [xs, xs.map(function (t) { return readings.has(t) ? readings.get(t) : null; })];
+      var bands = [];
+      var legend = document.getElementById("whatif-legend");
+      legend.replaceChildren();
+      answer.branches.forEach(function (branch, b) {
+        var color = BRANCH_COLORS[b % BRANCH_COLORS.length];
+        ["median", "lower90", "upper90"].forEach(function (band) {
+          columns.push(xs.map(function (t) {
+            if (t === start) return startValue;
+            return index.has(t) ? branch[band][index.get(t)] : null;
+          }));
+        });
+        var first = series.length;
+        series.push({ label: branch.name, stroke: color, width: 2, spanGaps: true, points: { show: false } });
+        series.push({ label: branch.name + " 90% low", stroke: "transparent", spanGaps: true, points: { show: false } });
+        series.push({ label: branch.name + " 90% high", stroke: "transparent", spanGaps: true, points: { show: false } });
+        bands.push({ series: [first + 2, first + 1], fill: rgba(color, 0.12) });
+        var li = document.createElement("li");
+        li.dataset.branch = branch.name;
+        var swatch = document.createElement("span");
+        swatch.className = "swatch";
+        swatch.style.backgroundColor = color;
+        li.append(swatch, document.createTextNode(branch.name));
+        legend.appendChild(li);
+      });
+      if (whatifPlot) whatifPlot.destroy();
+      whatifEl.hidden = false;
+      whatifPlot = new uPlot(
+        {
+          width: width(whatifEl),
+          height: 260,
+          legend: { show: false },
+          scales: { x: { time: true }, y: { range: function (u, min, max) {
+            return [Math.min(40, min === null ? 40 : min - 10), Math.max(250, max === null ? 250 : max + 10)];
+          } } },
+          axes: [{ label: "time", labelSize: 18 }, { label: "mg/dL", labelSize: 18, size: 48 }],
+          series: series,
+          bands: bands,
+        },
+        columns,
+        whatifEl.querySelector(".plot")
+      );
+      whatifEl.dataset.branches = String(answer.branches.length);
+    }
+
+    // Runs ``wanted`` (the branches to show); they become the form's list once drawn.
+    function simulate(wanted) {
+      error.textContent = "";
+      return fetch(whatifUrl, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ scenarios: wanted, horizon_min: 240 }),
+      })
+        .then(function (r) {
+          return r.json().then(function (body) { return { ok: r.ok, body: body }; });
+        })
+        .then(function (answer) {
+          if (!answer.ok) {
+            var e = answer.body.error || {};
+            error.textContent = (e.location ? e.location + ": " : "") + (e.message || "the what-if failed");
+            return;
+          }
+          scenarios = wanted;
+          drawBranches(answer.body);
+        })
+        .catch(function () { error.textContent = "the what-if could not be run"; });
+    }
+
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var sc = {
+        bolus_u: number("whatif-bolus"),
+        meal_g: number("whatif-meal"),
+        basal_change_u_per_h: number("whatif-basal"),
+        at_min: Math.round(number("whatif-start")),
+      };
+      // The limits of the API, checked here first so a slip is named at once.
+      var problem = null;
+      if ([sc.bolus_u, sc.meal_g, sc.basal_change_u_per_h, sc.at_min].some(isNaN)) problem = "Enter a number in every field.";
+      else if (sc.bolus_u < 0 || sc.bolus_u > 75) problem = "Bolus must be 0" + DASH + "75 U.";
+      else if (sc.meal_g < 0 || sc.meal_g > 500) problem = "Meal must be 0" + DASH + "500 g.";
+      else if (Math.abs(sc.basal_change_u_per_h) > 35) problem = "Basal change must be within \u00b135 U/h.";
+      else if (sc.at_min < 0 || sc.at_min >= 240) problem = "Start must be 0" + DASH + "235 min from now.";
+      if (problem) {
+        error.textContent = problem;
+        return;
+      }
+      sc.name = scenarioName(sc);
+      var wanted = scenarios.filter(function (other) { return other.name !== sc.name; });
+      if (wanted.length >= MAX_BRANCHES) wanted.shift();
+      wanted.push(sc);
+      simulate(wanted);
+    });
+
+    document.getElementById("whatif-clear").addEventListener("click", function () {
+      scenarios = [];
+      error.textContent = "";
+      if (whatifPlot) whatifPlot.destroy();
+      whatifPlot = null;
+      whatifEl.hidden = true;
+      document.getElementById("whatif-legend").replaceChildren();
+      whatifEl.dataset.branches = "0";
+    });
+
+    document.addEventListener("medtwin:event", function (e) {
+      var event = e.detail || {};
+      // Missed events: reload, if this patient has (or had) a twin to show.
+      if (event.type === "events.dropped") {
+        if (latest || section.dataset.twin === "yes") load();
+      }
+      else if (event.type === "derived.updated" && event.module === GLUCOSE_MODULE && event.patient === data.patient) load();
+    });
+
+    var resizeTimer = null;
+    window.addEventListener("resize", function () {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(function () {
+        if (plot) plot.setSize({ width: width(chartEl), height: 220 });
+        if (whatifPlot) whatifPlot.setSize({ width: width(whatifEl), height: 260 });
+      }, 150);
+    });
+
+    if (section.dataset.twin === "yes") load();
+  }
+
   // -- start ------------------------------------------------------------------
 
   var data = pageData();
   localizeTimes(document);
   if (data.page === "ward") initWard(data);
-  else if (data.page === "patient") initPatient(data);
+  else if (data.page === "patient") {
+    initPatient(data);
+    initGlucose(data);
+  }
 })();

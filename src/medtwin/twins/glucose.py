@@ -1,0 +1,813 @@
+"""Live glucose twins: every patient with CGM readings keeps a personalized glucose twin.
+
+The service holds one :class:`~medtwin.models.assimilation.GlucoseTwins` row per
+patient with glucose readings (LOINC 2339-0) and, on each refresh pass, brings
+every twin up to the clock's now in 5-minute steps: one vectorized
+``assimilate`` call per step for all twins, with that step's CGM reading (the
+newest in the step, or none) and the insulin (basal rate in effect plus
+boluses, U) and announced meals (g) stored as interventions. After a pass it
+forecasts the twins that moved (readings 30, 60 and 120 minutes ahead with 50 %
+and 90 % prediction intervals) and stores each forecast as a module result
+``glucose.forecast`` whose inputs are the readings assimilated since the
+twin's previous result and the interventions used, so every forecast traces
+back to the messages it came from.
+
+State is rebuilt, not saved. The twins follow one canonical schedule that
+depends only on the stored data and the seed:
+
+- the steps are the absolute 5-minute grid (epoch multiples of 300 s); step
+  ``t`` covers readings in ``(t - 5 min, t]`` and interventions starting in
+  ``[t - 5 min, t)``;
+- a twin starts on the grid point before its first reading of the look-back
+  (``history_s``, a day by default) from the population prior (its own seed,
+  from the patient id), and leaves the batch when it has had no reading for
+  ``history_s``;
+- the twins of a step are ordered by patient id and step ``t`` draws from
+  ``default_rng([seed, t // 5 min])``.
+
+So a restarted service, which starts every twin from the last day of data,
+reaches the state the running one holds (while that history is within the
+look-back and no reading arrived after its step was taken). A patient whose
+first reading arrives after its step was already taken (a late sender) makes
+the service rebuild every twin from the store, to stay on that schedule; a
+late reading of a known twin is not assimilated (its step is past).
+
+Forecasts and what-ifs support, and do not replace, clinical judgement
+(``STATEMENT``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from medtwin.core.clock import Clock, to_iso
+from medtwin.core.errors import InputError, NotFoundError
+from medtwin.core.records import Intervention, InterventionKind, ObservationStatus, QualityFlag
+from medtwin.data.provenance import InputRecord, ProvenanceStore, ResultRecord
+from medtwin.data.store import SqlStore, schema
+from medtwin.models.assimilation.glucose_filter import (
+    STATEMENT,
+    GlucosePrior,
+    GlucoseTwins,
+    Settings,
+    assimilate,
+    init_twins,
+    population_prior,
+)
+from medtwin.models.assimilation.glucose_forecast import (
+    HORIZONS_MIN,
+    WhatIf,
+    forecast,
+    whatif,
+)
+from medtwin.models.physiology.uva_padova.model import PHYSIOLOGY, PMOL_PER_U
+
+__all__ = [
+    "BODY_WEIGHT",
+    "GLUCOSE",
+    "MODULE",
+    "STATEMENT",
+    "VERSION",
+    "GlucoseTwinService",
+    "Scenario",
+]
+
+GLUCOSE = "2339-0"  # Glucose [Mass/volume] in Blood, mg/dL
+BODY_WEIGHT = "29463-7"  # Body weight, kg
+MODULE = "glucose.forecast"
+VERSION = "1"
+STEP_MIN = 5
+STEP_US = STEP_MIN * 60_000_000
+MINUTE_US = 60_000_000
+DEFAULT_WEIGHT_KG = 70.0
+_BASALS_KEPT = 8
+_BASAL_LOOKBACK_US = 7 * 86_400_000_000
+_MG_DL_PER_MMOL_L = 18.016
+# Readings that are not measurements of the patient now: never assimilated.
+_UNUSABLE = int(QualityFlag.ARTIFACT_SUSPECTED | QualityFlag.IMPUTED)
+_ENTERED_IN_ERROR = ObservationStatus.ENTERED_IN_ERROR.value
+_GLUCOSE_INPUTS = (
+    InterventionKind.INSULIN_BOLUS,
+    InterventionKind.INSULIN_BASAL,
+    InterventionKind.MEAL,
+)
+_BW = [q.name for q in PHYSIOLOGY].index("BW")
+_U2SS = [q.name for q in PHYSIOLOGY].index("u2ss")
+# Array fields of GlucoseTwins (its documented state), stacked when twins join or leave.
+_FIELDS = ("x", "z", "theta", "sensor", "base", "basal_u_per_min", "t_min")
+
+ObservationKey = tuple[str, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A what-if branch as the API takes it (see :class:`WhatIf` for the units)."""
+
+    name: str
+    bolus_u: float = 0.0
+    meal_g: float = 0.0
+    basal_change_u_per_h: float = 0.0
+    at_min: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Published:
+    """A twin as of its last forecast: its API view, a copy of its filter row, its basal
+    rate (U/h) and the grid time it had reached."""
+
+    view: dict[str, Any]
+    twin: GlucoseTwins
+    basal_u_per_h: float
+    at_us: int
+
+
+@dataclass
+class _Reading:
+    key: ObservationKey
+    at_us: int
+    value: float
+
+
+@dataclass
+class _Twin:
+    """What the service holds per twin besides its filter row."""
+
+    patient: str
+    seed: int
+    start_us: int
+    body_weight_kg: float
+    weight_key: ObservationKey | None
+    nominal_basal_u_per_h: float
+    last_reading_us: int
+    basals: list[Intervention] = field(default_factory=list)  # the latest basal rates set
+    # Absolute minute (µs // 60 s) -> extra insulin U / carbohydrate g still to come.
+    insulin: dict[int, float] = field(default_factory=dict)
+    carbs: dict[int, float] = field(default_factory=dict)
+    # Since the twin's last stored result: readings assimilated, interventions used.
+    readings: list[_Reading] = field(default_factory=list)
+    used: dict[tuple[str, str], Intervention] = field(default_factory=dict)
+    previous: str | None = None  # fingerprint of its last result
+    latest: dict[str, Any] | None = None  # the last forecast, as the API shows it
+
+    def basal_u_per_h(self, minute_us: int) -> float:
+        item = self.basal_in_effect(minute_us)
+        return self.nominal_basal_u_per_h if item is None else item.amount
+
+    def basal_in_effect(self, minute_us: int) -> Intervention | None:
+        """The newest basal rate started by ``minute_us``; a temporary one (with a duration)
+        only while it lasts, after which the rate it interrupted holds again."""
+        for item in reversed(self.basals):
+            if item.start_us > minute_us:
+                continue
+            if not item.duration_s or minute_us < item.start_us + item.duration_s * 1e6:
+                return item
+        return None
+
+    def add_basal(self, item: Intervention) -> None:
+        if any((b.source, b.source_id) == (item.source, item.source_id) for b in self.basals):
+            return
+        self.basals.append(item)
+        self.basals.sort(key=lambda i: (i.start_us, i.source, i.source_id))
+        # Older rates matter only until a standing one replaces them: keep a few.
+        del self.basals[:-_BASALS_KEPT]
+
+
+def _seed_of(seed: int, patient: str) -> int:
+    """A patient's own seed: stable across processes (unlike ``hash``)."""
+    digest = hashlib.blake2b(f"{seed}\x1f{patient}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _floor(us: int) -> int:
+    return us // STEP_US * STEP_US
+
+
+def _stack(parts: Sequence[GlucoseTwins], prior: GlucosePrior, settings: Settings) -> GlucoseTwins:
+    return GlucoseTwins(
+        **{n: np.concatenate([getattr(p, n) for p in parts]) for n in _FIELDS},
+        prior=prior,
+        settings=settings,
+    )
+
+
+def _intervention_text(item: Intervention) -> str:
+    """An intervention as a provenance attribute: what, how much, when, from where."""
+    text = (
+        f"{item.kind.value} {item.amount:g} {item.unit} at {to_iso(item.start_us)}"
+        f" ({item.source}|{item.source_id})"
+    )
+    if item.duration_s:
+        text += f" for {item.duration_s:g} s"
+    return text
+
+
+class GlucoseTwinService:
+    """Personalized glucose twins of every patient with CGM readings, kept live.
+
+    ``refresh`` (called each refresh pass) brings them up to the clock's now and
+    returns the ``derived.updated`` events of the forecasts it stored. Thread-safe:
+    one pass at a time; reads (``view``, ``whatif``) copy what they need under the lock.
+    """
+
+    def __init__(
+        self,
+        store: SqlStore,
+        clock: Clock,
+        *,
+        history_s: float = 86_400.0,
+        lag_s: float = 30.0,
+        seed: int = 0,
+        settings: Settings | None = None,
+        horizons_min: Sequence[int] = HORIZONS_MIN,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.provenance = ProvenanceStore(store)
+        self.history_us = round(history_s * 1_000_000)
+        # A step is taken only once its end is this far in the past: readings
+        # time-stamped at the step's end have time to be stored first.
+        self.lag_us = round(lag_s * 1_000_000)
+        self.seed = seed
+        self.settings = settings or Settings()
+        self.horizons_min = tuple(int(h) for h in horizons_min)
+        self.prior = population_prior()
+        self._twins: GlucoseTwins | None = None
+        self._rows: list[_Twin] = []  # in patient-id order, as the filter rows
+        self._position: int | None = None  # grid time every twin has reached (µs)
+        self._checked_us = 0  # clock time of the last pass that looked for new twins
+        self._lock = threading.RLock()  # one pass at a time
+        # What readers see: each twin as of its last forecast. Replaced whole after each
+        # pass, so reads never wait for a pass (the first one may compile and rebuild).
+        self._published: dict[str, _Published] = {}
+        self._parameters = {
+            "horizons_min": list(self.horizons_min),
+            "members": self.settings.members,
+            "seed": seed,
+            "step_min": STEP_MIN,
+            "history_s": history_s,
+            "personal": list(self.prior.parameters),
+        }
+
+    # -- reading --------------------------------------------------------------
+
+    def __contains__(self, patient: object) -> bool:
+        """Whether the patient has a glucose twin with a forecast."""
+        return patient in self._published
+
+    @property
+    def patients(self) -> list[str]:
+        with self._lock:
+            return [t.patient for t in self._rows]
+
+    @property
+    def position_us(self) -> int | None:
+        """Grid time (µs) every twin has been brought up to; None before the first pass."""
+        return self._position
+
+    def state(self) -> dict[str, Any]:
+        """The filter arrays of every twin (``GlucoseTwins.to_dict``) and their patients."""
+        with self._lock:
+            out: dict[str, Any] = {} if self._twins is None else self._twins.to_dict()
+            out["patients"] = [t.patient for t in self._rows]
+            return out
+
+    def view(self, patient: str) -> dict[str, Any]:
+        """The patient's latest forecast, parameters and statement; NotFoundError without a twin."""
+        return dict(self._snapshot(patient).view)
+
+    def _snapshot(self, patient: str) -> _Published:
+        found = self._published.get(patient)
+        if found is None:
+            raise NotFoundError(f"no glucose twin for patient {patient!r}")
+        return found
+
+    def whatif(
+        self,
+        patient: str,
+        scenarios: Sequence[Scenario],
+        *,
+        horizon_min: int = 240,
+        every_min: int = 5,
+    ) -> dict[str, Any]:
+        """Branch the patient's twin now: a "no change" branch and one per scenario.
+
+        InputError (with the scenario's field) for a scenario the model refuses.
+        """
+        branches: list[WhatIf] = [WhatIf("no change")]
+        for j, sc in enumerate(scenarios):
+            try:
+                branches.append(
+                    WhatIf(
+                        sc.name,
+                        bolus_u=float(sc.bolus_u),
+                        meal_g=float(sc.meal_g),
+                        basal_change_u_per_h=float(sc.basal_change_u_per_h),
+                        at_min=int(sc.at_min),
+                    )
+                )
+            except InputError as exc:
+                where = exc.location.split(".", 1)[-1] if exc.location else ""
+                raise InputError(exc.reason, f"scenarios[{j}].{where}".rstrip(".")) from exc
+        snapshot = self._snapshot(patient)
+        one, basal, now_us = snapshot.twin, snapshot.basal_u_per_h, snapshot.at_us
+        try:
+            result = whatif(
+                one,
+                branches,
+                horizon_min=horizon_min,
+                every_min=every_min,
+                basal_u_per_h=basal,
+                seed=self.seed,
+            )
+        except InputError as exc:
+            raise InputError(exc.reason, exc.location or "scenarios") from exc
+        times = result.t_min.tolist()
+        return {
+            "patient": patient,
+            "time": to_iso(now_us),
+            "horizon_min": horizon_min,
+            "unit": "mg/dL",
+            "basal_u_per_h": basal,
+            "branches": [
+                {
+                    "name": name,
+                    "scenario": None
+                    if b == 0
+                    else {
+                        "bolus_u": branches[b].bolus_u,
+                        "meal_g": branches[b].meal_g,
+                        "basal_change_u_per_h": branches[b].basal_change_u_per_h,
+                        "at_min": branches[b].at_min,
+                    },
+                    "t_min": times,
+                    "time": [to_iso(now_us + round(t * MINUTE_US)) for t in times],
+                    "median": result.median[0, b].tolist(),
+                    "lower50": result.lower50[0, b].tolist(),
+                    "upper50": result.upper50[0, b].tolist(),
+                    "lower90": result.lower90[0, b].tolist(),
+                    "upper90": result.upper90[0, b].tolist(),
+                }
+                for b, name in enumerate(result.scenarios)
+            ],
+            "statement": result.statement,
+        }
+
+    def recent_readings(
+        self, patient: str, *, window_s: float = 6 * 3600.0
+    ) -> list[dict[str, Any]]:
+        """The usable CGM readings of the last ``window_s`` up to the clock's now, for charts."""
+        now = self.clock.now_us()
+        found = self._readings([patient], now - round(window_s * 1_000_000), now)
+        return [{"time": to_iso(r.at_us), "value": r.value} for r in found.get(patient, [])]
+
+    @staticmethod
+    def unit_of(output: str) -> str:
+        """The UCUM unit of a ``glucose.forecast`` output."""
+        return _unit(output)
+
+    # -- the refresh pass -----------------------------------------------------
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """Bring every twin up to now; store the forecasts of the twins that moved.
+
+        Returns their ``derived.updated`` events.
+        """
+        with self._lock:
+            now = self.clock.now_us()
+            target = _floor(now - self.lag_us)
+            if self._position is not None and target <= self._position:
+                return []
+            joiners = self._joiners(target)
+            self._checked_us = now
+            if joiners is None:  # a patient older than the schedule: start over from the store
+                self._reset()
+                joiners = self._joiners(target)
+                assert joiners is not None
+            if self._position is None:
+                if not joiners:
+                    return []
+                self._position = min(t0 for t0, _ in joiners.values())
+            moved = self._advance(target, joiners)
+            return self._publish(moved, now)
+
+    def _reset(self) -> None:
+        self._twins = None
+        self._rows = []
+        self._position = None
+
+    def _joiners(self, target: int) -> dict[str, tuple[int, _Reading]] | None:
+        """Patients with readings who have no twin yet: their start and first reading.
+
+        None when one of them should have started before the twins' position (its
+        first reading came in late): the caller rebuilds.
+        """
+        known = {t.patient for t in self._rows}
+        window = _floor(target - self.history_us)
+        table = schema.observations
+        fresh = sa.select(table.c.patient_id).where(
+            table.c.code == GLUCOSE, table.c.effective_us > window, table.c.effective_us <= target
+        )
+        if self._position is not None:
+            # Only what was stored since the last pass can make a new twin.
+            fresh = fresh.where(table.c.received_us >= self._checked_us)
+        with self.store.reading() as conn:
+            candidates = sorted({r.patient_id for r in conn.execute(fresh.distinct())} - known)
+        if not candidates:
+            return {}
+        readings = self._readings(candidates, window, target)
+        out: dict[str, tuple[int, _Reading]] = {}
+        for patient in candidates:
+            found = readings.get(patient)
+            if not found:
+                continue
+            first = found[0]
+            start = _floor(first.at_us - 1)  # the grid point before the first reading
+            if self._position is not None and start < self._position:
+                return None
+            out[patient] = (start, first)
+        return out
+
+    def _readings(
+        self, patients: Sequence[str], after_us: int, until_us: int
+    ) -> dict[str, list[_Reading]]:
+        """Usable glucose readings in (after, until] per patient, oldest first, mg/dL.
+
+        The newest version of each (source, id) counts; entered-in-error, suspected
+        artifacts and imputed values do not.
+        """
+        table = schema.observations
+        newest: dict[tuple[str, str], tuple[int, str, int, float | None, str, str, int]] = {}
+        with self.store.reading() as conn:
+            for start in range(0, len(patients), 500):
+                query = sa.select(
+                    table.c.patient_id,
+                    table.c.source,
+                    table.c.source_id,
+                    table.c.version,
+                    table.c.value_num,
+                    table.c.unit,
+                    table.c.effective_us,
+                    table.c.status,
+                    table.c.flags,
+                ).where(
+                    table.c.patient_id.in_(list(patients[start : start + 500])),
+                    table.c.code == GLUCOSE,
+                    table.c.effective_us > after_us,
+                    table.c.effective_us <= until_us,
+                )
+                for r in conn.execute(query):
+                    held = newest.get((r.source, r.source_id))
+                    if held is None or r.version > held[0]:
+                        newest[(r.source, r.source_id)] = (
+                            r.version,
+                            r.patient_id,
+                            r.effective_us,
+                            r.value_num,
+                            r.unit,
+                            r.status,
+                            r.flags,
+                        )
+        out: dict[str, list[_Reading]] = {}
+        for (source, source_id), (
+            version,
+            patient,
+            at,
+            value,
+            unit,
+            status,
+            flags,
+        ) in newest.items():
+            if value is None or status == _ENTERED_IN_ERROR or flags & _UNUSABLE:
+                continue
+            mg_dl = float(value) * (_MG_DL_PER_MMOL_L if unit == "mmol/L" else 1.0)
+            if not np.isfinite(mg_dl):
+                continue
+            out.setdefault(patient, []).append(_Reading((source, source_id, version), at, mg_dl))
+        for found in out.values():
+            found.sort(key=lambda r: (r.at_us, r.key))
+        return out
+
+    def _weight(self, patient: str, until_us: int) -> tuple[float, ObservationKey | None]:
+        """The newest body weight (kg) at or before ``until``, else the default."""
+        table = schema.observations
+        query = (
+            sa.select(
+                table.c.source, table.c.source_id, table.c.version, table.c.value_num, table.c.unit
+            )
+            .where(
+                table.c.patient_id == patient,
+                table.c.code == BODY_WEIGHT,
+                table.c.effective_us <= until_us,
+                table.c.status != _ENTERED_IN_ERROR,
+                table.c.value_num.is_not(None),
+            )
+            .order_by(table.c.effective_us.desc(), table.c.version.desc())
+            .limit(1)
+        )
+        with self.store.reading() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return DEFAULT_WEIGHT_KG, None
+        kg = float(row.value_num) * {"g": 0.001, "[lb_av]": 0.45359237}.get(row.unit, 1.0)
+        if not 1.0 <= kg <= 400.0:
+            return DEFAULT_WEIGHT_KG, None
+        return kg, (row.source, row.source_id, row.version)
+
+    def _new_twin(self, patient: str, start: int, first: _Reading) -> tuple[_Twin, GlucoseTwins]:
+        weight, weight_key = self._weight(patient, start + STEP_US)
+        # The basal rate in effect at the start: the newest basal set by the end of the
+        # first step (a pump states its rate as the CGM starts; it restates it far more
+        # often than weekly). It is the twin's nominal rate, which sets its resting state.
+        before = [
+            i
+            for i in self.store.interventions_of(
+                patient, since_us=start - _BASAL_LOOKBACK_US, until_us=start + STEP_US
+            )
+            if i.kind is InterventionKind.INSULIN_BASAL
+        ]
+        standing = [i for i in before if not i.duration_s]
+        prior_basal = float(self.prior.typical[_U2SS] * weight / PMOL_PER_U * 60.0)
+        nominal = standing[-1].amount if standing and standing[-1].amount > 0 else prior_basal
+        twin = _Twin(
+            patient,
+            _seed_of(self.seed, patient),
+            start,
+            weight,
+            weight_key,
+            nominal,
+            first.at_us,
+            basals=before[-_BASALS_KEPT:],
+        )
+        row = init_twins(
+            self.prior,
+            body_weight_kg=weight,
+            basal_u_per_h=nominal,
+            glucose_mg_dl=first.value,
+            settings=self.settings,
+            rng=np.random.default_rng([self.seed, twin.seed % 2**63]),
+        )
+        return twin, row
+
+    def _advance(self, target: int, joiners: Mapping[str, tuple[int, _Reading]]) -> list[_Twin]:
+        """Step every twin from the position to ``target``; the twins that moved."""
+        assert self._position is not None
+        position = self._position
+        patients = sorted({t.patient for t in self._rows} | set(joiners))
+        readings = self._readings(patients, position, target)
+        by_step: dict[str, dict[int, _Reading]] = {}
+        for patient, found in readings.items():
+            steps = by_step.setdefault(patient, {})
+            for held in found:  # the newest reading of a step is the one assimilated
+                steps[-(-held.at_us // STEP_US) * STEP_US] = held
+        interventions = {
+            p: [
+                i
+                for i in self.store.interventions_of(p, since_us=position, until_us=target)
+                if i.kind in _GLUCOSE_INPUTS
+            ]
+            for p in patients
+        }
+        moved: dict[str, _Twin] = {}
+        waiting = dict(joiners)
+        for t in range(position + STEP_US, target + 1, STEP_US):
+            step_start = t - STEP_US
+            self._join(step_start, waiting)
+            self._leave(step_start)
+            if not self._rows:
+                continue
+            n = len(self._rows)
+            cgm = np.full(n, np.nan)
+            insulin = np.zeros((n, STEP_MIN))
+            carbs = np.zeros((n, STEP_MIN))
+            for k, twin in enumerate(self._rows):
+                reading = by_step.get(twin.patient, {}).get(t)
+                if reading is not None:
+                    cgm[k] = reading.value
+                    twin.readings.append(reading)
+                    twin.last_reading_us = reading.at_us
+                self._schedule(twin, interventions.get(twin.patient, ()), step_start)
+                for m in range(STEP_MIN):
+                    minute_us = step_start + m * MINUTE_US
+                    minute = minute_us // MINUTE_US
+                    basal = twin.basal_in_effect(minute_us)
+                    if basal is not None:
+                        twin.used.setdefault((basal.source, basal.source_id), basal)
+                    insulin[k, m] = twin.basal_u_per_h(minute_us) / 60.0 + twin.insulin.pop(
+                        minute, 0.0
+                    )
+                    carbs[k, m] = twin.carbs.pop(minute, 0.0)
+                moved[twin.patient] = twin
+            assert self._twins is not None
+            assimilate(
+                self._twins,
+                cgm,
+                insulin_u=insulin,
+                carbs_g=carbs,
+                rng=np.random.default_rng([self.seed, t // STEP_US]),
+            )
+        self._position = target
+        return [t for t in self._rows if t.patient in moved]
+
+    def _schedule(self, twin: _Twin, items: Iterable[Intervention], step_start: int) -> None:
+        """Take in the interventions starting in this step: basal changes, boluses, meals."""
+        for item in items:
+            if not step_start <= item.start_us < step_start + STEP_US:
+                continue
+            twin.used[(item.source, item.source_id)] = item
+            minute = item.start_us // MINUTE_US
+            if item.kind is InterventionKind.INSULIN_BASAL:
+                twin.add_basal(item)
+            elif item.kind is InterventionKind.INSULIN_BOLUS:
+                # An extended bolus is spread over its duration, minute by minute.
+                minutes = max(1, round(item.duration_s / 60.0))
+                for m in range(minutes):
+                    twin.insulin[minute + m] = (
+                        twin.insulin.get(minute + m, 0.0) + item.amount / minutes
+                    )
+            else:
+                twin.carbs[minute] = twin.carbs.get(minute, 0.0) + item.amount
+
+    def _join(self, step_start: int, waiting: dict[str, tuple[int, _Reading]]) -> None:
+        """Start the twins whose start is this grid point, keeping rows in patient order."""
+        due = sorted(p for p, (t0, _) in waiting.items() if t0 == step_start)
+        if not due:
+            return
+        new: list[tuple[_Twin, GlucoseTwins]] = []
+        for patient in due:
+            _, first = waiting.pop(patient)
+            new.append(self._new_twin(patient, step_start, first))
+        held: list[tuple[_Twin, GlucoseTwins]] = []
+        if self._twins is not None:
+            held = [(twin, self._twins.select(k)) for k, twin in enumerate(self._rows)]
+        merged = sorted(held + new, key=lambda pair: pair[0].patient)
+        self._rows = [twin for twin, _ in merged]
+        self._twins = _stack([row for _, row in merged], self.prior, self.settings)
+
+    def _leave(self, step_start: int) -> None:
+        """Drop the twins without a reading for the whole look-back."""
+        keep = [
+            k for k, t in enumerate(self._rows) if step_start - t.last_reading_us < self.history_us
+        ]
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[k] for k in keep]
+        staying = {t.patient for t in self._rows}
+        self._published = {p: v for p, v in self._published.items() if p in staying}
+        if not keep or self._twins is None:
+            self._twins = None
+        else:
+            self._twins = self._twins.select(keep)
+
+    # -- results --------------------------------------------------------------
+
+    def _publish(self, moved: Sequence[_Twin], now: int) -> list[dict[str, Any]]:
+        """Forecast the twins that moved, store the results with their inputs, and return
+        their events."""
+        if not moved or self._twins is None or self._position is None:
+            return []
+        rows = [self._rows.index(t) for t in moved]
+        twins = self._twins.select(rows)
+        position = self._position
+        basal = np.array([t.basal_u_per_h(position) for t in moved])
+        result = forecast(
+            twins, horizons_min=self.horizons_min, basal_u_per_h=basal, seed=self.seed
+        )
+        samples = {p: twins.parameter_samples(p) for p in twins.parameters}
+        glucose_now = np.median(twins.glucose_mg_dl(), axis=1)
+        parameters_text = json.dumps(self._parameters, sort_keys=True, separators=(",", ":"))
+        records: list[tuple[ResultRecord, list[InputRecord]]] = []
+        events: list[dict[str, Any]] = []
+        for j, twin in enumerate(moved):
+            outputs: dict[str, float | None] = {}
+            for h, horizon in enumerate(result.horizons_min):
+                for band in ("median", "lower50", "upper50", "lower90", "upper90"):
+                    outputs[f"{band}_{horizon}"] = float(getattr(result, band)[j, h])
+            for name, values in samples.items():
+                lo, mid, hi = np.quantile(values[j], [0.05, 0.5, 0.95])
+                outputs[name] = float(mid)
+                outputs[f"{name}_lower90"] = float(lo)
+                outputs[f"{name}_upper90"] = float(hi)
+            outputs["glucose_now"] = float(glucose_now[j])
+            outputs["basal_u_per_h"] = float(basal[j])
+            outputs["body_weight_kg"] = twin.body_weight_kg
+            inputs = [InputRecord("glucose", "observation", r.key) for r in twin.readings] + [
+                InputRecord("intervention", "attribute", value=_intervention_text(i))
+                for i in sorted(
+                    twin.used.values(), key=lambda i: (i.start_us, i.source, i.source_id)
+                )
+            ]
+            if twin.previous is None and twin.weight_key is not None:
+                inputs.append(InputRecord("body_weight", "observation", twin.weight_key))
+            if twin.previous is not None:
+                # The state carries every earlier reading: name the result it continues
+                # (as a value, so a provenance tree does not unroll the whole chain).
+                inputs.append(InputRecord("previous", "attribute", value=twin.previous))
+            identity = "\x1e".join(
+                [MODULE, VERSION, parameters_text, twin.patient, str(position)]
+                + [f"{i.input}\x1f{i.key}\x1f{i.value}" for i in inputs]
+            )
+            fingerprint = hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()
+            params = {
+                **self._parameters,
+                "statement": STATEMENT,
+                "as_of": to_iso(position),
+                "last_reading": to_iso(twin.last_reading_us),
+            }
+            record = ResultRecord(fingerprint, MODULE, VERSION, twin.patient, now, outputs, params)
+            records.append((record, inputs))
+            twin.previous = fingerprint
+            twin.readings = []
+            twin.used = {}
+            twin.latest = self._latest(record, result.horizons_min)
+            events.append(
+                {
+                    "type": "derived.updated",
+                    "patient": twin.patient,
+                    "module": MODULE,
+                    "version": VERSION,
+                    "id": fingerprint,
+                    "outputs": {
+                        name: {"value": value, "unit": _unit(name)}
+                        for name, value in outputs.items()
+                    },
+                    "glucose": twin.latest,
+                }
+            )
+        self.provenance.save(records)
+        published = {
+            p: v for p, v in self._published.items() if p in {t.patient for t in self._rows}
+        }
+        for j, twin in enumerate(moved):
+            assert twin.latest is not None
+            published[twin.patient] = _Published(
+                twin.latest, twins.select(j), float(basal[j]), position
+            )
+        self._published = published
+        return events
+
+    def _latest(self, record: ResultRecord, horizons: Sequence[int]) -> dict[str, Any]:
+        out = record.outputs
+        as_of = self._position or record.computed_us
+        return {
+            "patient": record.patient,
+            "id": record.fingerprint,
+            "module": MODULE,
+            "version": VERSION,
+            "time": to_iso(as_of),
+            "computed": to_iso(record.computed_us),
+            "last_reading": record.parameters["last_reading"],
+            "unit": "mg/dL",
+            "glucose_now": out["glucose_now"],
+            "basal_u_per_h": out["basal_u_per_h"],
+            "forecast": [
+                {
+                    "horizon_min": h,
+                    "time": to_iso(as_of + h * MINUTE_US),
+                    **{
+                        band: out[f"{band}_{h}"]
+                        for band in ("median", "lower50", "upper50", "lower90", "upper90")
+                    },
+                }
+                for h in horizons
+            ],
+            "parameters": [
+                {
+                    "name": name,
+                    "unit": _PARAMETER_UNITS.get(name, ""),
+                    "description": _PARAMETER_TEXT.get(name, name),
+                    "value": out[name],
+                    "lower90": out[f"{name}_lower90"],
+                    "upper90": out[f"{name}_upper90"],
+                }
+                for name in self.prior.parameters
+            ],
+            "provenance": f"/api/v1/derived/{record.fingerprint}/provenance",
+            "statement": STATEMENT,
+        }
+
+
+_PARAMETER_UNITS = {q.name: q.unit for q in PHYSIOLOGY}
+_PARAMETER_TEXT = {
+    "Vmx": "insulin sensitivity (insulin-dependent glucose utilization)",
+    "kmax": "maximum gastric emptying rate (meal absorption speed)",
+    "Gb": "fasting glucose under the nominal basal rate",
+}
+
+
+def _unit(output: str) -> str:
+    name = output.rsplit("_", 1)[0] if output.endswith(("_lower90", "_upper90")) else output
+    if name in _PARAMETER_UNITS:
+        return _PARAMETER_UNITS[name]
+    if output == "basal_u_per_h":
+        return "[IU]/h"
+    if output == "body_weight_kg":
+        return "kg"
+    return "mg/dL"
