@@ -437,6 +437,7 @@ async def patient_page(request: Request, patient: str) -> HTMLResponse:
             "ranges": RANGES,
             "default_range_s": DEFAULT_RANGE_S,
             "current_url": f"{root}/patients/{quoted}/current",
+            "glucose_twin": patient in context.glucose,
             **state,
         },
         {
