@@ -52,6 +52,7 @@ from medtwin.core.clock import Clock, to_iso
 from medtwin.core.errors import InputError, NotFoundError
 from medtwin.core.records import Intervention, InterventionKind, ObservationStatus, QualityFlag
 from medtwin.data.provenance import InputRecord, ProvenanceStore, ResultRecord
+from medtwin.data.readings import usable_readings
 from medtwin.data.store import SqlStore, schema
 from medtwin.models.assimilation.glucose_filter import (
     STATEMENT,
@@ -90,7 +91,6 @@ MINUTE_US = 60_000_000
 DEFAULT_WEIGHT_KG = 70.0
 _BASALS_KEPT = 8
 _BASAL_LOOKBACK_US = 7 * 86_400_000_000
-_MG_DL_PER_MMOL_L = 18.016
 # Readings that are not measurements of the patient now: never assimilated.
 _UNUSABLE = int(QualityFlag.ARTIFACT_SUSPECTED | QualityFlag.IMPUTED)
 _ENTERED_IN_ERROR = ObservationStatus.ENTERED_IN_ERROR.value
@@ -438,61 +438,16 @@ class GlucoseTwinService:
     def _readings(
         self, patients: Sequence[str], after_us: int, until_us: int
     ) -> dict[str, list[_Reading]]:
-        """Usable glucose readings in (after, until] per patient, oldest first, mg/dL.
-
-        The newest version of each (source, id) counts; entered-in-error, suspected
-        artifacts and imputed values do not.
-        """
-        table = schema.observations
-        newest: dict[tuple[str, str], tuple[int, str, int, float | None, str, str, int]] = {}
-        with self.store.reading() as conn:
-            for start in range(0, len(patients), 500):
-                query = sa.select(
-                    table.c.patient_id,
-                    table.c.source,
-                    table.c.source_id,
-                    table.c.version,
-                    table.c.value_num,
-                    table.c.unit,
-                    table.c.effective_us,
-                    table.c.status,
-                    table.c.flags,
-                ).where(
-                    table.c.patient_id.in_(list(patients[start : start + 500])),
-                    table.c.code == GLUCOSE,
-                    table.c.effective_us > after_us,
-                    table.c.effective_us <= until_us,
-                )
-                for r in conn.execute(query):
-                    held = newest.get((r.source, r.source_id))
-                    if held is None or r.version > held[0]:
-                        newest[(r.source, r.source_id)] = (
-                            r.version,
-                            r.patient_id,
-                            r.effective_us,
-                            r.value_num,
-                            r.unit,
-                            r.status,
-                            r.flags,
-                        )
+        """Usable glucose readings in (after, until] per patient, oldest first, mg/dL
+        (the registry's canonical unit): suspected artifacts and imputed values left out."""
+        found = usable_readings(
+            self.store, list(patients), GLUCOSE, after_us, until_us, exclude_flags=_UNUSABLE
+        )
         out: dict[str, list[_Reading]] = {}
-        for (source, source_id), (
-            version,
-            patient,
-            at,
-            value,
-            unit,
-            status,
-            flags,
-        ) in newest.items():
-            if value is None or status == _ENTERED_IN_ERROR or flags & _UNUSABLE:
-                continue
-            mg_dl = float(value) * (_MG_DL_PER_MMOL_L if unit == "mmol/L" else 1.0)
-            if not np.isfinite(mg_dl):
-                continue
-            out.setdefault(patient, []).append(_Reading((source, source_id, version), at, mg_dl))
-        for found in out.values():
-            found.sort(key=lambda r: (r.at_us, r.key))
+        for patient, readings in zip(patients, found, strict=True):
+            usable = [_Reading(key, at, value) for key, at, value in readings if np.isfinite(value)]
+            if usable:
+                out[patient] = usable
         return out
 
     def _weight(self, patient: str, until_us: int) -> tuple[float, ObservationKey | None]:

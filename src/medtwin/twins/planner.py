@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 from numpy.typing import NDArray
 
 from medtwin.core.clock import Clock
 from medtwin.core.errors import NotFoundError
-from medtwin.core.records import ObservationStatus, QualityFlag
+from medtwin.core.records import QualityFlag
 from medtwin.data.provenance import ProvenanceStore, outputs_json, parameters_json
-from medtwin.data.store import SqlStore, schema
+from medtwin.data.readings import usable_readings
+from medtwin.data.store import SqlStore
 from medtwin.models.modules import (
     AttributeInput,
     Module,
@@ -49,7 +49,6 @@ from medtwin.twins.runtime import TwinRuntime
 __all__ = ["Derivation", "ModuleRun", "Planner", "PlannerStats"]
 
 _HIDDEN = int(QualityFlag.ARTIFACT_SUSPECTED)
-_ENTERED_IN_ERROR = ObservationStatus.ENTERED_IN_ERROR.value
 ObservationKey = tuple[str, str, int]
 # Per (code, window): values in use, their keys, keys of suspected artifacts held back.
 _Latest = tuple[NDArray[np.float64], NDArray[np.object_], NDArray[np.object_]]
@@ -548,50 +547,9 @@ class Planner:
     def _window(
         self, patients: list[str], code: str, start_us: int, end_us: int
     ) -> list[list[tuple[ObservationKey, int, float]]]:
-        """Per twin, the usable readings of ``code`` in (start, end], oldest first.
-
-        The newest version of each (source, id) counts; entered-in-error and
-        suspected artifacts do not.
-        """
-        table = schema.observations
-        index = {p: i for i, p in enumerate(patients)}
-        newest: dict[tuple[str, str], tuple[int, int, float, str, int, int]] = {}
-        with self.store.reading() as conn:
-            for start in range(0, len(patients), 500):
-                query = sa.select(
-                    table.c.patient_id,
-                    table.c.source,
-                    table.c.source_id,
-                    table.c.version,
-                    table.c.value_num,
-                    table.c.effective_us,
-                    table.c.status,
-                    table.c.flags,
-                ).where(
-                    table.c.patient_id.in_(patients[start : start + 500]),
-                    table.c.code == code,
-                    table.c.effective_us > start_us,
-                    table.c.effective_us <= end_us,
-                )
-                for r in conn.execute(query):
-                    held = newest.get((r.source, r.source_id))
-                    if held is None or r.version > held[0]:
-                        value = np.nan if r.value_num is None else float(r.value_num)
-                        newest[(r.source, r.source_id)] = (
-                            r.version,
-                            r.effective_us,
-                            value,
-                            r.status,
-                            r.flags,
-                            index[r.patient_id],
-                        )
-        out: list[list[tuple[ObservationKey, int, float]]] = [[] for _ in patients]
-        for (source, source_id), (version, at, value, status, flags, i) in newest.items():
-            if status != _ENTERED_IN_ERROR and not flags & _HIDDEN:
-                out[i].append(((source, source_id, version), at, value))
-        for readings in out:
-            readings.sort(key=lambda reading: (reading[1], reading[0]))
-        return out
+        """Per twin, the usable readings of ``code`` in (start, end], oldest first
+        (suspected artifacts left out)."""
+        return usable_readings(self.store, patients, code, start_us, end_us, exclude_flags=_HIDDEN)
 
 
 def _aggregate(found: list[list[tuple[ObservationKey, int, float]]], how: str) -> Any:
