@@ -51,7 +51,7 @@ import sqlalchemy as sa
 from medtwin.core.clock import Clock, to_iso
 from medtwin.core.errors import InputError, NotFoundError
 from medtwin.core.records import Intervention, InterventionKind, ObservationStatus, QualityFlag
-from medtwin.data.provenance import InputRecord, ProvenanceStore, ResultRecord
+from medtwin.data.provenance import InputRecord, ObservationKey, ProvenanceStore, ResultRecord
 from medtwin.data.readings import usable_readings
 from medtwin.data.store import SqlStore, schema
 from medtwin.models.assimilation.glucose_filter import (
@@ -103,8 +103,6 @@ _BW = [q.name for q in PHYSIOLOGY].index("BW")
 _U2SS = [q.name for q in PHYSIOLOGY].index("u2ss")
 # Array fields of GlucoseTwins (its documented state), stacked when twins join or leave.
 _FIELDS = ("x", "z", "theta", "sensor", "base", "basal_u_per_min", "t_min")
-
-ObservationKey = tuple[str, str, int]
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from medtwin.core.clock import Clock
 from medtwin.core.errors import NotFoundError
 from medtwin.core.records import QualityFlag
-from medtwin.data.provenance import ProvenanceStore, outputs_json, parameters_json
+from medtwin.data.provenance import ObservationKey, ProvenanceStore, outputs_json, parameters_json
 from medtwin.data.readings import usable_readings
 from medtwin.data.store import SqlStore
 from medtwin.models.modules import (
@@ -49,7 +49,6 @@ from medtwin.twins.runtime import TwinRuntime
 __all__ = ["Derivation", "ModuleRun", "Planner", "PlannerStats"]
 
 _HIDDEN = int(QualityFlag.ARTIFACT_SUSPECTED)
-ObservationKey = tuple[str, str, int]
 # Per (code, window): values in use, their keys, keys of suspected artifacts held back.
 _Latest = tuple[NDArray[np.float64], NDArray[np.object_], NDArray[np.object_]]
 
