@@ -566,8 +566,14 @@ def test_shipped_rules_load_and_bind_to_the_service_graph() -> None:
         "news2-medium",
         "news2-single-3",
         "qsofa-positive",
+        "glucose-forecast-low",
     }
-    assert dict(rules.disabled) == {"glucose-forecast-low": "disabled in the rules file"}
+    assert dict(rules.disabled) == {}
     graph = {m.name: [o.name for o in m.outputs] for m in news2_modules()}
     assert len(rules.bind(graph)) == 3
+    # With the glucose twins' forecast outputs known, the glucose rule binds too.
+    forecast = {"glucose.forecast": ["median_30", "median_60"]}
+    assert [r.id for r in rules.bind({**graph, **forecast})] == [
+        "news2-high", "news2-medium", "news2-single-3", "glucose-forecast-low",
+    ]  # fmt: skip
     assert SYSTEM.name == "system"

@@ -14,11 +14,16 @@ import numpy as np
 import pytest
 
 from medtwin.core.clock import FixedClock
+from medtwin.data.audit import AuditLog
 from medtwin.data.provenance import ProvenanceStore, observation_id
 from medtwin.data.store import Origin, SqlStore
 from medtwin.devices.simulated.diabetes import DiabetesConfig, DiabetesWard
+from medtwin.models.modules import ModuleGraph
+from medtwin.models.scores.news2_modules import news2_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
+from medtwin.twins.alarms import AlarmEngine, parse_rules
 from medtwin.twins.glucose import MODULE, STATEMENT, GlucoseTwinService
+from medtwin.twins.planner import Planner
 from tests.conftest import StoreFactory
 
 START = datetime(2026, 3, 2, 5, 0, tzinfo=UTC)
@@ -267,3 +272,44 @@ def test_a_basal_rate_change_mid_step_counts_from_its_minute(glucose_store: SqlS
     assert len(used) == 2
     assert "(pump|hi-b1)" in used[1]
     assert "insulin-basal 4 [IU]/h" in used[1]
+
+
+def test_latest_outputs_serve_alarm_rules_over_the_forecast(rig: Rig) -> None:
+    rig.feed(2 * 60)
+    provenance = ProvenanceStore(rig.store)
+    latest = provenance.latest("t1d-a", MODULE)
+    assert latest is not None
+    assert set(latest.outputs) == set(rig.service.output_names)
+    got = rig.service.outputs(["t1d-a", "nobody"], ["median_30", "Vmx"])
+    assert got["median_30"][0] == latest.outputs["median_30"]
+    assert got["Vmx"][0] == latest.outputs["Vmx"]
+    assert np.isnan(got["median_30"][1])  # no glucose twin: no value, never an alarm
+    # The alarm engine reads them as a module outside the planner: a threshold above
+    # every forecast raises for each glucose twin, and for nobody else.
+    audit = AuditLog(rig.store, b"k" * 32, rig.clock)
+    runtime = rig.ingestor.runtime
+    planner = Planner(ModuleGraph(news2_modules(), codes=runtime.codes), runtime, rig.store)
+    rules = parse_rules(
+        {
+            "rule": [
+                {
+                    "id": "low",
+                    "title": "low glucose ahead",
+                    "priority": "high",
+                    "kind": "forecast",
+                    "module": MODULE,
+                    "points": [{"minutes": 30, "output": "median_30"}],
+                    "op": "<",
+                    "value": 1000,
+                    "within_minutes": 30,
+                }
+            ]
+        }
+    ).bind({MODULE: rig.service.output_names})
+    engine = AlarmEngine(
+        rules, rig.store, planner, EventBus(), audit, rig.clock,
+        external={MODULE: rig.service.outputs},
+    )  # fmt: skip
+    raised = engine.evaluate()
+    assert sorted(e["alarm"]["patient"] for e in raised) == ["t1d-a", "t1d-b"]
+    assert {e["alarm"]["value"] for e in raised} >= {latest.outputs["median_30"]}

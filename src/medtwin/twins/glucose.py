@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from numpy.typing import NDArray
 
 from medtwin.core.clock import Clock, to_iso
 from medtwin.core.errors import InputError, NotFoundError
@@ -125,6 +126,7 @@ class _Published:
     twin: GlucoseTwins
     basal_u_per_h: float
     at_us: int
+    outputs: dict[str, float | None]
 
 
 @dataclass
@@ -276,6 +278,33 @@ class GlucoseTwinService:
             out: dict[str, Any] = {} if self._twins is None else self._twins.to_dict()
             out["patients"] = [t.patient for t in self._rows]
             return out
+
+    @property
+    def output_names(self) -> list[str]:
+        """The outputs of a ``glucose.forecast`` result, as alarm rules name them."""
+        bands = ("median", "lower50", "upper50", "lower90", "upper90")
+        forecast = [f"{band}_{h}" for h in self.horizons_min for band in bands]
+        personal = [
+            f"{p}{suffix}" for p in self.prior.parameters for suffix in ("", "_lower90", "_upper90")
+        ]
+        return [*forecast, *personal, "glucose_now", "basal_u_per_h", "body_weight_kg"]
+
+    def outputs(
+        self, patients: Sequence[str], names: Sequence[str]
+    ) -> dict[str, NDArray[np.float64]]:
+        """The latest forecast's outputs ``names`` per patient, NaN for a patient without a
+        glucose twin (for alarm rules over forecasts)."""
+        published = self._published
+        out = {name: np.full(len(patients), np.nan) for name in names}
+        for i, patient in enumerate(patients):
+            found = published.get(patient)
+            if found is None:
+                continue
+            for name in names:
+                value = found.outputs.get(name)
+                if value is not None:
+                    out[name][i] = value
+        return out
 
     def view(self, patient: str) -> dict[str, Any]:
         """The patient's latest forecast, parameters and statement; NotFoundError without a twin."""
@@ -638,8 +667,10 @@ class GlucoseTwinService:
         parameters_text = json.dumps(self._parameters, sort_keys=True, separators=(",", ":"))
         records: list[tuple[ResultRecord, list[InputRecord]]] = []
         events: list[dict[str, Any]] = []
+        latest: dict[str, dict[str, float | None]] = {}
         for j, twin in enumerate(moved):
             outputs: dict[str, float | None] = {}
+            latest[twin.patient] = outputs
             for h, horizon in enumerate(result.horizons_min):
                 for band in ("median", "lower50", "upper50", "lower90", "upper90"):
                     outputs[f"{band}_{horizon}"] = float(getattr(result, band)[j, h])
@@ -701,7 +732,7 @@ class GlucoseTwinService:
         for j, twin in enumerate(moved):
             assert twin.latest is not None
             published[twin.patient] = _Published(
-                twin.latest, twins.select(j), float(basal[j]), position
+                twin.latest, twins.select(j), float(basal[j]), position, latest[twin.patient]
             )
         self._published = published
         return events

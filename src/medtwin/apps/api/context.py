@@ -23,6 +23,7 @@ from medtwin.models.scores.sepsis_modules import qsofa_modules, sofa_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
 from medtwin.twins.alarms import AlarmEngine, Outbound, load_rules
 from medtwin.twins.calibrations import CalibrationStore
+from medtwin.twins.glucose import MODULE as GLUCOSE_MODULE
 from medtwin.twins.glucose import GlucoseTwinService
 from medtwin.twins.hrv_modules import hrv_modules
 from medtwin.twins.planner import Planner
@@ -131,9 +132,14 @@ class ServiceContext:
             store,
             clock=clock,
         )
+        # Glucose twins rebuild from the store on their first refresh pass, not here.
+        glucose = GlucoseTwinService(store, clock)
         alarms = AlarmEngine(
             load_rules(settings.alarm_rules_file).bind(
-                {m.name: [o.name for o in m.outputs] for m in planner.graph},
+                {
+                    **{m.name: [o.name for o in m.outputs] for m in planner.graph},
+                    GLUCOSE_MODULE: glucose.output_names,
+                },
                 unknown=settings.alarm_unknown_modules,
             ),
             store,
@@ -142,6 +148,7 @@ class ServiceContext:
             audit,
             clock,
             max_suppress_minutes=settings.alarm_max_suppress_minutes,
+            external={GLUCOSE_MODULE: glucose.outputs},
         )
         outbound = Outbound.from_settings(settings)
         outbound.attach(bus)
@@ -170,8 +177,7 @@ class ServiceContext:
 
         hl7 = HL7Processor.from_settings(settings, store, ingestor, clock)
         context.extras["hl7"] = hl7
-        # Glucose twins rebuild from the store on their first refresh pass, not here.
-        context.extras["glucose"] = GlucoseTwinService(store, clock)
+        context.extras["glucose"] = glucose
         context.replayers.register("mllp", replayer(hl7))
         context.replayers.register("mqtt", MqttReplayer(ingestor))
         if warm:

@@ -2,7 +2,7 @@
 
 Kept as text in a module, so that it travels with the package like the code.
 NEWS2 escalation follows the RCP 2017 chart; qSOFA follows Seymour 2016. The
-glucose forecast rule is an example, disabled until a forecast module runs.
+glucose forecast rule reads the glucose twins' forecasts (``medtwin.twins.glucose``).
 """
 
 from __future__ import annotations
@@ -72,11 +72,10 @@ id = "glucose-forecast-low"
 title = "Glucose predicted below 70 mg/dL within 30 minutes"
 priority = "high"
 kind = "forecast"
-enabled = false           # enable once a glucose forecast module with these outputs runs
-module = "glucose.forecast"
+module = "glucose.forecast"  # the glucose twins' forecast (median CGM reading, mg/dL)
 points = [
-  { minutes = 30, output = "p50_30min" },
-  { minutes = 60, output = "p50_60min" },
+  { minutes = 30, output = "median_30" },
+  { minutes = 60, output = "median_60" },
 ]
 op = "<"
 value = 70
