@@ -445,7 +445,7 @@ class ResourceRepository:
     def remember(conn: Connection, digest: str, now_us: int, response: dict[str, Any]) -> None:
         conn.execute(
             sa.insert(schema.fhir_bundles),
-            [{"digest": digest, "received_us": now_us, "response": json.dumps(response)}],
+            [{"digest": digest, "received_us": now_us, "response": dump_json(response).decode()}],
         )
 
 
