@@ -20,6 +20,8 @@ from medtwin.core.records import LOINC
 _GLUCOSE_MG_DL_PER_MMOL_L = 18.016
 # 1 kPa = 7.500616827 mm[Hg].
 _MMHG_PER_KPA = 7.500616827
+# 1 international avoirdupois pound = 0.45359237 kg.
+_KG_PER_LB = 0.45359237
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,26 @@ LABORATORY_AND_SCORES: tuple[CodeSpec, ...] = (
         {**_same("mg/dL"), "umol/L": (1 / 88.4, 0.0)},
         hard=(0, 40),
         soft=(0.1, 15),
+    ),
+    CodeSpec(
+        "29463-7",
+        "Body weight",
+        "kg",
+        {**_same("kg"), "g": (0.001, 0.0), "[lb_av]": (_KG_PER_LB, 0.0)},
+        hard=(0, 700),
+        soft=(0.3, 350),
+    ),
+    # Vancomycin levels (therapeutic drug monitoring): 1 ug/mL = 1 mg/L.
+    *(
+        CodeSpec(
+            code,
+            f"Vancomycin [Mass/volume] in Serum or Plasma{suffix}",
+            "mg/L",
+            _same("mg/L", "ug/mL"),
+            hard=(0, 500),
+            soft=(0, 80),
+        )
+        for code, suffix in (("20578-1", ""), ("4092-3", " --trough"), ("4090-7", " --peak"))
     ),
     CodeSpec(
         "8478-0",
