@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from medtwin import __version__
 from medtwin.apps.commands.audit import app as audit_app
 from medtwin.apps.commands.mappings import app as mappings_app
+from medtwin.apps.commands.models import app as models_app
 from medtwin.apps.commands.privacy import keys_app, patients_app
 from medtwin.apps.commands.quarantine import app as quarantine_app
 from medtwin.apps.commands.users import app as users_app
@@ -31,6 +32,7 @@ app.add_typer(patients_app, name="patients")
 app.add_typer(keys_app, name="keys")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(mappings_app, name="mappings")
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
 

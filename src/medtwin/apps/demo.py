@@ -35,6 +35,12 @@ TICK_S = 1.0  # real seconds between simulator steps
 # A fresh demo starts its diabetes patients with this much history, so their glucose
 # twins have learnt something before anyone looks.
 DIABETES_BACKFILL = timedelta(hours=6)
+# The deterioration model a fresh demo trains and promotes (a few seconds), on the vital
+# signs the virtual ward sends.
+DEMO_RISK_MODEL = "deterioration"
+DEMO_RISK_PATIENTS = 300
+DEMO_RISK_TREES = 60
+DEMO_RISK_CHANNELS = ("HR", "O2Sat", "Temp", "SBP", "DBP", "Resp")
 
 
 def run_ward(ward: VirtualWard) -> BackgroundTask:
@@ -125,6 +131,58 @@ def demo_credentials(store: SqlStore) -> tuple[str, str]:
     return DEMO_USER, password
 
 
+def ensure_risk_model(settings: Settings, store: SqlStore) -> int | None:
+    """Train, register and promote a small deterioration model if none serves yet.
+
+    It learns from a generated ward cohort (:data:`DEMO_RISK_PATIENTS` stays) on the
+    vital signs the virtual ward sends, in a few seconds; the demo's twins are then
+    scored with it.  Returns the version promoted, None when one already served.
+    """
+    from medtwin.core.clock import SystemClock
+    from medtwin.data.audit import AuditLog
+    from medtwin.data.model_registry import ModelRegistry
+
+    audit = AuditLog(
+        store,
+        settings.secret("audit_key"),
+        SystemClock(),
+        checkpoint_path=settings.audit_checkpoint_path,
+    )
+    registry = ModelRegistry(store, audit, SystemClock())
+    if registry.promotions(DEMO_RISK_MODEL):
+        return None
+    # Imported here: LightGBM and scikit-learn load only when a model is trained.
+    from medtwin.models.learning import FeatureSpec, GbmParams, generate_cohort
+    from medtwin.twins.risk import register_trained
+
+    started = time.perf_counter()
+    cohort = generate_cohort(DEMO_RISK_PATIENTS, seed=settings.demo_seed, setting="ward")
+    version = register_trained(
+        registry,
+        cohort.patients,
+        name=DEMO_RISK_MODEL,
+        seed=settings.demo_seed,
+        spec=FeatureSpec(channels=DEMO_RISK_CHANNELS, static=()),
+        params=GbmParams(n_estimators=DEMO_RISK_TREES),
+        by_user=DEMO_USER,
+        source=f"generated:ward:{DEMO_RISK_PATIENTS}:{settings.demo_seed}",
+    )
+    registry.promote(
+        DEMO_RISK_MODEL,
+        version.version,
+        by_user=DEMO_USER,
+        reason="demo: a small model trained on a generated ward cohort",
+        role="system",
+    )
+    log.info(
+        "demo: trained and promoted %s version %d in %.1f s",
+        DEMO_RISK_MODEL,
+        version.version,
+        time.perf_counter() - started,
+    )
+    return version.version
+
+
 def create_demo_app(settings: Settings) -> tuple[FastAPI, tuple[str, str]]:
     """The service with a virtual ward and the demo user's credentials.
 
@@ -132,6 +190,7 @@ def create_demo_app(settings: Settings) -> tuple[FastAPI, tuple[str, str]]:
     """
     store = store_for(settings)
     credentials = demo_credentials(store)
+    ensure_risk_model(settings, store)  # so the demo shows risks (the service loads it)
     newest = store.newest_time()
     start = None
     if newest is not None:

@@ -22,11 +22,13 @@ from medtwin.apps.api.routes import (
     consents,
     derived,
     devices,
+    dosing,
     events,
     fhir,
     glucose,
     health,
     interventions,
+    models,
     observations,
     patients,
     quarantine,
@@ -55,7 +57,7 @@ async def refresh_twins(context: ServiceContext) -> None:
         await asyncio.sleep(context.settings.refresh_interval_s)
         try:
             await run_in_threadpool(context.ingestor.refresh)
-            events = await run_in_threadpool(context.planner.derive)
+            events = await run_in_threadpool(context.derive)  # the risk at its own pace
             if events and context.bus.has_subscribers:
                 context.bus.publish(events)
             # Alarms read the values just derived, and time out escalations (publishes itself).
@@ -127,6 +129,7 @@ def create_app(
         devices,
         twins,
         glucose,  # before derived: it answers /patients/{p}/derived/glucose.forecast
+        dosing,
         derived,
         research,
         quarantine,
@@ -135,6 +138,7 @@ def create_app(
         fhir,
         waveforms,
         alarms,
+        models,
     ):
         app.include_router(module.router)
     from medtwin.apps.api import graphql

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from medtwin.apps.api.auth import Tokens
 from medtwin.core.clock import Clock, SystemClock
@@ -13,11 +15,12 @@ from medtwin.core.settings import Settings
 from medtwin.data.accounts import Accounts
 from medtwin.data.audit import AuditEntry, AuditLog
 from medtwin.data.consent import ConsentStore
+from medtwin.data.model_registry import ModelRegistry
 from medtwin.data.provenance import ProvenanceStore
 from medtwin.data.store import SqlStore, store_for
 from medtwin.data.vault import PatientVault, Privacy
 from medtwin.devices.conditioning.pipeline import Conditioner, PipelineConfig
-from medtwin.models.modules import ModuleGraph
+from medtwin.models.modules import ModuleGraph, ResultInput, WaveformInput
 from medtwin.models.scores.news2_modules import news2_modules
 from medtwin.models.scores.sepsis_modules import qsofa_modules, sofa_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
@@ -29,8 +32,14 @@ from medtwin.twins.hrv_modules import hrv_modules
 from medtwin.twins.planner import Planner
 from medtwin.twins.replay import Replayers
 
+if TYPE_CHECKING:
+    from medtwin.twins.risk import ServedRisk
+
 # Twins start from the newest values of this look-back when the service starts.
 WARM_START = timedelta(days=7)
+RISK_MODEL = "deterioration"  # the registry name of the served risk model
+RISK_MODULE = "risk.deterioration"
+RISK_INTERVAL_S = 30.0
 
 
 def conditioner_for(settings: Settings, store: SqlStore) -> Conditioner | None:
@@ -66,6 +75,10 @@ class ServiceContext:
     alarms: AlarmEngine
     outbound: Outbound
     extras: dict[str, object] = field(default_factory=dict)
+    # Real seconds between refresh passes of the learned risk, which reads every reading
+    # of about two days per twin (0: every pass).  See :meth:`derive`.
+    risk_interval_s: float = RISK_INTERVAL_S
+    _risk_pass: float = -math.inf
 
     @property
     def provenance(self) -> ProvenanceStore:
@@ -180,9 +193,73 @@ class ServiceContext:
         context.extras["glucose"] = glucose
         context.replayers.register("mllp", replayer(hl7))
         context.replayers.register("mqtt", MqttReplayer(ingestor))
+        # The learned risk model: served only once a version is promoted (none: no module).
+        context.extras["models"] = ModelRegistry(store, audit, SystemClock())
+        context.serve_risk()
         if warm:
             context.warm()
         return context
+
+    @property
+    def models(self) -> ModelRegistry:
+        """The model registry of the store (versions, promotions, drift references)."""
+        registry = self.extras["models"]
+        assert isinstance(registry, ModelRegistry)
+        return registry
+
+    @property
+    def risk(self) -> ServedRisk | None:
+        """The deterioration model the twins are scored with, None if none is promoted."""
+        return cast("ServedRisk | None", self.extras.get("risk"))
+
+    def derive(self) -> list[dict[str, Any]]:
+        """One refresh pass of the derived values (:meth:`Planner.derive`), with the learned
+        risk at most every :attr:`risk_interval_s` seconds.
+
+        The risk module reads every reading of its window (about two days) and the
+        planner records each of them as an input of each result: at monitor rates that
+        is tens of thousands of rows per twin and pass, so it is not redone on every
+        pass (a promotion or an explicit request still computes it at once).
+        """
+        planner = self.planner
+        graph = planner.graph
+        if RISK_MODULE not in graph:
+            return planner.derive()
+        now = time.monotonic()
+        if now - self._risk_pass >= self.risk_interval_s:
+            self._risk_pass = now
+            return planner.derive()
+        read = {i.module for m in graph for i in m.inputs if isinstance(i, ResultInput)}
+        targets = [
+            m.name
+            for m in graph
+            if m.name not in read
+            and m.name != RISK_MODULE
+            and not any(
+                isinstance(i, WaveformInput) for d in graph.plan([m.name]) for i in d.inputs
+            )
+        ]
+        return planner.derive(targets)
+
+    def serve_risk(self) -> ServedRisk | None:
+        """Load the promoted ``deterioration`` model and (re)register its module.
+
+        Called at start and after a promotion: the module's version names the model
+        version, so every twin's risk is recomputed on its next refresh.  With no
+        promoted version nothing is served and ``risk.deterioration`` is not in the graph.
+        """
+        if self.models.serving(RISK_MODEL) is None:
+            return None
+        from medtwin.twins.risk import load_served  # loads LightGBM: only when serving
+
+        served = load_served(self.models, RISK_MODEL)
+        if served is None:
+            return None
+        graph = self.planner.graph
+        graph.register(served.module(codes=graph.codes), replace=True)
+        self.extras["risk"] = served
+        self._risk_pass = -math.inf  # the new model scores the twins on the next pass
+        return served
 
     def warm(self) -> None:
         """Load the twins' state from the store."""

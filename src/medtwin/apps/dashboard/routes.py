@@ -323,6 +323,45 @@ def vital_rows(twin: dict[str, Any], window_s: float) -> list[dict[str, Any]]:
     return rows
 
 
+# -- the ward's risk column (issue 9; mirrored by dashboard.js) -------------------
+
+RISK_MODULE = "risk.deterioration"
+
+
+def risk_percent(p: float | None) -> str:
+    """A probability as the ward shows it: whole percent, ``<1%`` and ``>99%`` at the ends."""
+    if p is None or math.isnan(p):
+        return "–"
+    pct = 100 * p
+    if pct < 1:
+        return "<1%"
+    if pct > 99:
+        return ">99%"
+    return f"{math.floor(pct + 0.5)}%"
+
+
+def ward_risks(context: ServiceContext, patients: list[str]) -> dict[str, dict[str, str]] | None:
+    """The risk cell of each patient; None when no risk model is served (no column)."""
+    served = context.risk
+    if served is None or RISK_MODULE not in context.planner.graph:
+        return None
+    values: list[float] = [math.nan] * len(patients)
+    if patients:
+        run = context.planner.request([RISK_MODULE], patients).runs[RISK_MODULE]
+        values = run.outputs["risk"].tolist()
+    title = (
+        f"Deterioration risk, model {served.name} v{served.version}: "
+        "supports, does not replace, clinical judgement"
+    )
+    cells = {}
+    for patient, p in zip(patients, values, strict=True):
+        level = "none" if math.isnan(p) else "low"
+        if level == "low" and served.threshold is not None and p >= served.threshold:
+            level = "high"
+        cells[patient] = {"text": risk_percent(p), "level": level, "title": title}
+    return cells
+
+
 # -- pages ----------------------------------------------------------------------
 
 
@@ -375,6 +414,8 @@ async def ward(request: Request, principal: Annotated[Principal, guard(WARD)]) -
     twins = sorted(
         (t for t in summaries if t["patient"] in allowed), key=lambda twin: twin["patient"]
     )
+    risks = await run_in_threadpool(ward_risks, context, [t["patient"] for t in twins])
+    served = context.risk
     return _page(
         request,
         "ward.html",
@@ -382,7 +423,11 @@ async def ward(request: Request, principal: Annotated[Principal, guard(WARD)]) -
             "page": "ward",
             "title": "Ward",
             "fields": WARD_FIELDS,
-            "rows": [ward_row(twin, window_s) for twin in twins],
+            "rows": [
+                {**ward_row(twin, window_s), "risk": (risks or {}).get(twin["patient"])}
+                for twin in twins
+            ],
+            "risk_served": risks is not None,
             "user": principal.name,
         },
         {
@@ -391,6 +436,9 @@ async def ward(request: Request, principal: Annotated[Principal, guard(WARD)]) -
             "parameter_labels": PARAMETER_LABELS,
             "window_s": window_s,
             "air_fio2": AIR_FIO2,
+            "risk": None
+            if risks is None or served is None
+            else {"version": served.version, "threshold": served.threshold},
         },
     )
 

@@ -220,6 +220,7 @@
       },
       onClose: function () {},
       onEvent: function (event) {
+        document.dispatchEvent(new CustomEvent("medtwin:event", { detail: event }));
         if (event.type === "twin.updated") update(event);
         else if (event.type === "events.dropped") {
           resync();
@@ -985,13 +986,538 @@
     if (section.dataset.twin === "yes") load();
   }
 
+  // == deterioration risk (issue 9): learned risk with its SHAP factors ============
+  //
+  // Patient page: the "Deterioration risk" section, filled from GET .../risk (hidden
+  // while no model is served: 404), reloaded when a risk.deterioration result is
+  // announced. Ward page: the risk column, updated from the same announcements.
+
+  var RISK_MODULE = "risk.deterioration";
+  var RISK_CHANNELS = {
+    HR: "Heart rate", O2Sat: "SpO\u2082", Temp: "Temperature", SBP: "Systolic BP",
+    MAP: "Mean arterial pressure", DBP: "Diastolic BP", Resp: "Respiration rate",
+    GCS: "Glasgow coma score", Lactate: "Lactate", Creatinine: "Creatinine",
+    Bilirubin_total: "Bilirubin", Platelets: "Platelets", WBC: "White cells",
+    Age: "Age", Gender: "Gender", HospAdmTime: "Hours since hospital admission",
+    ICULOS: "Hours in ICU",
+  };
+
+  // "HR_mean6h" -> "Heart rate, mean over 6 h" (names of medtwin.models.learning.features).
+  function riskFeatureLabel(name) {
+    var channel = name;
+    var kind = "";
+    var best = 0;
+    Object.keys(RISK_CHANNELS).forEach(function (c) {  // the longest channel prefix
+      if (c.length <= best) return;
+      if (name === c) { channel = c; kind = ""; best = c.length; }
+      else if (name.indexOf(c + "_") === 0) { channel = c; kind = name.slice(c.length + 1); best = c.length; }
+    });
+    var label = RISK_CHANNELS[channel] || channel;
+    var m;
+    if (!kind) return label;
+    if (kind === "last") return label + ", newest";
+    if (kind === "since_h") return label + ", hours since measured";
+    if ((m = /^(mean|min|max|slope|delta)(\d+)h$/.exec(kind))) {
+      var what = { mean: "mean", min: "lowest", max: "highest", slope: "trend (per h)",
+        delta: "newest minus mean" }[m[1]];
+      return label + ", " + what + " over " + m[2] + " h";
+    }
+    if ((m = /^n(\d+)h$/.exec(kind))) return label + ", measurements in " + m[1] + " h";
+    return label + ", " + kind;
+  }
+
+  function riskPercent(p) {
+    if (p === null || p === undefined || isNaN(p)) return DASH;
+    var pct = 100 * p;
+    if (pct < 1) return "<1%";
+    if (pct > 99) return ">99%";
+    return Math.round(pct) + "%";
+  }
+
+  function riskValueText(v) {
+    if (v === null || v === undefined) return "missing";
+    var a = Math.abs(v);
+    var decimals = a >= 100 ? 0 : a >= 10 ? 1 : 2;
+    return String(Number(v.toFixed(decimals)));
+  }
+
+  function riskLevel(p, threshold) {
+    if (p === null || p === undefined || isNaN(p)) return "none";
+    if (threshold !== null && threshold !== undefined && p >= threshold) return "high";
+    return "low";
+  }
+
+  function initRisk(data) {
+    var section = document.getElementById("risk");
+    if (!section) return;
+    var url = data.root + "/api/v1/patients/" + encodeURIComponent(data.patient) + "/risk";
+    var status = document.getElementById("risk-status");
+    var tbody = document.querySelector("#risk-factors tbody");
+
+    function row(factor, scale) {
+      var tr = document.createElement("tr");
+      tr.dataset.feature = factor.feature;
+      var name = document.createElement("th");
+      name.scope = "row";
+      name.textContent = riskFeatureLabel(factor.feature);
+      name.title = factor.feature;
+      var value = document.createElement("td");
+      value.className = "risk-factor-value";
+      value.textContent = riskValueText(factor.value);
+      var effect = document.createElement("td");
+      var bar = document.createElement("div");
+      bar.className = "risk-bar";
+      var fill = document.createElement("span");
+      var up = factor.contribution > 0;
+      fill.className = up ? "risk-up" : "risk-down";
+      fill.style.width = (scale > 0 ? (50 * Math.abs(factor.contribution)) / scale : 0) + "%";
+      bar.appendChild(fill);
+      var size = document.createElement("span");
+      size.className = "risk-contribution";
+      size.textContent = (up ? "+" : "\u2212") + Math.abs(factor.contribution).toFixed(2);
+      effect.title = (up ? "raises" : "lowers") + " the risk: SHAP " + factor.contribution.toFixed(3) + " log-odds";
+      effect.appendChild(bar);
+      effect.appendChild(size);
+      tr.appendChild(name);
+      tr.appendChild(value);
+      tr.appendChild(effect);
+      return tr;
+    }
+
+    function show(body) {
+      section.hidden = false;
+      var value = document.getElementById("risk-value");
+      value.textContent = riskPercent(body.risk);
+      value.dataset.level = riskLevel(body.risk, null);
+      document.getElementById("risk-model").textContent =
+        "model " + body.model.name + " v" + body.model.version;
+      document.getElementById("risk-statement").textContent = body.statement;
+      var time = document.getElementById("risk-time");
+      if (body.as_of) {
+        time.setAttribute("datetime", body.as_of);
+        time.textContent = formatTime(body.as_of);
+      } else {
+        time.removeAttribute("datetime");
+        time.textContent = DASH;
+      }
+      var link = document.getElementById("risk-provenance");
+      link.href = data.root + body.provenance;
+      var factors = body.factors || [];
+      var scale = 0;
+      factors.forEach(function (f) { scale = Math.max(scale, Math.abs(f.contribution)); });
+      tbody.replaceChildren.apply(tbody, factors.map(function (f) { return row(f, scale); }));
+      if (!factors.length) {
+        var tr = document.createElement("tr");
+        tr.className = "empty";
+        var td = document.createElement("td");
+        td.colSpan = 3;
+        td.textContent = "No readings yet: no risk.";
+        tr.appendChild(td);
+        tbody.appendChild(tr);
+      }
+      status.textContent = "";
+    }
+
+    // Asked for only while a model is served (GET /api/v1/models says which), so the
+    // page never fetches a 404; a risk result announced later means one is.
+    var served = false;
+    var loading = false;
+    var again = false;  // asked again while loading: load once more after
+    function load() {
+      if (loading) { again = true; return; }
+      loading = true;
+      var ready = served
+        ? Promise.resolve(true)
+        : fetch(data.root + "/api/v1/models", { headers: { Accept: "application/json" } })
+          .then(function (r) { return r.ok ? r.json() : { served: null }; })
+          .then(function (body) { served = !!body.served; return served; });
+      ready
+        .then(function (ok) {
+          if (!ok) return { status: 404, ok: false };
+          return fetch(url, { headers: { Accept: "application/json" } });
+        })
+        .then(function (r) {
+          if (r.status === 404) { section.hidden = true; return null; }
+          if (!r.ok) throw new Error(String(r.status));
+          return r.json();
+        })
+        .then(function (body) { if (body) show(body); })
+        .catch(function () { status.textContent = "could not load the risk"; })
+        .then(function () {
+          loading = false;
+          if (again) { again = false; load(); }
+        });
+    }
+
+    document.addEventListener("medtwin:event", function (e) {
+      var event = e.detail || {};
+      if (event.type === "events.dropped") load();
+      else if (event.type === "derived.updated" && event.module === RISK_MODULE && event.patient === data.patient) {
+        served = true;
+        load();
+      }
+    });
+    load();
+  }
+
+  function initWardRisk(data) {
+    var risk = data.risk;
+    if (!risk) return; // no model served: no column
+    var tbody = document.getElementById("ward-rows");
+
+    function cellOf(patient) {
+      var tr = tbody.querySelector('tr[data-patient="' + CSS.escape(patient) + '"]');
+      if (!tr) return null;
+      var td = tr.querySelector('td[data-field="risk"]');
+      if (!td) { // a row the ward made live: give it the column
+        td = document.createElement("td");
+        td.dataset.field = "risk";
+        td.className = "risk-cell";
+        tr.appendChild(td);
+      }
+      return td;
+    }
+
+    function put(patient, p) {
+      var td = cellOf(patient);
+      if (!td) return;
+      var text = riskPercent(p);
+      var changed = td.textContent !== text;
+      td.textContent = text;
+      td.dataset.level = riskLevel(p, risk.threshold);
+      if (changed) {
+        td.classList.add("updated");
+        setTimeout(function () { td.classList.remove("updated"); }, 3000);
+      }
+    }
+
+    function resync() {
+      tbody.querySelectorAll("tr[data-patient]").forEach(function (tr) {
+        var patient = tr.dataset.patient;
+        fetch(data.root + "/api/v1/patients/" + encodeURIComponent(patient) + "/risk",
+          { headers: { Accept: "application/json" } })
+          .then(function (r) { return r.ok ? r.json() : null; })
+          .then(function (body) { if (body) put(patient, body.risk); })
+          .catch(function () {});
+      });
+    }
+
+    document.addEventListener("medtwin:event", function (e) {
+      var event = e.detail || {};
+      if (event.type === "events.dropped") resync();
+      else if (event.type === "twin.updated") cellOf(event.patient);
+      else if (event.type === "derived.updated" && event.module === RISK_MODULE) {
+        var out = event.outputs && event.outputs.risk;
+        put(event.patient, out ? out.value : null);
+      }
+    });
+  }
+
+  // == vancomycin dosing (issue 8): MAP fit, dose, predicted curve with its band ====
+  //
+  // Patient page: the "Vancomycin dosing" section, shown when GET .../dosing/vancomycin
+  // lists vancomycin doses or levels. The form POSTs a target and draws the answer:
+  // measured levels as points, the predicted steady-state interval (from the next
+  // 5-minute mark) with its 5-95 % band. A stored recommendation is redrawn on load
+  // with its own request (the same data give the same result id).
+
+  function initDosing(data) {
+    var section = document.getElementById("dosing");
+    if (!section || typeof uPlot === "undefined") return;
+    var url = data.root + "/api/v1/patients/" + encodeURIComponent(data.patient) + "/dosing/vancomycin";
+    var form = document.getElementById("dosing-form");
+    var error = document.getElementById("dosing-error");
+    var status = document.getElementById("dosing-status");
+    var chartEl = document.getElementById("dosing-chart");
+    var result = document.getElementById("dosing-result");
+    var kind = document.getElementById("dosing-kind");
+    var plot = null;
+    var summary = null;
+    var loading = null;
+    var DEFAULTS = { auc24: [400, 600], trough: [10, 15] };
+
+    function width(el) {
+      return Math.max(280, el.querySelector(".plot").clientWidth || 480);
+    }
+
+    function fmt(v, decimals) {
+      return typeof v === "number" && isFinite(v) ? roundHalfAway(v, decimals) : DASH;
+    }
+
+    function sig(v) {
+      if (typeof v !== "number" || !isFinite(v)) return DASH;
+      return Number(v.toPrecision(3)).toString();
+    }
+
+    function timeCell(iso) {
+      var t = document.createElement("time");
+      t.setAttribute("datetime", iso);
+      t.textContent = iso;
+      return t;
+    }
+
+    function row(cells, key) {
+      var tr = document.createElement("tr");
+      cells.forEach(function (cell, i) {
+        var td = document.createElement(i ? "td" : "th");
+        if (!i) td.scope = "row";
+        if (cell instanceof Node) td.appendChild(cell);
+        else td.textContent = cell;
+        tr.appendChild(td);
+      });
+      if (key) tr.dataset.key = key;
+      return tr;
+    }
+
+    function fillLevels(levels, doses) {
+      var body = document.querySelector("#dosing-levels tbody");
+      body.replaceChildren();
+      levels.forEach(function (lv) {
+        var fitted = typeof lv.predicted_mg_l === "number" ? fmt(lv.predicted_mg_l, 1) : DASH;
+        body.appendChild(row([timeCell(lv.time), lv.kind, fmt(lv.conc_mg_l, 1) + " mg/L", fitted], lv.id));
+      });
+      var total = doses.reduce(function (s, d) { return s + (d.amount_mg || 0); }, 0);
+      document.getElementById("dosing-doses").textContent = doses.length
+        ? doses.length + " vancomycin dose" + (doses.length === 1 ? "" : "s") + ", " + fmt(total, 0) + " mg in all, the last at " + formatTime(doses[doses.length - 1].time) + "."
+        : "No vancomycin doses on record.";
+      localizeTimes(section);
+    }
+
+    // Measures the drawn band (canvas pixels at the curve's peak): tests and screen
+    // readers can tell that it is really on the chart.
+    function markBand(u) {
+      var hi = u.data[4];
+      var lo = u.data[3];
+      var best = -1;
+      for (var i = 0; i < hi.length; i++) {
+        if (hi[i] === null || lo[i] === null) continue;
+        var px = u.valToPos(lo[i], "y") - u.valToPos(hi[i], "y");
+        if (px > best) best = px;
+      }
+      if (best >= 0) chartEl.dataset.band90Px = String(Math.round(best));
+    }
+
+    function draw(answer) {
+      var levels = new Map();
+      answer.levels.forEach(function (lv) { levels.set(Date.parse(lv.time) / 1000, lv.conc_mg_l); });
+      var curve = new Map();
+      answer.curve.time.forEach(function (iso, i) { curve.set(Date.parse(iso) / 1000, i); });
+      var xs = Array.from(new Set(Array.from(levels.keys()).concat(Array.from(curve.keys()))));
+      xs.sort(function (a, b) { return a - b; });
+      var trough = answer.target.kind === "trough";
+      function col(name) {
+        return xs.map(function (t) { return curve.has(t) ? answer.curve[name][curve.get(t)] : null; });
+      }
+      function flat(value) {
+        return xs.map(function (t) { return trough && curve.has(t) ? value : null; });
+      }
+      var columns = [
+        xs,
+        xs.map(function (t) { return levels.has(t) ? levels.get(t) : null; }),
+        col("conc_mg_l"),
+        col("lower90"),
+        col("upper90"),
+        flat(answer.target.low),
+        flat(answer.target.high),
+      ];
+      if (plot) plot.destroy();
+      plot = new uPlot(
+        {
+          width: width(chartEl),
+          height: 240,
+          legend: { show: false },
+          scales: { x: { time: true }, y: { range: function (u, min, max) {
+            return [0, Math.max(25, max === null ? 25 : max * 1.1)];
+          } } },
+          axes: [{ label: "time", labelSize: 18 }, { label: "mg/L", labelSize: 18, size: 48 }],
+          series: [
+            {},
+            { label: "levels", stroke: "#c05621", width: 0, paths: function () { return null; }, points: { show: true, size: 8, fill: "#c05621" } },
+            { label: "predicted", stroke: "#0b6e99", width: 2, points: { show: false } },
+            { label: "5%", stroke: "transparent", points: { show: false } },
+            { label: "95%", stroke: "transparent", points: { show: false } },
+            { label: "target low", stroke: "#2f855a", width: 1, dash: [4, 4], points: { show: false } },
+            { label: "target high", stroke: "#2f855a", width: 1, dash: [4, 4], points: { show: false } },
+          ],
+          bands: [{ series: [4, 3], fill: "rgba(11, 110, 153, 0.18)" }],
+          hooks: { draw: [markBand] },
+        },
+        columns,
+        chartEl.querySelector(".plot")
+      );
+      chartEl.dataset.levels = String(levels.size);
+      chartEl.dataset.curvePoints = String(curve.size);
+      chartEl.dataset.result = answer.id;
+    }
+
+    function fill(answer) {
+      result.hidden = false;
+      var t = answer.target;
+      var unit = t.kind === "trough" ? "mg/L" : "mg\u00b7h/L";
+      var what = t.kind === "trough" ? "Trough" : "AUC24";
+      document.getElementById("dosing-dose").textContent =
+        fmt(answer.dose_mg, 0) + " mg every " + fmt(answer.interval_h, 0) + " h, infused over " +
+        fmt(answer.infusion_h, 2) + " h (" + fmt(answer.daily_dose_mg, 0) + " mg/day)";
+      document.getElementById("dosing-predicted").textContent =
+        what + " predicted at steady state " + sig(answer.predicted) + " " + unit +
+        " (90% range " + sig(answer.predicted_lower90) + DASH + sig(answer.predicted_upper90) +
+        "); target " + sig(t.low) + DASH + sig(t.high) + " " + unit +
+        (answer.in_target ? "." : ": the nearest dose step misses it.") +
+        (t.kind === "trough" ? " AUC24 " + fmt(answer.auc24_mg_h_l, 0) + " mg\u00b7h/L." : " Trough " + fmt(answer.trough_mg_l, 1) + " mg/L.");
+      var params = document.querySelector("#dosing-parameters tbody");
+      params.replaceChildren();
+      answer.parameters.forEach(function (p) {
+        var value = document.createElement("span");
+        value.textContent = sig(p.value) + " ";
+        var u = document.createElement("span");
+        u.className = "unit";
+        u.textContent = p.unit;
+        value.appendChild(u);
+        var range = p.lower90 === null ? DASH : sig(p.lower90) + DASH + sig(p.upper90);
+        params.appendChild(row([p.name, value, range, sig(p.typical)], p.name));
+      });
+      var c = answer.covariates;
+      document.getElementById("dosing-covariates").textContent =
+        "Weight " + fmt(c.weight_kg, 1) + " kg, creatinine " + fmt(c.creatinine_mg_dl, 2) +
+        " mg/dL, CrCL (Cockcroft-Gault) " + fmt(c.crcl_ml_min, 0) + " mL/min" +
+        (c.dialysis ? ", on hemodialysis" : "") + (answer.converged ? "." : "; the fit did not converge.");
+      document.getElementById("dosing-model").textContent = "Model: " + answer.model + ".";
+      document.getElementById("dosing-model").title = answer.citation;
+      document.getElementById("dosing-provenance").href = data.root + answer.provenance;
+      document.getElementById("dosing-statement").textContent = answer.statement;
+      fillLevels(answer.levels, answer.doses);
+      draw(answer);
+    }
+
+    function request() {
+      var low = Number(document.getElementById("dosing-low").value);
+      var high = Number(document.getElementById("dosing-high").value);
+      var infusion = Number(document.getElementById("dosing-infusion").value);
+      var interval = Number(document.getElementById("dosing-interval").value);
+      var problem = null;
+      if (!isFinite(low) || !isFinite(high) || low <= 0 || high <= low) problem = "The target needs 0 < from < to.";
+      else if (!isFinite(infusion) || infusion <= 0 || infusion >= interval) problem = "The infusion must be shorter than the interval.";
+      if (problem) {
+        error.textContent = problem;
+        return null;
+      }
+      return {
+        target: { kind: kind.value, low: low, high: high },
+        interval_h: interval,
+        infusion_h: infusion,
+        dialysis: document.getElementById("dosing-dialysis").checked,
+      };
+    }
+
+    function recommend(body) {
+      error.textContent = "";
+      if (status) status.textContent = "fitting\u2026";
+      return fetch(url, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify(body),
+      })
+        .then(function (r) {
+          return r.json().then(function (answer) { return { ok: r.ok, body: answer }; });
+        })
+        .then(function (answer) {
+          if (status) status.textContent = "";
+          if (!answer.ok) {
+            var e = answer.body.error || {};
+            error.textContent = (e.location ? e.location + ": " : "") + (e.message || "no recommendation");
+            return;
+          }
+          fill(answer.body);
+        })
+        .catch(function () {
+          if (status) status.textContent = "";
+          error.textContent = "the recommendation could not be computed";
+        });
+    }
+
+    function restore(parameters) {
+      var t = parameters.target || {};
+      if (t.kind) kind.value = t.kind;
+      if (typeof t.low === "number") document.getElementById("dosing-low").value = String(t.low);
+      if (typeof t.high === "number") document.getElementById("dosing-high").value = String(t.high);
+      if (parameters.interval_h) document.getElementById("dosing-interval").value = String(parameters.interval_h);
+      if (parameters.infusion_h) document.getElementById("dosing-infusion").value = String(parameters.infusion_h);
+      document.getElementById("dosing-dialysis").checked = !!parameters.dialysis;
+    }
+
+    function load() {
+      if (loading) return loading;
+      loading = fetch(url, { headers: { Accept: "application/json" } })
+        .then(function (r) {
+          if (!r.ok) throw new Error(String(r.status));
+          return r.json();
+        })
+        .then(function (answer) {
+          var first = summary === null;
+          summary = answer;
+          if (!answer.doses.length && !answer.levels.length) return;
+          section.hidden = false;
+          document.getElementById("dosing-statement").textContent = answer.statement;
+          if (result.hidden) fillLevels(answer.levels, answer.doses);
+          // A stored recommendation: drawn again with its own request, once.
+          if (first && answer.latest && answer.latest.parameters) {
+            restore(answer.latest.parameters);
+            var body = request();
+            if (body) recommend(body);
+          }
+        })
+        .catch(function () {})
+        .finally(function () { loading = null; });
+      return loading;
+    }
+
+    kind.addEventListener("change", function () {
+      var d = DEFAULTS[kind.value];
+      document.getElementById("dosing-low").value = String(d[0]);
+      document.getElementById("dosing-high").value = String(d[1]);
+    });
+
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var body = request();
+      if (body) recommend(body);
+    });
+
+    // A new dose or level of this patient: show the section (the form stays as it is).
+    var reloadTimer = null;
+    document.addEventListener("medtwin:event", function (e) {
+      var event = e.detail || {};
+      var mine = event.patient === data.patient;
+      if (event.type === "events.dropped" || (mine && (event.type === "twin.intervention" || event.type === "twin.updated"))) {
+        clearTimeout(reloadTimer);
+        reloadTimer = setTimeout(load, 500);
+      }
+    });
+
+    var resizeTimer = null;
+    window.addEventListener("resize", function () {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(function () {
+        if (plot) plot.setSize({ width: width(chartEl), height: 240 });
+      }, 150);
+    });
+
+    load();
+  }
+
   // -- start ------------------------------------------------------------------
 
   var data = pageData();
   localizeTimes(document);
-  if (data.page === "ward") initWard(data);
+  if (data.page === "ward") {
+    initWard(data);
+    initWardRisk(data);
+  }
   else if (data.page === "patient") {
     initPatient(data);
     initGlucose(data);
+    initRisk(data);
+    initDosing(data);
   }
 })();
