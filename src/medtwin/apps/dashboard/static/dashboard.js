@@ -16,6 +16,21 @@
 
   // -- formatting (same rules as routes.py) -----------------------------------
 
+  // The glucose and dosing sections' charts and tables: a plot's width in its panel (px),
+  // a number to fixed decimals and one to three significant digits (a dash for none).
+  function width(el) {
+    return Math.max(280, el.querySelector(".plot").clientWidth || 480);
+  }
+
+  function fmt(v, decimals) {
+    return typeof v === "number" && isFinite(v) ? roundHalfAway(v, decimals) : DASH;
+  }
+
+  function sig(v) {
+    if (typeof v !== "number" || !isFinite(v)) return DASH;
+    return Number(v.toPrecision(3)).toString();
+  }
+
   function roundHalfAway(value, decimals) {
     var factor = Math.pow(10, decimals);
     var scaled = Math.round(value * factor * 1e9) / 1e9;
@@ -678,19 +693,6 @@
     var scenarios = []; // the branches the form added
     var loading = null;
 
-    function width(el) {
-      return Math.max(280, el.querySelector(".plot").clientWidth || 480);
-    }
-
-    function fmt(v, decimals) {
-      return typeof v === "number" && isFinite(v) ? roundHalfAway(v, decimals) : DASH;
-    }
-
-    function sig(v) {
-      if (typeof v !== "number" || !isFinite(v)) return DASH;
-      return Number(v.toPrecision(3)).toString();
-    }
-
     // Measures the drawn 90 % band (canvas pixels at the last horizon): tests and
     // screen readers can tell that the band is really on the chart.
     function markBand(u) {
@@ -1235,19 +1237,6 @@
     var summary = null;
     var loading = null;
     var DEFAULTS = { auc24: [400, 600], trough: [10, 15] };
-
-    function width(el) {
-      return Math.max(280, el.querySelector(".plot").clientWidth || 480);
-    }
-
-    function fmt(v, decimals) {
-      return typeof v === "number" && isFinite(v) ? roundHalfAway(v, decimals) : DASH;
-    }
-
-    function sig(v) {
-      if (typeof v !== "number" || !isFinite(v)) return DASH;
-      return Number(v.toPrecision(3)).toString();
-    }
 
     function timeCell(iso) {
       var t = document.createElement("time");
