@@ -43,7 +43,10 @@ LEVELS = {
     "GCS": (15.0, -0.05),
     "Platelets": (220.0, -3.0),
     "Creatinine": (0.9, 0.03),
+    "Lactate": (12.0, 0.6),  # mg/dL, the challenge's unit; the twins keep mmol/L
+    "WBC": (8.0, 0.15),
 }
+LABS = ("Platelets", "Creatinine", "Lactate", "WBC")
 
 
 def _registry(store: SqlStore) -> ModelRegistry:
@@ -73,7 +76,7 @@ class Rig:
         for channel, (base, slope) in LEVELS.items():
             code, unit = CHANNEL_CODES[channel]
             for h in range(hours):
-                if channel in ("Platelets", "Creatinine") and h % 8:
+                if channel in LABS and h % 8:
                     continue  # labs every 8 h
                 at = newest - timedelta(hours=h, minutes=7 * (h % 3))
                 value = round(base + trend * slope * (hours - h), 2)
@@ -137,9 +140,9 @@ def test_the_module_reads_every_channel_the_twins_keep(served: ServedRisk, rig: 
     module = rig.graph[MODULE_NAME]
     declared = {i.name: i for i in module.inputs if isinstance(i, ObservationInput)}
     assert len(declared) == len(module.inputs)
-    # Lactate (2524-7) and WBC (6690-2) are not in the code registry: not read.
     expected = {c for c, (code, _) in CHANNEL_CODES.items() if code in rig.runtime.codes}
     assert set(declared) == expected
+    assert {"Lactate", "WBC"} <= expected  # LOINC 2524-7 and 6690-2 are registered
     assert all(i.aggregate == "all" for i in declared.values())
     assert all(i.window_s >= 49 * 3600 for i in declared.values())
     assert module.version == f"1+m{served.version}"

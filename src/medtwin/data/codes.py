@@ -175,6 +175,23 @@ LABORATORY_AND_SCORES: tuple[CodeSpec, ...] = (
         soft=(0.1, 15),
     ),
     CodeSpec(
+        "2524-7",
+        "Lactate [Moles/volume] in Serum or Plasma",
+        "mmol/L",
+        # Lactic acid 90.08 g/mol: 1 mmol/L = 9.008 mg/dL (the PhysioNet 2019 unit).
+        {**_same("mmol/L"), "mg/dL": (1 / 9.008, 0.0)},
+        hard=(0, 50),
+        soft=(0.3, 20),
+    ),
+    CodeSpec(
+        "6690-2",
+        "Leukocytes [#/volume] in Blood by Automated count",
+        "10*3/uL",
+        _same("10*3/uL", "10*9/L", "10*3/mm3"),
+        hard=(0, 1000),
+        soft=(0.5, 100),
+    ),
+    CodeSpec(
         "29463-7",
         "Body weight",
         "kg",
