@@ -1,8 +1,10 @@
 """The usable readings of one code over a window, per patient, for the models that read them.
 
-"Usable": the newest version of each (source, id), not entered in error, and
-without the quality flags the caller excludes (suspected artifacts for scores;
-imputed values too for a filter that must see measurements only).
+"Usable": the newest version of each (source, id), not entered in error, not
+flagged unmapped (a value stored before its code was registered is in the sender's
+unit, not the registry's canonical one), and without the quality flags the caller
+excludes (suspected artifacts for scores; imputed values too for a filter that must
+see measurements only).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import sqlalchemy as sa
 
-from medtwin.core.records import ObservationStatus
+from medtwin.core.records import ObservationStatus, QualityFlag
 from medtwin.data.provenance import ObservationKey
 from medtwin.data.store import SqlStore, schema
 
@@ -23,6 +25,7 @@ Reading = tuple[ObservationKey, int, float]
 when the observation is not numeric)."""
 
 _ENTERED_IN_ERROR = ObservationStatus.ENTERED_IN_ERROR.value
+_UNMAPPED = int(QualityFlag.UNMAPPED)
 _CHUNK = 500
 
 
@@ -71,6 +74,7 @@ def usable_readings(
                         index[r.patient_id],
                     )
     out: list[list[Reading]] = [[] for _ in wanted]
+    exclude_flags |= _UNMAPPED
     for (source, source_id), (version, at, value, status, flags, i) in newest.items():
         if status != _ENTERED_IN_ERROR and not flags & exclude_flags:
             out[i].append(((source, source_id, version), at, value))

@@ -37,13 +37,13 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from medtwin.core.clock import Clock, to_iso
 from medtwin.core.errors import InputError
-from medtwin.core.records import Intervention, InterventionKind, ObservationStatus, QualityFlag
+from medtwin.core.records import Intervention, InterventionKind, QualityFlag
 from medtwin.data.provenance import InputRecord, ProvenanceStore, ResultRecord
-from medtwin.data.store import SqlStore, schema
+from medtwin.data.readings import usable_readings
+from medtwin.data.store import SqlStore
 from medtwin.data.vault import PatientVault
 from medtwin.models.assimilation.pk_map import (
     GOTI_2018_VANCOMYCIN,
@@ -81,12 +81,7 @@ CREATININE = "2160-0"
 MODEL = GOTI_2018_VANCOMYCIN
 DT_MIN = 5.0
 MINUTE_US = 60_000_000
-_ENTERED_IN_ERROR = ObservationStatus.ENTERED_IN_ERROR.value
 _UNUSABLE = int(QualityFlag.ARTIFACT_SUSPECTED | QualityFlag.IMPUTED)
-# Conversions into the model's units, for values stored before a code was registered.
-_TO_MG_L = {"mg/L": 1.0, "ug/mL": 1.0}
-_TO_KG = {"kg": 1.0, "g": 0.001, "[lb_av]": 0.45359237}
-_TO_MG_DL = {"mg/dL": 1.0, "umol/L": 1 / 88.4}
 # Routes that do not reach the blood as an IV dose does (medtwin's names, SNOMED oral).
 _NOT_IV = frozenset(
     {"oral", "enteral", "nasal", "inhalation", "subcutaneous", "intramuscular", "26643006"}
@@ -215,48 +210,15 @@ class DosingService:
 
     def _observations(self, patient: str, codes: Sequence[str], until_us: int) -> list[Measured]:
         """Usable numeric observations of ``codes`` up to ``until``, oldest first, in the
-        model's units; the newest version of each (source, id)."""
-        table = schema.observations
-        query = sa.select(
-            table.c.source,
-            table.c.source_id,
-            table.c.version,
-            table.c.code,
-            table.c.value_num,
-            table.c.unit,
-            table.c.effective_us,
-            table.c.status,
-            table.c.flags,
-        ).where(
-            table.c.patient_id == patient,
-            table.c.code.in_(list(codes)),
-            table.c.effective_us <= until_us,
-        )
-        newest: dict[tuple[str, str], Any] = {}
-        with self.store.reading() as conn:
-            for row in conn.execute(query):
-                held = newest.get((row.source, row.source_id))
-                if held is None or row.version > held.version:
-                    newest[(row.source, row.source_id)] = row
-        out: list[Measured] = []
-        for row in newest.values():
-            if row.value_num is None or row.status == _ENTERED_IN_ERROR:
-                continue
-            if row.flags & _UNUSABLE:
-                continue
-            if row.code in LEVEL_CODES:
-                factor = _TO_MG_L.get(row.unit)
-            elif row.code == BODY_WEIGHT:
-                factor = _TO_KG.get(row.unit)
-            else:
-                factor = _TO_MG_DL.get(row.unit)
-            if factor is None:
-                continue
-            value = float(row.value_num) * factor
-            if not math.isfinite(value) or value < 0:
-                continue
-            key = (row.source, row.source_id, int(row.version))
-            out.append(Measured(key, row.code, int(row.effective_us), value))
+        registry's canonical units (mg/L, kg, mg/dL: the model's)."""
+        out = [
+            Measured(key, code, at, value)
+            for code in codes
+            for key, at, value in usable_readings(
+                self.store, [patient], code, -1, until_us, exclude_flags=_UNUSABLE
+            )[0]
+            if math.isfinite(value) and value >= 0
+        ]
         out.sort(key=lambda m: (m.at_us, m.key))
         return out
 
