@@ -1,4 +1,4 @@
-"""Dependencies of the routes: the service context and the policy guard."""
+"""Dependencies of the routes: the service context and the policy guards."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute
 
 from medtwin.apps.api.auth import (
     BREAK_GLASS_HEADER,
+    SESSION_COOKIE,
     AuthenticationFailed,
     Policy,
     Principal,
@@ -169,6 +170,44 @@ def consent_decision(context: ServiceContext, principal: Principal, patient: str
 def guard(policy: Policy) -> Any:
     """``Depends`` that enforces ``policy``; every route declares one."""
     return Depends(Guard(policy))
+
+
+def _same_origin(connection: HTTPConnection) -> bool:
+    host = connection.headers.get("host")
+    if not host:
+        return False
+    origin = connection.headers.get("origin")
+    if origin is not None:
+        return origin in (f"http://{host}", f"https://{host}")
+    referer = connection.headers.get("referer") or ""
+    return referer.startswith((f"http://{host}/", f"https://{host}/"))
+
+
+class SessionWriteGuard(Guard):
+    """:class:`Guard` that also accepts the dashboard's session cookie on a same-origin POST.
+
+    A bearer token or an API key, when sent, decides as everywhere else.
+    """
+
+    def __call__(self, connection: HTTPConnection) -> Principal | None:
+        headers = connection.headers
+        by_cookie = (
+            SESSION_COOKIE in connection.cookies
+            and not headers.get("authorization")
+            and not headers.get("x-api-key")
+        )
+        if not by_cookie:
+            return super().__call__(connection)
+        if not _same_origin(connection):
+            raise HTTPException(403, "cross-site request refused")
+        # The guard takes cookies on reads only; this request passed the origin check.
+        return super().__call__(HTTPConnection({**connection.scope, "method": "GET"}))
+
+
+def session_guard(policy: Policy) -> Any:
+    """``Depends`` that enforces ``policy`` and also takes the dashboard's session on a
+    same-origin POST (:class:`SessionWriteGuard`): for the dashboard's own actions."""
+    return Depends(SessionWriteGuard(policy))
 
 
 def policy_of(dependency: object) -> Policy | None:

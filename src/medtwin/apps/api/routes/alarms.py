@@ -12,15 +12,15 @@ or else ``Referer``, names this host), on top of the cookie's SameSite=Strict.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import HTTPConnection
 
-from medtwin.apps.api.auth import SESSION_COOKIE, Policy, Principal, visible
-from medtwin.apps.api.deps import Context, Guard, guard
+from medtwin.apps.api.auth import Policy, Principal, visible
+from medtwin.apps.api.deps import Context, guard, session_guard
 from medtwin.apps.api.schemas import ErrorAnswer
 from medtwin.core.errors import ConflictError
 from medtwin.data.accounts import Role
@@ -55,42 +55,6 @@ READ = _on_alarm("read")
 ACKNOWLEDGE = _on_alarm("acknowledge-alarm")
 RESOLVE = _on_alarm("resolve-alarm")
 SUPPRESS = Policy.allow(Role.CLINICIAN, Role.ADMIN, action="suppress-alarm", patient_scoped=True)
-
-
-def _same_origin(connection: HTTPConnection) -> bool:
-    host = connection.headers.get("host")
-    if not host:
-        return False
-    origin = connection.headers.get("origin")
-    if origin is not None:
-        return origin in (f"http://{host}", f"https://{host}")
-    referer = connection.headers.get("referer") or ""
-    return referer.startswith((f"http://{host}/", f"https://{host}/"))
-
-
-class SessionWriteGuard(Guard):
-    """:class:`Guard` that also accepts the dashboard's session cookie on a same-origin POST.
-
-    A bearer token or an API key, when sent, decides as everywhere else.
-    """
-
-    def __call__(self, connection: HTTPConnection) -> Principal | None:
-        headers = connection.headers
-        by_cookie = (
-            SESSION_COOKIE in connection.cookies
-            and not headers.get("authorization")
-            and not headers.get("x-api-key")
-        )
-        if not by_cookie:
-            return super().__call__(connection)
-        if not _same_origin(connection):
-            raise HTTPException(403, "cross-site request refused")
-        # The guard takes cookies on reads only; this request passed the origin check.
-        return super().__call__(HTTPConnection({**connection.scope, "method": "GET"}))
-
-
-def _session_guard(policy: Policy) -> Any:
-    return Depends(SessionWriteGuard(policy))
 
 
 class Acted(BaseModel):
@@ -180,16 +144,10 @@ async def acknowledge_alarm(
     alarm_id: str,
     body: ReasonIn,
     context: Context,
-    principal: Annotated[Principal, _session_guard(ACKNOWLEDGE)],
+    principal: Annotated[Principal, session_guard(ACKNOWLEDGE)],
 ) -> dict[str, Any]:
     """Take the alarm, with a reason: its escalation stops. 409 unless it is active."""
-    try:
-        alarm = await run_in_threadpool(
-            context.alarms.acknowledge, alarm_id, _actor(principal), body.reason
-        )
-    except ConflictError as exc:
-        raise HTTPException(409, str(exc)) from exc
-    return alarm.to_json()
+    return await _transition(context.alarms.acknowledge, alarm_id, principal, body.reason)
 
 
 @router.post("/alarms/{alarm_id}/resolve", response_model=AlarmOut, responses=_ERRORS)
@@ -197,13 +155,19 @@ async def resolve_alarm(
     alarm_id: str,
     body: ReasonIn,
     context: Context,
-    principal: Annotated[Principal, _session_guard(RESOLVE)],
+    principal: Annotated[Principal, session_guard(RESOLVE)],
 ) -> dict[str, Any]:
     """Close the alarm, with a reason; the rule's suppression window starts. 409 if closed."""
+    return await _transition(context.alarms.resolve, alarm_id, principal, body.reason)
+
+
+async def _transition(
+    change: Callable[[str, Actor, str], Alarm], alarm_id: str, principal: Principal, reason: str
+) -> dict[str, Any]:
+    """Apply an acknowledgement or a resolution by ``principal``; 409 when the alarm's
+    state does not allow it."""
     try:
-        alarm = await run_in_threadpool(
-            context.alarms.resolve, alarm_id, _actor(principal), body.reason
-        )
+        alarm = await run_in_threadpool(change, alarm_id, _actor(principal), reason)
     except ConflictError as exc:
         raise HTTPException(409, str(exc)) from exc
     return alarm.to_json()

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from medtwin.apps.api.auth import Policy
 from medtwin.apps.api.context import ServiceContext
-from medtwin.apps.api.deps import Context, guard
-from medtwin.apps.api.routes.alarms import SessionWriteGuard
+from medtwin.apps.api.deps import Context, guard, session_guard
 from medtwin.apps.api.schemas import ErrorAnswer
 from medtwin.core.errors import InputError
 from medtwin.data.accounts import Role
@@ -159,7 +158,7 @@ async def get_vancomycin(patient: str, context: Context) -> dict[str, Any]:
     "/patients/{patient}/dosing/vancomycin",
     response_model=DosingOut,
     responses=_ERRORS,
-    dependencies=[Depends(SessionWriteGuard(RECOMMEND))],
+    dependencies=[session_guard(RECOMMEND)],
 )
 async def post_vancomycin(patient: str, body: DosingIn, context: Context) -> dict[str, Any]:
     """Fit the patient's PK parameters (Goti et al. 2018 population model, MAP) to the

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from medtwin.apps.api.auth import Policy
-from medtwin.apps.api.deps import Context, guard
-from medtwin.apps.api.routes.alarms import SessionWriteGuard
+from medtwin.apps.api.deps import Context, guard, session_guard
 from medtwin.apps.api.schemas import DerivedOut, ErrorAnswer
 from medtwin.core.clock import to_iso
 from medtwin.core.errors import InputError, NotFoundError
@@ -159,7 +158,7 @@ async def derived_forecast(patient: str, context: Context) -> dict[str, Any]:
     "/twins/{patient}/whatif",
     response_model=WhatIfOut,
     responses=_ERRORS,
-    dependencies=[Depends(SessionWriteGuard(WHATIF))],
+    dependencies=[session_guard(WHATIF)],
 )
 async def post_whatif(patient: str, body: WhatIfIn, context: Context) -> dict[str, Any]:
     """Branch the twin now and simulate each scenario beside a "no change" branch, from
