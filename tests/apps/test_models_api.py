@@ -16,7 +16,7 @@ from medtwin.core.settings import Settings
 from medtwin.data.accounts import Role
 from medtwin.models.learning import GbmParams, PatientSeries, generate_cohort
 from medtwin.models.learning.features import CHANNEL_CODES
-from medtwin.twins.risk import MODULE_NAME, STATEMENT, TOP_K, register_trained
+from medtwin.twins.risk import MODULE_NAME, REFRESH_S, STATEMENT, TOP_K, register_trained
 
 PASSWORD = "correct horse battery staple"
 VITALS = {
@@ -254,10 +254,12 @@ def test_the_refresh_pass_scores_the_risk_at_its_own_pace(
     client: TestClient, cohort: tuple[PatientSeries, ...]
 ) -> None:
     context = _context(client)
-    assert MODULE_NAME not in {e["module"] for e in context.derive()}  # nothing served
+    assert MODULE_NAME not in {e["module"] for e in context.planner.derive()}  # nothing served
     assert _promote(client, _register(client, cohort)).status_code == 200
-    context.risk_interval_s = 3600.0
-    first = [e for e in context.derive() if e["module"] == MODULE_NAME]
+    assert context.planner.graph[MODULE_NAME].refresh_s == REFRESH_S
+    seconds = [1000.0]  # the planner's timer: real seconds, moved by hand here
+    context.planner.timer = lambda: seconds[0]
+    first = [e for e in context.planner.derive() if e["module"] == MODULE_NAME]
     assert {e["patient"] for e in first} == {"pa", "pb"}  # a promotion scores at once
     assert first[0]["version"] == context.planner.graph[MODULE_NAME].version
     _, key = context.accounts.add_api_key(
@@ -281,7 +283,10 @@ def test_the_refresh_pass_scores_the_risk_at_its_own_pace(
         headers={"X-API-Key": key},
     )
     assert answer.json()["summary"]["stored"] == 1, answer.text
-    assert not [e for e in context.derive() if e["module"] == MODULE_NAME]  # not due yet
-    context.risk_interval_s = 0.0
-    again = [e for e in context.derive() if e["module"] == MODULE_NAME]
+    seconds[0] += REFRESH_S - 1
+    derived = context.planner.derive()
+    assert not [e for e in derived if e["module"] == MODULE_NAME]  # not due yet
+    assert "news2" in {e["module"] for e in derived}  # the other modules are
+    seconds[0] += 1
+    again = [e for e in context.planner.derive() if e["module"] == MODULE_NAME]
     assert [e["patient"] for e in again] == ["pa"]

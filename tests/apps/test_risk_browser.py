@@ -6,6 +6,7 @@ Uses the browser fixtures of ``test_browser`` (and its live server).
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -65,7 +66,8 @@ def test_the_patient_page_shows_the_risk_and_its_factors(
     from playwright.sync_api import expect
 
     context = live_server.context
-    context.risk_interval_s = 0.0  # the risk on every refresh pass, as the test wants it live
+    # Each refresh pass an hour of the planner's timer later: the risk on every pass.
+    context.planner.timer = itertools.count(0.0, 3600.0).__next__
     _post(live_server, "bed-01", 10, prefix="a", shift=0.0)
     page = watched.page
     # No model served: no section, no risk column, and no 404 fetched.

@@ -355,3 +355,49 @@ def test_derive_brings_every_twin_up_to_date_and_announces_new_values(rig: Rig) 
     assert rig.planner.provenance.latest("p2", "news2") == rig.planner.provenance.result(
         event["id"]
     )
+
+
+def _hr_max(refresh_s: float, version: str = "1") -> FunctionModule:
+    """A costly module: every HR reading of a day (aggregate ``all``), at its own pace."""
+
+    def compute(values: InputValues, _: Mapping[str, ParameterValue]) -> OutputValues:
+        hr: Ragged = values["hr"]
+        return {
+            "max": np.array([r.max() if len(r) else np.nan for r in map(hr.of, range(len(hr)))])
+        }
+
+    return FunctionModule(
+        "hr.max",
+        version,
+        (ObservationInput("hr", HR, 86_400.0, "all"),),
+        (ModuleOutput("max", "/min"),),
+        compute,
+        refresh_s=refresh_s,
+    )
+
+
+def test_a_module_with_a_refresh_interval_is_recomputed_at_most_that_often(rig: Rig) -> None:
+    seconds = [100.0]
+    rig.planner.timer = lambda: seconds[0]
+    rig.planner.graph.register(_hr_max(60.0))
+    rig.post("p1", NORMAL)
+    assert {e["module"] for e in rig.planner.derive()} == {"news2", "hr.max"}
+    rig.post("p1", {HR: 140}, minutes_ago=1)
+    seconds[0] += 59.0
+    (news2,) = rig.planner.derive()  # hr.max is not due: only the NEWS2 is renewed
+    assert news2["module"] == "news2"
+    # A request asks for it now, whatever its pace.
+    assert rig.planner.request(["hr.max"], ["p1"]).value("hr.max", "max", "p1") == 140
+    rig.post("p1", {HR: 150}, minutes_ago=0.5)
+    seconds[0] += 1.0
+    (due,) = [e for e in rig.planner.derive() if e["module"] == "hr.max"]
+    assert due["outputs"]["max"]["value"] == 150
+    rig.post("p1", {HR: 120}, minutes_ago=0.2)
+    seconds[0] += 30.0
+    assert {e["module"] for e in rig.planner.derive()} == {"news2"}
+    # A new version (a registration) is due at once.
+    rig.planner.graph.register(_hr_max(60.0, version="2"), replace=True)
+    (renewed,) = [e for e in rig.planner.derive() if e["module"] == "hr.max"]
+    assert renewed["outputs"]["max"]["value"] == 150
+    with pytest.raises(ModuleGraphError, match="refresh interval"):
+        rig.planner.graph.register(_hr_max(-1.0), replace=True)

@@ -153,6 +153,11 @@ class Module(Protocol):
     @property
     def parameters(self) -> Mapping[str, ParameterValue]: ...
 
+    @property
+    def refresh_s(self) -> float:
+        """Least seconds between two refresh passes that recompute it (0: every pass)."""
+        ...
+
     def compute(self, inputs: InputValues) -> OutputValues:
         """Outputs for ``n`` twins from their inputs; each output of shape ``(n,)``."""
         ...
@@ -169,6 +174,9 @@ class FunctionModule:
     function: Callable[[InputValues, Mapping[str, ParameterValue]], OutputValues]
     parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
     description: str = ""
+    # For a module whose inputs are costly to read (every reading of days of monitoring):
+    # refresh passes recompute it at most this often; a request still computes it at once.
+    refresh_s: float = 0.0
 
     def compute(self, inputs: InputValues) -> OutputValues:
         return self.function(inputs, self.parameters)
@@ -294,6 +302,8 @@ def _check_declaration(module: Module) -> None:
     outputs = [out.name for out in module.outputs]
     if not outputs or len(set(outputs)) != len(outputs):
         raise ModuleGraphError(f"module {module.name!r} needs distinct, declared outputs")
+    if not module.refresh_s >= 0:
+        raise ModuleGraphError(f"module {module.name!r} needs a refresh interval >= 0 s")
 
 
 def _check_acyclic(modules: Mapping[str, Module]) -> None:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,6 +209,7 @@ class Planner:
         *,
         clock: Clock | None = None,
         cache_size: int = 200_000,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.graph = graph
         self.runtime = runtime
@@ -221,6 +223,9 @@ class Planner:
         self._memo: dict[tuple[str, tuple[int, tuple[str, ...]]], _Memo] = {}
         self._encoded: dict[int, tuple[Module, str]] = {}
         self._lock = threading.Lock()
+        self.timer = timer
+        # Per module: the graph generation and the time a refresh pass last ran it.
+        self._refreshed: dict[str, tuple[int, float]] = {}
 
     def request(
         self, targets: Sequence[str], patients: Sequence[str] | None = None, *, persist: bool = True
@@ -298,11 +303,14 @@ class Planner:
         return Derivation(patients, now, runs)
 
     def derive(self, targets: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Bring ``targets`` (default: modules nothing reads, bar those that read
-        waveforms) up to date for every twin.
+        """A refresh pass: bring ``targets`` (default: modules nothing reads, bar those
+        that read waveforms) up to date for every twin.
 
-        Returns a ``derived.updated`` event for each target result computed now (the
-        twins whose inputs changed, or aged out of a window, since the last pass).
+        A target with a refresh interval (:attr:`Module.refresh_s`) is left out while
+        its last pass is younger than that (real seconds, ``timer``); a new version of
+        it is brought up to date on the next pass.  Returns a ``derived.updated`` event
+        for each target result computed now (the twins whose inputs changed, or aged
+        out of a window, since the last pass).
         """
         if targets is None:
             read = {i.module for m in self.graph for i in m.inputs if isinstance(i, ResultInput)}
@@ -315,6 +323,9 @@ class Planner:
                     isinstance(i, WaveformInput) for d in self._plan([m.name]) for i in d.inputs
                 )
             ]
+        targets = self._due(targets)
+        if not targets:
+            return []
         derivation = self.request(targets)
         events: list[dict[str, Any]] = []
         for name in targets:
@@ -338,6 +349,22 @@ class Planner:
                     }
                 )
         return events
+
+    def _due(self, targets: Sequence[str]) -> list[str]:
+        """``targets`` without the modules whose refresh interval has not passed; the
+        ones kept count as refreshed now."""
+        now, generation = self.timer(), self.graph.generation
+        due: list[str] = []
+        for name in targets:
+            interval = self.graph[name].refresh_s
+            if interval > 0:
+                held = self._refreshed.get(name)
+                # A registration (a new version, a promoted model) makes it due at once.
+                if held is not None and held[0] == generation and now - held[1] < interval:
+                    continue
+                self._refreshed[name] = (generation, now)
+            due.append(name)
+        return due
 
     def _plan(self, targets: Sequence[str]) -> list[Module]:
         key = (self.graph.generation, tuple(targets))

@@ -68,6 +68,7 @@ __all__ = [
     "MARGIN_H",
     "MODEL_NAME",
     "MODULE_NAME",
+    "REFRESH_S",
     "SERVABLE_SPEC",
     "STATEMENT",
     "TOP_K",
@@ -84,6 +85,9 @@ MODEL_NAME = "deterioration"
 TOP_K = 5
 MARGIN_H = 24
 """Hours the window adds to the features' look-back (see the module docstring)."""
+REFRESH_S = 30.0
+"""Least real seconds between refresh passes that recompute the risk: it reads every
+reading of its window (days of monitoring per twin) and records each as an input."""
 LACTATE_MG_DL_PER_MMOL_L = 9.008  # molar mass of lactate 90.08 g/mol
 _SCALE = {"Lactate": LACTATE_MG_DL_PER_MMOL_L}
 _HOUR_US = 3_600_000_000
@@ -275,6 +279,7 @@ def risk_modules(
             f"learned deterioration risk ({model_name} v{model_version}) with its top "
             f"{k} SHAP factors, as of the newest reading"
         ),
+        refresh_s=REFRESH_S,
     )
 
 

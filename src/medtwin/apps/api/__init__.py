@@ -57,7 +57,7 @@ async def refresh_twins(context: ServiceContext) -> None:
         await asyncio.sleep(context.settings.refresh_interval_s)
         try:
             await run_in_threadpool(context.ingestor.refresh)
-            events = await run_in_threadpool(context.derive)  # the risk at its own pace
+            events = await run_in_threadpool(context.planner.derive)
             if events and context.bus.has_subscribers:
                 context.bus.publish(events)
             # Alarms read the values just derived, and time out escalations (publishes itself).

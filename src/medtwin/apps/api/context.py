@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -20,7 +18,7 @@ from medtwin.data.provenance import ProvenanceStore
 from medtwin.data.store import SqlStore, store_for
 from medtwin.data.vault import PatientVault, Privacy
 from medtwin.devices.conditioning.pipeline import Conditioner, PipelineConfig
-from medtwin.models.modules import ModuleGraph, ResultInput, WaveformInput
+from medtwin.models.modules import ModuleGraph
 from medtwin.models.scores.news2_modules import news2_modules
 from medtwin.models.scores.sepsis_modules import qsofa_modules, sofa_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
@@ -38,8 +36,6 @@ if TYPE_CHECKING:
 # Twins start from the newest values of this look-back when the service starts.
 WARM_START = timedelta(days=7)
 RISK_MODEL = "deterioration"  # the registry name of the served risk model
-RISK_MODULE = "risk.deterioration"
-RISK_INTERVAL_S = 30.0
 
 
 def conditioner_for(settings: Settings, store: SqlStore) -> Conditioner | None:
@@ -75,10 +71,6 @@ class ServiceContext:
     alarms: AlarmEngine
     outbound: Outbound
     extras: dict[str, object] = field(default_factory=dict)
-    # Real seconds between refresh passes of the learned risk, which reads every reading
-    # of about two days per twin (0: every pass).  See :meth:`derive`.
-    risk_interval_s: float = RISK_INTERVAL_S
-    _risk_pass: float = -math.inf
 
     @property
     def provenance(self) -> ProvenanceStore:
@@ -212,35 +204,6 @@ class ServiceContext:
         """The deterioration model the twins are scored with, None if none is promoted."""
         return cast("ServedRisk | None", self.extras.get("risk"))
 
-    def derive(self) -> list[dict[str, Any]]:
-        """One refresh pass of the derived values (:meth:`Planner.derive`), with the learned
-        risk at most every :attr:`risk_interval_s` seconds.
-
-        The risk module reads every reading of its window (about two days) and the
-        planner records each of them as an input of each result: at monitor rates that
-        is tens of thousands of rows per twin and pass, so it is not redone on every
-        pass (a promotion or an explicit request still computes it at once).
-        """
-        planner = self.planner
-        graph = planner.graph
-        if RISK_MODULE not in graph:
-            return planner.derive()
-        now = time.monotonic()
-        if now - self._risk_pass >= self.risk_interval_s:
-            self._risk_pass = now
-            return planner.derive()
-        read = {i.module for m in graph for i in m.inputs if isinstance(i, ResultInput)}
-        targets = [
-            m.name
-            for m in graph
-            if m.name not in read
-            and m.name != RISK_MODULE
-            and not any(
-                isinstance(i, WaveformInput) for d in graph.plan([m.name]) for i in d.inputs
-            )
-        ]
-        return planner.derive(targets)
-
     def serve_risk(self) -> ServedRisk | None:
         """Load the promoted ``deterioration`` model and (re)register its module.
 
@@ -257,8 +220,7 @@ class ServiceContext:
             return None
         graph = self.planner.graph
         graph.register(served.module(codes=graph.codes), replace=True)
-        self.extras["risk"] = served
-        self._risk_pass = -math.inf  # the new model scores the twins on the next pass
+        self.extras["risk"] = served  # its registration makes the next refresh pass score it
         return served
 
     def warm(self) -> None:
