@@ -139,7 +139,13 @@ def test_every_derived_value_traces_to_the_messages_it_came_from(live_server: Li
     for fingerprint, module, patient in results:
         messages: set[tuple[str, str]] = set()
         problems: list[str] = []
-        _walk(provenance.tree(fingerprint), messages, problems)
+        tree = provenance.tree(fingerprint)
+        if not tree.get("inputs"):
+            # A refresh pass scores every twin: a SOFA organ without any of its readings
+            # read nothing, so it knows nothing and traces to nothing.
+            assert all(v is None for v in tree["outputs"].values()), (module, patient)
+            continue
+        _walk(tree, messages, problems)
         assert problems == [], (module, patient, problems)
         assert messages, f"{module} of {patient} traces to no message"
         if module == "news2":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +15,7 @@ from medtwin.core.clock import FixedClock
 from medtwin.core.errors import NotFoundError
 from medtwin.data.store import Origin, SqlStore
 from medtwin.models.modules import (
+    AttributeInput,
     FunctionModule,
     InputValues,
     ModuleGraph,
@@ -23,7 +24,10 @@ from medtwin.models.modules import (
     ObservationInput,
     OutputValues,
     ParameterValue,
+    Published,
+    PublishedModule,
     Ragged,
+    ResultInput,
 )
 from medtwin.models.scores import BANDS, PARAMETERS
 from medtwin.models.scores.news2_modules import news2_modules, subscore_module
@@ -401,3 +405,57 @@ def test_a_module_with_a_refresh_interval_is_recomputed_at_most_that_often(rig: 
     assert renewed["outputs"]["max"]["value"] == 150
     with pytest.raises(ModuleGraphError, match="refresh interval"):
         rig.planner.graph.register(_hr_max(-1.0), replace=True)
+
+
+def test_a_published_module_is_read_not_computed_and_feeds_its_readers(rig: Rig) -> None:
+    """A stateful service's latest results: the planner reads them, other modules take
+    them as inputs, and a new result reaches its readers at once (no stale memo)."""
+    stored: dict[str, tuple[str, float]] = {}
+    asked: list[list[str]] = []
+
+    def latest(patients: Sequence[str], names: Sequence[str]) -> Published:
+        asked.append(list(patients))
+        held = [stored.get(p) for p in patients]
+        values = [np.nan if h is None else h[1] for h in held]
+        return ["" if h is None else h[0] for h in held], {n: np.array(values) for n in names}
+
+    forecast = PublishedModule("glucose.like", "3", (ModuleOutput("median_30", "mg/dL"),), latest)
+    low = FunctionModule(
+        "low.ahead",
+        "1",
+        (ResultInput("g", "glucose.like", "median_30"),),
+        (ModuleOutput("low", "1"),),
+        lambda v, _: {"low": np.where(np.isnan(v["g"]), np.nan, (v["g"] < 70).astype(float))},
+    )
+    rig.planner.graph.register(forecast, low)
+    rig.post("p1", NORMAL)
+    rig.post("p2", NORMAL)
+    stored["p1"] = ("f-1", 120.0)
+    first = rig.planner.request(["low.ahead"], ["p1", "p2"])
+    run = first.runs["glucose.like"]
+    assert run.fingerprints == ["f-1", ""]
+    assert not run.computed.any()
+    assert first.value("glucose.like", "median_30", "p1") == 120.0
+    assert first.value("glucose.like", "median_30", "p2") is None
+    assert first.value("low.ahead", "low", "p1") == 0.0
+    assert first.value("low.ahead", "low", "p2") is None
+    # The service publishes a new forecast; nothing about the twin changed.
+    stored["p1"] = ("f-2", 60.0)
+    second = rig.planner.request(["low.ahead"], ["p1"])
+    assert second.value("low.ahead", "low", "p1") == 1.0
+    reads = rig.planner.provenance.inputs_of([second.fingerprint("low.ahead", "p1")])
+    assert [i.upstream for i in next(iter(reads.values()))] == ["f-2"]
+    # Refresh passes leave it to its service; its readers are brought up to date.
+    assert "glucose.like" not in {e["module"] for e in rig.planner.derive()}
+    with pytest.raises(TypeError, match="published by its service"):
+        forecast.compute({})
+    with pytest.raises(ModuleGraphError, match="declares no inputs"):
+        rig.planner.graph.register(
+            PublishedModule(
+                "bad",
+                "1",
+                (ModuleOutput("x", "1"),),
+                latest,
+                inputs=(AttributeInput("s", "spo2_scale"),),
+            )
+        )

@@ -11,6 +11,11 @@ no value (aggregations ``latest``, ``mean``, ``min``, ``max``, ``count``), as a
 :class:`Ragged` batch of every value in the window (``all``), or, for waveforms,
 as a list of one :class:`Recording` (or None) per twin. Outputs are float arrays
 of shape ``(n,)``, NaN meaning null.
+
+A stateful model that advances with time (a filter) cannot be a pure ``compute``:
+it is a :class:`PublishedModule`, kept up to date by its own service, whose latest
+stored results the planner reads instead of computing, so that the graph, the API
+and other modules see it like any other.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ __all__ = [
     "ModuleGraphError",
     "ModuleOutput",
     "ObservationInput",
+    "Published",
+    "PublishedModule",
     "Ragged",
     "Recording",
     "ResultInput",
@@ -182,6 +189,32 @@ class FunctionModule:
         return self.function(inputs, self.parameters)
 
 
+Published = tuple[list[str], Mapping[str, NDArray[np.float64]]]
+"""Per twin the fingerprint of its latest stored result ("" if none), and each output."""
+
+
+@dataclass(frozen=True)
+class PublishedModule:
+    """A module its own service computes and stores (with provenance) as time passes.
+
+    ``latest(patients, outputs)`` answers each twin's latest published result: its
+    fingerprint ("" when the twin has none yet) and the asked outputs (NaN if none).
+    The planner never computes it, and refresh passes leave it to its service.
+    """
+
+    name: str
+    version: str
+    outputs: tuple[ModuleOutput, ...]
+    latest: Callable[[Sequence[str], Sequence[str]], Published]
+    parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+    description: str = ""
+    inputs: tuple[Input, ...] = ()
+    refresh_s: float = 0.0
+
+    def compute(self, inputs: InputValues) -> OutputValues:
+        raise TypeError(f"module {self.name!r} is published by its service, not computed")
+
+
 class ModuleGraph:
     """The registry of modules, checked as a whole: no unknown inputs, no cycles.
 
@@ -302,6 +335,8 @@ def _check_declaration(module: Module) -> None:
     outputs = [out.name for out in module.outputs]
     if not outputs or len(set(outputs)) != len(outputs):
         raise ModuleGraphError(f"module {module.name!r} needs distinct, declared outputs")
+    if isinstance(module, PublishedModule) and module.inputs:
+        raise ModuleGraphError(f"published module {module.name!r} declares no inputs")
     if not module.refresh_s >= 0:
         raise ModuleGraphError(f"module {module.name!r} needs a refresh interval >= 0 s")
 

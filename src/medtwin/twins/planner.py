@@ -40,6 +40,7 @@ from medtwin.models.modules import (
     Module,
     ModuleGraph,
     ObservationInput,
+    PublishedModule,
     Ragged,
     Recording,
     ResultInput,
@@ -192,7 +193,8 @@ class _Inputs:
                     position += 1
                 continue
             if kind == "result":
-                out.append((fingerprint, position, name, kind, None, None, None, read, None))
+                if read:  # "": a published module without a result for the twin yet
+                    out.append((fingerprint, position, name, kind, None, None, None, read, None))
             else:
                 out.append((fingerprint, position, name, kind, None, None, None, None, read))
             position += 1
@@ -251,7 +253,8 @@ class Planner:
             # inputs has aged out of its window since, read the same inputs: same results.
             # Runtime revisions see observations only: windows read from the store and
             # waveforms are looked up each time.
-            memoable = all(
+            # Published results change with their service, not with the twin's revision.
+            memoable = not any(isinstance(m, PublishedModule) for m in order) and all(
                 (isinstance(item, ObservationInput) and item.aggregate == "latest")
                 or isinstance(item, ResultInput | AttributeInput)
                 for module in order
@@ -318,6 +321,7 @@ class Planner:
                 m.name
                 for m in self.graph
                 if m.name not in read
+                and not isinstance(m, PublishedModule)  # its service brings it up to date
                 # Waveform modules decode recordings: they run when asked for, not each pass.
                 and not any(
                     isinstance(i, WaveformInput) for d in self._plan([m.name]) for i in d.inputs
@@ -391,6 +395,8 @@ class Planner:
         latest: dict[tuple[str, int], _Latest],
     ) -> ModuleRun:
         n = len(patients)
+        if isinstance(module, PublishedModule):
+            return _published(module, patients)
         inputs = self._inputs(module, patients, rows, now, runs, latest)
         parameters = self._parameters(module)
         head = f"{module.name}\x1f{module.version}\x1f{parameters}\x1f"
@@ -576,6 +582,17 @@ class Planner:
         """Per twin, the usable readings of ``code`` in (start, end], oldest first
         (suspected artifacts left out)."""
         return usable_readings(self.store, patients, code, start_us, end_us, exclude_flags=_HIDDEN)
+
+
+def _published(module: PublishedModule, patients: list[str]) -> ModuleRun:
+    """The latest results ``module``'s service stored for ``patients``."""
+    names = [out.name for out in module.outputs]
+    fingerprints, found = module.latest(patients, names)
+    outputs = {name: np.asarray(found[name], dtype=np.float64) for name in names}
+    n = len(patients)
+    if len(fingerprints) != n or any(column.shape != (n,) for column in outputs.values()):
+        raise ValueError(f"published module {module.name!r} answered for other twins")
+    return ModuleRun(module.name, module.version, list(fingerprints), outputs, np.zeros(n, bool))
 
 
 def _aggregate(found: list[list[tuple[ObservationKey, int, float]]], how: str) -> Any:

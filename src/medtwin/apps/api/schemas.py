@@ -283,6 +283,10 @@ class ModuleOutputOut(BaseModel):
 class ModuleOut(BaseModel):
     name: str
     version: str
+    published: bool = Field(
+        description="computed and stored by its own service as time passes (a stateful "
+        "twin such as the glucose filter); the planner reads its latest result"
+    )
     parameters: dict[str, float | int | str | bool]
     inputs: list[ModuleInputOut]
     outputs: list[ModuleOutputOut]

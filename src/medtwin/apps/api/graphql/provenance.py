@@ -239,6 +239,8 @@ async def derive(context: RequestContext, field: str, patient: str, name: str) -
         raise NotFoundError(f"no twin for patient {patient!r}")
     derivation = await run_in_threadpool(planner.request, [name], [patient])
     run = derivation.runs[name]
+    if not run.fingerprints[0]:  # a published module its service has not run for the twin
+        raise NotFoundError(f"module {name!r} has no result for patient {patient!r} yet")
     record = await run_in_threadpool(service.provenance.result, run.fingerprints[0])
     module = planner.graph[record.module]
     units = {out.name: (out.unit, out.code) for out in module.outputs}

@@ -15,7 +15,13 @@ from medtwin.core.errors import NotFoundError
 from medtwin.data.accounts import Role
 from medtwin.data.provenance import ResultRecord
 from medtwin.data.provenance_export import to_fhir, to_prov_json
-from medtwin.models.modules import AttributeInput, Module, ObservationInput, ResultInput
+from medtwin.models.modules import (
+    AttributeInput,
+    Module,
+    ObservationInput,
+    PublishedModule,
+    ResultInput,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["derived"])
 _404: dict[int | str, dict[str, object]] = {404: {"model": ErrorAnswer}}
@@ -58,6 +64,8 @@ async def derive(patient: str, name: str, context: Context) -> dict[str, Any]:
         raise NotFoundError(f"no twin for patient {patient!r}")
     derivation = await run_in_threadpool(context.planner.request, [name], [patient])
     run = derivation.runs[name]
+    if not run.fingerprints[0]:  # a published module its service has not run for the twin
+        raise NotFoundError(f"module {name!r} has no result for patient {patient!r} yet")
     record = await run_in_threadpool(context.provenance.result, run.fingerprints[0])
     return _derived_out(context, record, cached=not bool(run.computed[0]))
 
@@ -149,6 +157,7 @@ def _module_out(module: Module) -> dict[str, Any]:
     return {
         "name": module.name,
         "version": module.version,
+        "published": isinstance(module, PublishedModule),
         "parameters": dict(module.parameters),
         "inputs": inputs,
         "outputs": [
