@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from medtwin.core.clock import FixedClock
+from medtwin.core.records import Intervention, InterventionKind
 from medtwin.data.audit import AuditLog
 from medtwin.data.provenance import ProvenanceStore, observation_id
 from medtwin.data.store import Origin, SqlStore
@@ -22,7 +23,7 @@ from medtwin.models.modules import ModuleGraph
 from medtwin.models.scores.news2_modules import news2_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
 from medtwin.twins.alarms import AlarmEngine, parse_rules
-from medtwin.twins.glucose import MODULE, STATEMENT, GlucoseTwinService
+from medtwin.twins.glucose import MODULE, STATEMENT, GlucoseTwinService, _plan
 from medtwin.twins.planner import Planner
 from tests.conftest import StoreFactory
 
@@ -313,3 +314,141 @@ def test_latest_outputs_serve_alarm_rules_over_the_forecast(rig: Rig) -> None:
     raised = engine.evaluate()
     assert sorted(e["alarm"]["patient"] for e in raised) == ["t1d-a", "t1d-b"]
     assert {e["alarm"]["value"] for e in raised} >= {latest.outputs["median_30"]}
+
+
+def _planned_rig(
+    stores: StoreFactory, backend: str, planned: list[dict[str, object]]
+) -> tuple[GlucoseTwinService, SqlStore, FixedClock, Ingestor]:
+    """One patient with CGM at 140 mg/dL every 5 min for 90 min and basal 1 U/h, plus the
+    ``planned`` interventions recorded ahead of the clock; the twin caught up to now.
+
+    Each call has its own store but the same patient and seed, so the twins are the same
+    and their forecasts differ only by what was planned."""
+    store = stores.new(backend)
+    clock = FixedClock(START + timedelta(minutes=90))
+    # Planned interventions are up to hours ahead of the clock: accepted by this ingestor.
+    ingestor = Ingestor(store, TwinRuntime(clock), EventBus(), clock, max_future_s=6 * 3600)
+    readings = [
+        {"id": f"g-{m}", "source": "cgm", "patient": "p", "code": "2339-0", "value": 140.0,
+         "unit": "mg/dL", "time": _iso(m)}
+        for m in range(0, 91, 5)
+    ]  # fmt: skip
+    basal = {"id": "b0", "source": "pump", "patient": "p", "kind": "insulin-basal",
+             "amount": 1.0, "unit": "[IU]/h", "time": _iso(0)}  # fmt: skip
+    ingestor.ingest(readings, channel="test")
+    results = ingestor.ingest_interventions([basal, *planned], channel="test")
+    assert all(r.status == "stored" for r in results), results
+    service = GlucoseTwinService(store, clock, lag_s=0)
+    service.refresh()
+    return service, store, clock, ingestor
+
+
+def _iso(minute: int) -> str:
+    return (START + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z")
+
+
+def _item(item_id: str, kind: str, amount: float, unit: str, minute: int) -> dict[str, object]:
+    return {"id": item_id, "source": "pump", "patient": "p", "kind": kind,
+            "amount": amount, "unit": unit, "time": _iso(minute)}  # fmt: skip
+
+
+def test_planned_meals_boluses_and_basal_rates_enter_the_forecast(
+    stores: StoreFactory, backend: str
+) -> None:
+    """Interventions recorded for later than now (the clock is at minute 90): a meal or a
+    bolus in 20 min, a basal rate from minute 100 on (it continues). The forecast counts
+    on them, its result names them, and the what-if branches start from them."""
+    none, _, _, _ = _planned_rig(stores, backend, [])
+    meal, meal_store, clock, ingestor = _planned_rig(
+        stores, backend, [_item("m1", "meal", 60.0, "g", 110)]
+    )
+    bolus, _, _, _ = _planned_rig(stores, backend, [_item("u1", "insulin-bolus", 4.0, "[IU]", 110)])
+    basal, _, _, _ = _planned_rig(
+        stores, backend, [_item("b1", "insulin-basal", 3.0, "[IU]/h", 100)]
+    )
+
+    def median(service: GlucoseTwinService, horizon: int) -> float:
+        found = [f for f in service.view("p")["forecast"] if f["horizon_min"] == horizon]
+        return float(found[0]["median"])
+
+    assert none.view("p")["time"] == _iso(90)
+    # The same twin: without the plan the forecasts would be equal.
+    assert none.view("p")["glucose_now"] == meal.view("p")["glucose_now"]
+    assert median(meal, 60) > median(none, 60) + 20
+    assert median(bolus, 60) < median(none, 60) - 5
+    assert median(basal, 120) < median(none, 120)
+    assert none.view("p")["planned"] == []
+    assert [p["kind"] for p in meal.view("p")["planned"]] == ["meal"]
+    # The stored result names what it planned with, apart from what was assimilated.
+    provenance = ProvenanceStore(meal_store)
+    latest = provenance.latest("p", MODULE)
+    assert latest is not None
+    inputs = provenance.inputs_of([latest.fingerprint])[latest.fingerprint]
+    planned = [i.value for i in inputs if i.input == "planned"]
+    assert planned == [f"meal 60 g at {_iso(110)} (pump|m1)"]
+    assert not any("m1" in (i.value or "") for i in inputs if i.input == "intervention")
+    # The what-if branch without a scenario is the forecast, planned meal included.
+    branches = meal.whatif("p", [], horizon_min=120, every_min=30)
+    assert [p["id"] for p in branches["planned"]] == ["m1"]
+    kept = branches["branches"][0]
+    assert kept["median"][kept["t_min"].index(60)] == pytest.approx(median(meal, 60), abs=1e-9)
+    # Once its time has come the meal is assimilated like any intervention, not planned.
+    clock.advance(30 * 60)
+    ingestor.ingest(
+        [{"id": f"g-{m}", "source": "cgm", "patient": "p", "code": "2339-0", "value": 150.0,
+          "unit": "mg/dL", "time": _iso(m)} for m in range(95, 121, 5)],
+        channel="test",
+    )  # fmt: skip
+    meal.refresh()
+    assert meal.view("p")["planned"] == []
+    latest = provenance.latest("p", MODULE)
+    assert latest is not None
+    inputs = provenance.inputs_of([latest.fingerprint])[latest.fingerprint]
+    assert [i.value for i in inputs if i.input == "planned"] == []
+    assert any("(pump|m1)" in (i.value or "") for i in inputs if i.input == "intervention")
+
+
+def test_the_plan_holds_standing_rates_ends_temporary_ones_and_spreads_boluses() -> None:
+    """What a twin expects minute by minute from a grid point: the rate in effect (a
+    standing rate continues, a temporary one ends and the one it interrupted holds
+    again), the rest of an extended bolus, planned boluses and meals."""
+    t0 = int(START.timestamp() * 1e6)
+    minute = 60_000_000
+
+    def item(
+        kind: InterventionKind, amount: float, at_min: float, duration_s: float = 0.0
+    ) -> Intervention:
+        unit = {"insulin-basal": "[IU]/h", "insulin-bolus": "[IU]", "meal": "g"}[kind.value]
+        at = t0 + round(at_min * minute)
+        return Intervention(
+            "pump", f"{kind.value}-{at_min}", "p", kind, amount, unit, at, duration_s
+        )
+
+    basal, bolus, meal = (
+        InterventionKind.INSULIN_BASAL,
+        InterventionKind.INSULIN_BOLUS,
+        InterventionKind.MEAL,
+    )
+    set_before = [item(basal, 1.0, -60)]
+    planned = [
+        item(basal, 0.0, 10.5, duration_s=30 * 60),  # a 30-min suspension from 10:30
+        item(basal, 2.0, 80),  # a new standing rate
+        item(bolus, 3.0, 5, duration_s=10 * 60),  # extended over 10 min
+        item(meal, 40.0, 20),
+        item(meal, 50.0, 130),  # beyond the horizon
+    ]
+    rates, extra, carbs, named = _plan(set_before, 0.8, {t0 // minute + 1: 0.25}, planned, t0, 120)
+    assert rates.shape == extra.shape == carbs.shape == (120,)
+    np.testing.assert_array_equal(rates[:11], 1.0)  # the suspension counts from minute 11
+    np.testing.assert_array_equal(rates[11:41], 0.0)  # until 40:30, then 1 U/h again
+    np.testing.assert_array_equal(rates[41:80], 1.0)
+    np.testing.assert_array_equal(rates[80:], 2.0)
+    assert extra[1] == 0.25  # the rest of a bolus being delivered
+    np.testing.assert_allclose(extra[5:15], 0.3)
+    assert extra.sum() == pytest.approx(3.25)
+    assert carbs[20] == 40.0
+    assert carbs.sum() == 40.0
+    assert [i.amount for i in named] == [3.0, 0.0, 40.0, 2.0]
+    # Without any rate set, the nominal one.
+    rates, _, _, _ = _plan([], 0.8, {}, [], t0, 30)
+    np.testing.assert_array_equal(rates, 0.8)

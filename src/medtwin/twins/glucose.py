@@ -12,6 +12,14 @@ and 90 % prediction intervals) and stores each forecast as a module result
 twin's previous result and the interventions used, so every forecast traces
 back to the messages it came from.
 
+Forecasts and what-ifs run under what is planned from now to their horizon:
+the basal rate set (a standing rate continues, a temporary one ends when its
+duration does), the rest of an extended bolus, and interventions recorded with
+a later time than now (a planned meal, bolus or basal rate; the ingestor's
+``max_future_s`` sets how far ahead they are accepted). A result names the
+planned ones it counted on as ``planned`` inputs, and they are listed in its
+view (``planned``); when their time comes they are assimilated like any other.
+
 State is rebuilt, not saved. The twins follow one canonical schedule that
 depends only on the stored data and the seed:
 
@@ -91,6 +99,7 @@ STEP_US = STEP_MIN * 60_000_000
 MINUTE_US = 60_000_000
 DEFAULT_WEIGHT_KG = 70.0
 _BASALS_KEPT = 8
+_MAX_WHATIF_MIN = 7 * 1440  # the model's longest horizon (a week)
 _BASAL_LOOKBACK_US = 7 * 86_400_000_000
 # Readings that are not measurements of the patient now: never assimilated.
 _UNUSABLE = int(QualityFlag.ARTIFACT_SUSPECTED | QualityFlag.IMPUTED)
@@ -120,13 +129,18 @@ class Scenario:
 @dataclass(frozen=True, slots=True)
 class _Published:
     """A twin as of its last forecast: its API view, a copy of its filter row, its basal
-    rate (U/h) and the grid time it had reached."""
+    rate (U/h), the grid time it had reached, and what its what-ifs plan from: the basal
+    rates set (and its nominal rate, U/h) and the insulin still to come (U per absolute
+    minute) of boluses already given."""
 
     view: dict[str, Any]
     twin: GlucoseTwins
     basal_u_per_h: float
     at_us: int
     outputs: dict[str, float | None]
+    basals: tuple[Intervention, ...] = ()
+    nominal_basal_u_per_h: float = 0.0
+    pending_insulin: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,20 +170,15 @@ class _Twin:
     used: dict[tuple[str, str], Intervention] = field(default_factory=dict)
     previous: str | None = None  # fingerprint of its last result
     latest: dict[str, Any] | None = None  # the last forecast, as the API shows it
+    # Interventions recorded for after the twin's position (planned), as of the last pass.
+    planned: list[Intervention] = field(default_factory=list)
 
     def basal_u_per_h(self, minute_us: int) -> float:
         item = self.basal_in_effect(minute_us)
         return self.nominal_basal_u_per_h if item is None else item.amount
 
     def basal_in_effect(self, minute_us: int) -> Intervention | None:
-        """The newest basal rate started by ``minute_us``; a temporary one (with a duration)
-        only while it lasts, after which the rate it interrupted holds again."""
-        for item in reversed(self.basals):
-            if item.start_us > minute_us:
-                continue
-            if not item.duration_s or minute_us < item.start_us + item.duration_s * 1e6:
-                return item
-        return None
+        return _basal_in_effect(self.basals, minute_us)
 
     def add_basal(self, item: Intervention) -> None:
         if any((b.source, b.source_id) == (item.source, item.source_id) for b in self.basals):
@@ -178,6 +187,75 @@ class _Twin:
         self.basals.sort(key=lambda i: (i.start_us, i.source, i.source_id))
         # Older rates matter only until a standing one replaces them: keep a few.
         del self.basals[:-_BASALS_KEPT]
+
+
+def _basal_in_effect(basals: Sequence[Intervention], minute_us: int) -> Intervention | None:
+    """The newest basal rate (of ``basals``, in start order) started by ``minute_us``; a
+    temporary one (with a duration) only while it lasts, after which the rate it
+    interrupted holds again."""
+    for item in reversed(basals):
+        if item.start_us > minute_us:
+            continue
+        if not item.duration_s or minute_us < item.start_us + item.duration_s * 1e6:
+            return item
+    return None
+
+
+def _plan(
+    basals: Sequence[Intervention],
+    nominal_u_per_h: float,
+    pending_insulin: Mapping[int, float],
+    planned: Sequence[Intervention],
+    start_us: int,
+    minutes: int,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], list[Intervention]]:
+    """The inputs a twin at ``start_us`` (a grid point) expects over the next ``minutes``.
+
+    Per minute from ``start_us``: the basal rate in effect (U/h) from the rates set and
+    the planned ones (a standing rate continues, a temporary one ends), extra insulin (U)
+    of boluses still being delivered (``pending_insulin``, U per absolute minute) and of
+    planned boluses (an extended one spread over its duration), and planned meals (g),
+    as the step-by-step assimilation takes them (``_schedule``). Also the planned
+    interventions that fall within the horizon, in start order, for provenance.
+    """
+    first = start_us // MINUTE_US
+    end_us = start_us + minutes * MINUTE_US
+    within = sorted(
+        (i for i in planned if start_us <= i.start_us < end_us and i.kind in _GLUCOSE_INPUTS),
+        key=lambda i: (i.start_us, i.source, i.source_id),
+    )
+    rates = sorted(
+        [*basals, *(i for i in within if i.kind is InterventionKind.INSULIN_BASAL)],
+        key=lambda i: (i.start_us, i.source, i.source_id),
+    )
+    # The rate in effect changes only at the minute a rate starts or a temporary one
+    # ends: evaluate it there and hold it in between.
+    changes = {0}
+    for item in rates:
+        for at_us in (
+            item.start_us,
+            item.start_us + item.duration_s * 1e6 if item.duration_s else None,
+        ):
+            if at_us is not None and start_us < at_us < end_us:
+                changes.add(int(-(-(at_us - start_us) // MINUTE_US)))
+    basal = np.empty(minutes)
+    edges = sorted(c for c in changes if c < minutes)
+    for a, b in zip(edges, [*edges[1:], minutes], strict=True):
+        held = _basal_in_effect(rates, start_us + a * MINUTE_US)
+        basal[a:b] = nominal_u_per_h if held is None else held.amount
+    insulin = np.zeros(minutes)
+    carbs = np.zeros(minutes)
+    for minute, units in pending_insulin.items():
+        if 0 <= minute - first < minutes:
+            insulin[minute - first] += units
+    for item in within:
+        at = item.start_us // MINUTE_US - first
+        if item.kind is InterventionKind.INSULIN_BOLUS:
+            spread = max(1, round(item.duration_s / 60.0))
+            insulin[at : at + spread] += item.amount / spread
+        elif item.kind is InterventionKind.MEAL:
+            carbs[at] += item.amount
+    return basal, insulin, carbs, within
 
 
 def _seed_of(seed: int, patient: str) -> int:
@@ -345,13 +423,37 @@ class GlucoseTwinService:
                 raise InputError(exc.reason, f"scenarios[{j}].{where}".rstrip(".")) from exc
         snapshot = self._snapshot(patient)
         one, basal, now_us = snapshot.twin, snapshot.basal_u_per_h, snapshot.at_us
+        if (
+            isinstance(horizon_min, bool)
+            or not isinstance(horizon_min, int)
+            or not 1 <= horizon_min <= _MAX_WHATIF_MIN
+        ):
+            raise InputError(
+                f"horizon_min must be whole minutes in 1..{_MAX_WHATIF_MIN}", "horizon_min"
+            )
+        # The branches start from the planned inputs as stored now, through their horizon
+        # (the forecast's, through its own): every branch gets the planned meals, boluses
+        # and basal rates, and its scenario on top.
+        ahead = self.store.interventions_of(
+            patient, since_us=now_us, until_us=now_us + horizon_min * MINUTE_US
+        )
+        rates, extra, meals, planned = _plan(
+            snapshot.basals,
+            snapshot.nominal_basal_u_per_h,
+            snapshot.pending_insulin,
+            ahead,
+            now_us,
+            horizon_min,
+        )
         try:
             result = whatif(
                 one,
                 branches,
                 horizon_min=horizon_min,
                 every_min=every_min,
-                basal_u_per_h=basal,
+                basal_u_per_h=rates[None],
+                insulin_u=extra[None],
+                carbs_g=meals[None],
                 seed=self.seed,
             )
         except InputError as exc:
@@ -363,6 +465,7 @@ class GlucoseTwinService:
             "horizon_min": horizon_min,
             "unit": "mg/dL",
             "basal_u_per_h": basal,
+            "planned": [_planned_view(i) for i in planned],
             "branches": [
                 {
                     "name": name,
@@ -549,10 +652,13 @@ class GlucoseTwinService:
             steps = by_step.setdefault(patient, {})
             for held in found:  # the newest reading of a step is the one assimilated
                 steps[-(-held.at_us // STEP_US) * STEP_US] = held
+        # Through the forecast horizon: those after the target are planned (a meal, a
+        # bolus or a basal rate recorded ahead of time), for the forecasts.
+        plan_until = target + max(self.horizons_min) * MINUTE_US
         interventions = {
             p: [
                 i
-                for i in self.store.interventions_of(p, since_us=position, until_us=target)
+                for i in self.store.interventions_of(p, since_us=position, until_us=plan_until)
                 if i.kind in _GLUCOSE_INPUTS
             ]
             for p in patients
@@ -596,6 +702,8 @@ class GlucoseTwinService:
                 rng=np.random.default_rng([self.seed, t // STEP_US]),
             )
         self._position = target
+        for twin in self._rows:
+            twin.planned = [i for i in interventions.get(twin.patient, ()) if i.start_us >= target]
         return [t for t in self._rows if t.patient in moved]
 
     def _schedule(self, twin: _Twin, items: Iterable[Intervention], step_start: int) -> None:
@@ -659,8 +767,28 @@ class GlucoseTwinService:
         twins = self._twins.select(rows)
         position = self._position
         basal = np.array([t.basal_u_per_h(position) for t in moved])
+        # What each twin expects from now to the horizon: the basal rates set or planned,
+        # the rest of an extended bolus, planned boluses and meals.
+        minutes = max(self.horizons_min)
+        rates, extra, meals = (np.zeros((len(moved), minutes)) for _ in range(3))
+        planned: list[list[Intervention]] = []
+        for j, twin in enumerate(moved):
+            rates[j], extra[j], meals[j], named = _plan(
+                twin.basals,
+                twin.nominal_basal_u_per_h,
+                twin.insulin,
+                twin.planned,
+                position,
+                minutes,
+            )
+            planned.append(named)
         result = forecast(
-            twins, horizons_min=self.horizons_min, basal_u_per_h=basal, seed=self.seed
+            twins,
+            horizons_min=self.horizons_min,
+            basal_u_per_h=rates,
+            insulin_u=extra,
+            carbs_g=meals,
+            seed=self.seed,
         )
         samples = {p: twins.parameter_samples(p) for p in twins.parameters}
         glucose_now = np.median(twins.glucose_mg_dl(), axis=1)
@@ -688,6 +816,10 @@ class GlucoseTwinService:
                     twin.used.values(), key=lambda i: (i.start_us, i.source, i.source_id)
                 )
             ]
+            # Planned interventions the forecast counts on (recorded for later than now).
+            inputs += [
+                InputRecord("planned", "attribute", value=_intervention_text(i)) for i in planned[j]
+            ]
             if twin.previous is None and twin.weight_key is not None:
                 inputs.append(InputRecord("body_weight", "observation", twin.weight_key))
             if twin.previous is not None:
@@ -710,7 +842,7 @@ class GlucoseTwinService:
             twin.previous = fingerprint
             twin.readings = []
             twin.used = {}
-            twin.latest = self._latest(record, result.horizons_min)
+            twin.latest = self._latest(record, result.horizons_min, planned[j])
             events.append(
                 {
                     "type": "derived.updated",
@@ -732,12 +864,21 @@ class GlucoseTwinService:
         for j, twin in enumerate(moved):
             assert twin.latest is not None
             published[twin.patient] = _Published(
-                twin.latest, twins.select(j), float(basal[j]), position, latest[twin.patient]
+                twin.latest,
+                twins.select(j),
+                float(basal[j]),
+                position,
+                latest[twin.patient],
+                tuple(twin.basals),
+                twin.nominal_basal_u_per_h,
+                dict(twin.insulin),
             )
         self._published = published
         return events
 
-    def _latest(self, record: ResultRecord, horizons: Sequence[int]) -> dict[str, Any]:
+    def _latest(
+        self, record: ResultRecord, horizons: Sequence[int], planned: Sequence[Intervention]
+    ) -> dict[str, Any]:
         out = record.outputs
         as_of = self._position or record.computed_us
         return {
@@ -773,9 +914,23 @@ class GlucoseTwinService:
                 }
                 for name in self.prior.parameters
             ],
+            "planned": [_planned_view(i) for i in planned],
             "provenance": f"/api/v1/derived/{record.fingerprint}/provenance",
             "statement": STATEMENT,
         }
+
+
+def _planned_view(item: Intervention) -> dict[str, Any]:
+    """A planned intervention as the API shows it."""
+    return {
+        "kind": item.kind.value,
+        "amount": item.amount,
+        "unit": item.unit,
+        "time": to_iso(item.start_us),
+        "duration_s": item.duration_s,
+        "source": item.source,
+        "id": item.source_id,
+    }
 
 
 _PARAMETER_UNITS = {q.name: q.unit for q in PHYSIOLOGY}

@@ -10,7 +10,8 @@ they cover state, parameter, meal and sensor uncertainty; the forecast quantity
 is the CGM reading (mg/dL) a sensor will show.
 
 - ``forecast``: readings 30, 60 and 120 min ahead (median, 50 % and 90 %
-  prediction intervals), under the planned inputs (nominal basal by default).
+  prediction intervals), under the planned inputs: the basal rates scheduled
+  over the horizon (nominal basal by default), planned boluses and meals.
 - ``whatif``: branches of the same twins, each with a scenario (``WhatIf``:
   an extra bolus U, a meal g, a change of basal rate U/h, at a minute from
   now), simulated side by side from the same members and the same random draws
@@ -118,17 +119,36 @@ def _plan(
     basal_u_per_h: ArrayLike | None,
     insulin_u: ArrayLike | None,
     carbs_g: ArrayLike | None,
-) -> tuple[FloatArray, FloatArray]:
-    """Planned insulin (U/min) and announced carbohydrate (g) per minute, (N, minutes)."""
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Planned basal (U/min), extra insulin (U per minute) and announced carbohydrate (g)
+    per minute, each (N, minutes).
+
+    ``basal_u_per_h``: None (each twin's nominal rate), a scalar or (N,) rate held over
+    the horizon, or (N, m) rates per minute (m <= minutes; the last one holds after).
+    """
     n = twins.twins
     if basal_u_per_h is None:
-        basal = twins.basal_u_per_min
+        basal = np.repeat(twins.basal_u_per_min[:, None], minutes, axis=1)
     else:
         b = np.asarray(basal_u_per_h, dtype=np.float64)
-        basal = np.broadcast_to(b, (n,)) / 60.0
+        if b.ndim == 2:
+            if b.shape[0] != n or not 1 <= b.shape[1] <= minutes:
+                raise InputError(
+                    f"basal_u_per_h must be ({n}, minutes <= {minutes})", "basal_u_per_h"
+                )
+            # A schedule shorter than the horizon: its last rate continues.
+            b = np.concatenate([b, np.repeat(b[:, -1:], minutes - b.shape[1], axis=1)], axis=1)
+        else:
+            try:
+                b = np.repeat(np.broadcast_to(b, (n,))[:, None], minutes, axis=1)
+            except ValueError:
+                raise InputError(
+                    f"basal_u_per_h must be a scalar, ({n},) or ({n}, minutes)", "basal_u_per_h"
+                ) from None
+        basal = b / 60.0
         if not np.all(np.isfinite(basal)) or np.any(basal < 0):
             raise InputError("basal rate must be finite and not negative", "basal_u_per_h")
-    insulin = np.repeat(basal[:, None], minutes, axis=1)
+    insulin = np.zeros((n, minutes))
     carbs = np.zeros((n, minutes))
     for name, given, out in (("insulin_u", insulin_u, insulin), ("carbs_g", carbs_g, carbs)):
         if given is None:
@@ -139,7 +159,7 @@ def _plan(
         if not np.all(np.isfinite(a)) or np.any(a < 0):
             raise InputError(f"{name} must be finite and not negative", name)
         out[:, : a.shape[1]] += a
-    return insulin, carbs
+    return basal, insulin, carbs
 
 
 def _ahead(
@@ -220,16 +240,17 @@ def forecast(
 ) -> GlucoseForecast:
     """CGM reading forecasts ``horizons_min`` minutes from now, for every twin.
 
-    Planned inputs: basal rate ``basal_u_per_h`` (N,) or scalar (default each
-    twin's nominal basal), plus ``insulin_u`` (N, minutes) extra insulin per
-    minute from now (U) and ``carbs_g`` (N, minutes) meals announced at each
-    minute (g). Quantiles over the ensemble (``replicates`` error draws per
-    member).
+    Planned inputs: basal rate ``basal_u_per_h`` (U/h), a scalar or (N,) held
+    over the horizon or (N, minutes) per minute from now, a scheduled change
+    included (default each twin's nominal basal); plus ``insulin_u`` (N,
+    minutes) extra insulin per minute from now (U: planned boluses) and
+    ``carbs_g`` (N, minutes) meals announced at each minute (g: planned meals).
+    Quantiles over the ensemble (``replicates`` error draws per member).
     """
     times = _check_times(horizons_min, "horizons_min")
     _check_draws(seed, replicates)
-    insulin, carbs = _plan(twins, max(times), basal_u_per_h, insulin_u, carbs_g)
-    q = _ahead(twins, insulin[None], carbs[None], times, seed, replicates)
+    basal, insulin, carbs = _plan(twins, max(times), basal_u_per_h, insulin_u, carbs_g)
+    q = _ahead(twins, (basal + insulin)[None], carbs[None], times, seed, replicates)
     return GlucoseForecast(tuple(times), q[2], q[1], q[3], q[0], q[4])
 
 
@@ -247,7 +268,8 @@ def whatif(
 ) -> WhatIfResult:
     """Branch every twin now and run each scenario over ``horizon_min`` minutes.
 
-    Planned inputs as in ``forecast``; each ``WhatIf`` adds to them. Trajectories
+    Planned inputs as in ``forecast``; each ``WhatIf`` adds to them (its basal
+    change to the planned basal rates, never below zero). Trajectories
     every ``every_min`` minutes from ``every_min`` to ``horizon_min``. The twins
     themselves are not changed.
     """
@@ -257,17 +279,19 @@ def whatif(
         raise InputError("every_min must be a whole number >= 1", "every_min")
     times = _check_times(list(range(every_min, horizon_min + 1, every_min)), "horizon_min")
     _check_draws(seed, replicates)
-    insulin, carbs = _plan(twins, horizon_min, basal_u_per_h, insulin_u, carbs_g)
+    basal, insulin, carbs = _plan(twins, horizon_min, basal_u_per_h, insulin_u, carbs_g)
     b = len(scenarios)
-    ins = np.repeat(insulin[None], b, axis=0)
+    ins = np.repeat(basal[None], b, axis=0)
     meal = np.repeat(carbs[None], b, axis=0)
     for j, sc in enumerate(scenarios):
         if sc.at_min >= horizon_min:
             raise InputError("a scenario must start before the horizon", f"scenarios[{j}].at_min")
+        # The change is to the basal rate only: planned boluses are still given.
         later = ins[j, :, sc.at_min :]
         ins[j, :, sc.at_min :] = np.maximum(later + sc.basal_change_u_per_h / 60.0, 0.0)
         ins[j, :, sc.at_min] += sc.bolus_u
         meal[j, :, sc.at_min] += sc.meal_g
+    ins += insulin[None]
     q = _ahead(twins, ins, meal, times, seed, replicates)
     n = twins.twins
     q = q.reshape(len(_QUANTILES), b, n, len(times)).transpose(0, 2, 1, 3)
