@@ -104,6 +104,7 @@ def test_the_forecast_has_ordered_bands_parameters_readings_and_the_statement(
     assert len(body["readings"]) >= 30  # every 5 minutes over the last 3 h
     assert body["last_reading"] == "2026-03-02T07:55:00Z"
     assert body["readings"][-1]["time"] == "2026-03-02T08:00:00Z"
+    assert body["planned"] == []  # nothing recorded ahead of the twin
 
 
 def test_the_forecast_is_a_derived_value_with_provenance_to_the_cgm(
@@ -121,6 +122,15 @@ def test_the_forecast_is_a_derived_value_with_provenance_to_the_cgm(
     assert len(glucose) == 3  # the readings of the last 15-minute pass
     assert all(node["code"] == "2339-0" and node["patient"] == "t1d-a" for node in glucose)
     assert tree["parameters"]["statement"] == STATEMENT
+    # A module of the graph, published by the glucose twins (not run by the planner).
+    modules = {m["name"]: m for m in client.get("/api/v1/modules", headers=alice).json()}
+    assert modules["glucose.forecast"]["published"] is True
+    assert modules["news2"]["published"] is False
+    assert {o["name"] for o in modules["glucose.forecast"]["outputs"]} >= {"median_30", "Vmx"}
+    # A twin without CGM has no forecast.
+    none = client.get("/api/v1/patients/no-cgm/derived/glucose.forecast", headers=alice)
+    assert none.status_code == 404
+    assert "no result" in none.text
 
 
 def test_another_care_team_and_patients_without_a_twin_get_404(

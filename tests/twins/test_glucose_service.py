@@ -281,15 +281,21 @@ def test_latest_outputs_serve_alarm_rules_over_the_forecast(rig: Rig) -> None:
     latest = provenance.latest("t1d-a", MODULE)
     assert latest is not None
     assert set(latest.outputs) == set(rig.service.output_names)
-    got = rig.service.outputs(["t1d-a", "nobody"], ["median_30", "Vmx"])
+    fingerprints, got = rig.service.latest(["t1d-a", "nobody"], ["median_30", "Vmx"])
+    assert fingerprints == [latest.fingerprint, ""]
     assert got["median_30"][0] == latest.outputs["median_30"]
     assert got["Vmx"][0] == latest.outputs["Vmx"]
     assert np.isnan(got["median_30"][1])  # no glucose twin: no value, never an alarm
-    # The alarm engine reads them as a module outside the planner: a threshold above
-    # every forecast raises for each glucose twin, and for nobody else.
+    # The planner reads them as a published module, and the alarm engine through it: a
+    # threshold above every forecast raises for each glucose twin, and for nobody else.
     audit = AuditLog(rig.store, b"k" * 32, rig.clock)
     runtime = rig.ingestor.runtime
-    planner = Planner(ModuleGraph(news2_modules(), codes=runtime.codes), runtime, rig.store)
+    graph = ModuleGraph((*news2_modules(), rig.service.module()), codes=runtime.codes)
+    planner = Planner(graph, runtime, rig.store)
+    run = planner.request([MODULE], ["t1d-a"]).runs[MODULE]
+    assert run.fingerprints == [latest.fingerprint]
+    assert run.outputs["median_30"][0] == latest.outputs["median_30"]
+    assert {o.name for o in graph[MODULE].outputs} == set(rig.service.output_names)
     rules = parse_rules(
         {
             "rule": [
@@ -306,11 +312,8 @@ def test_latest_outputs_serve_alarm_rules_over_the_forecast(rig: Rig) -> None:
                 }
             ]
         }
-    ).bind({MODULE: rig.service.output_names})
-    engine = AlarmEngine(
-        rules, rig.store, planner, EventBus(), audit, rig.clock,
-        external={MODULE: rig.service.outputs},
-    )  # fmt: skip
+    ).bind({m.name: [o.name for o in m.outputs] for m in graph})
+    engine = AlarmEngine(rules, rig.store, planner, EventBus(), audit, rig.clock)
     raised = engine.evaluate()
     assert sorted(e["alarm"]["patient"] for e in raised) == ["t1d-a", "t1d-b"]
     assert {e["alarm"]["value"] for e in raised} >= {latest.outputs["median_30"]}

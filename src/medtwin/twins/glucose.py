@@ -78,6 +78,7 @@ from medtwin.models.assimilation.glucose_forecast import (
     forecast,
     whatif,
 )
+from medtwin.models.modules import ModuleOutput, ParameterValue, Published, PublishedModule
 from medtwin.models.physiology.uva_padova.model import PHYSIOLOGY, PMOL_PER_U
 
 __all__ = [
@@ -367,22 +368,43 @@ class GlucoseTwinService:
         ]
         return [*forecast, *personal, "glucose_now", "basal_u_per_h", "body_weight_kg"]
 
-    def outputs(
-        self, patients: Sequence[str], names: Sequence[str]
-    ) -> dict[str, NDArray[np.float64]]:
-        """The latest forecast's outputs ``names`` per patient, NaN for a patient without a
-        glucose twin (for alarm rules over forecasts)."""
+    def latest(self, patients: Sequence[str], names: Sequence[str]) -> Published:
+        """Per patient the latest forecast's fingerprint ("" without a glucose twin) and
+        its outputs ``names`` (NaN where none): what the planner reads of the module."""
         published = self._published
+        fingerprints: list[str] = []
         out = {name: np.full(len(patients), np.nan) for name in names}
         for i, patient in enumerate(patients):
             found = published.get(patient)
+            fingerprints.append("" if found is None else str(found.view["id"]))
             if found is None:
                 continue
             for name in names:
                 value = found.outputs.get(name)
                 if value is not None:
                     out[name][i] = value
-        return out
+        return fingerprints, out
+
+    def module(self) -> PublishedModule:
+        """``glucose.forecast`` as a module of the graph: its outputs, read by the planner
+        (alarm rules, the derived-value API, other modules) from what this service last
+        published."""
+        parameters: dict[str, ParameterValue] = {
+            "horizons_min": ",".join(str(h) for h in self.horizons_min),
+            "members": self.settings.members,
+            "seed": self.seed,
+            "step_min": STEP_MIN,
+            "personal": ",".join(self.prior.parameters),
+        }
+        return PublishedModule(
+            MODULE,
+            VERSION,
+            tuple(ModuleOutput(name, _unit(name)) for name in self.output_names),
+            self.latest,
+            parameters,
+            description="personalized glucose forecast (ensemble filter over UVA/Padova), "
+            "published by the glucose twins each refresh pass",
+        )
 
     def view(self, patient: str) -> dict[str, Any]:
         """The patient's latest forecast, parameters and statement; NotFoundError without a twin."""

@@ -24,7 +24,6 @@ from medtwin.models.scores.sepsis_modules import qsofa_modules, sofa_modules
 from medtwin.twins import EventBus, Ingestor, TwinRuntime
 from medtwin.twins.alarms import AlarmEngine, Outbound, load_rules
 from medtwin.twins.calibrations import CalibrationStore
-from medtwin.twins.glucose import MODULE as GLUCOSE_MODULE
 from medtwin.twins.glucose import GlucoseTwinService
 from medtwin.twins.hrv_modules import hrv_modules
 from medtwin.twins.planner import Planner
@@ -137,14 +136,13 @@ class ServiceContext:
             store,
             clock=clock,
         )
-        # Glucose twins rebuild from the store on their first refresh pass, not here.
+        # Glucose twins rebuild from the store on their first refresh pass, not here; the
+        # planner reads the forecasts they publish.
         glucose = GlucoseTwinService(store, clock)
+        planner.graph.register(glucose.module())
         alarms = AlarmEngine(
             load_rules(settings.alarm_rules_file).bind(
-                {
-                    **{m.name: [o.name for o in m.outputs] for m in planner.graph},
-                    GLUCOSE_MODULE: glucose.output_names,
-                },
+                {m.name: [o.name for o in m.outputs] for m in planner.graph},
                 unknown=settings.alarm_unknown_modules,
             ),
             store,
@@ -153,7 +151,6 @@ class ServiceContext:
             audit,
             clock,
             max_suppress_minutes=settings.alarm_max_suppress_minutes,
-            external={GLUCOSE_MODULE: glucose.outputs},
         )
         outbound = Outbound.from_settings(settings)
         outbound.attach(bus)

@@ -7,7 +7,9 @@ from medtwin.models.assimilation.glucose_filter import (
     Settings,
     assimilate,
     basal_insulin_pmol_l,
+    correction_factor_mg_dl_per_u,
     init_twins,
+    meal_absorption_min,
     population_prior,
 )
 from medtwin.models.assimilation.glucose_forecast import (
@@ -51,10 +53,12 @@ __all__ = [
     "WhatIfResult",
     "assimilate",
     "basal_insulin_pmol_l",
+    "correction_factor_mg_dl_per_u",
     "forecast",
     "init_twins",
     "map_estimate",
     "map_fit",
+    "meal_absorption_min",
     "population_prior",
     "predict_levels",
     "recommend_dose",

@@ -28,7 +28,7 @@ import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -193,10 +193,6 @@ def _compare(matrix: NDArray[np.float64], op: str, value: float, hysteresis: flo
     return _Verdict(raises, clears, combined)
 
 
-ExternalOutputs = Callable[[Sequence[str], Sequence[str]], Mapping[str, NDArray[np.float64]]]
-"""A module outside the planner: (patients, output names) -> each output per patient."""
-
-
 class AlarmEngine:
     """Evaluates ``rules`` over the twins of ``planner`` and keeps the alarms' lifecycle."""
 
@@ -210,12 +206,8 @@ class AlarmEngine:
         clock: Clock,
         *,
         max_suppress_minutes: float = 240.0,
-        external: Mapping[str, ExternalOutputs] | None = None,
     ) -> None:
         self.rules = rules
-        # Modules outside the planner (a stateful twin's latest result, such as the
-        # glucose forecast): name -> its outputs for (patients, output names).
-        self.external = dict(external or {})
         self.store = store
         self.planner = planner
         self.bus = bus
@@ -241,19 +233,11 @@ class AlarmEngine:
                 patients = [p for p in patients if p in self.planner.runtime]
             open_alarms = self._open()
             if patients and len(self.rules):
-                modules = self.rules.modules()
-                derivation = self.planner.request(
-                    [m for m in modules if m not in self.external], patients
-                )
-                outside = {
-                    module: self.external[module](derivation.patients, self.rules.outputs(module))
-                    for module in modules
-                    if module in self.external
-                }
+                derivation = self.planner.request(self.rules.modules(), patients)
                 suppressed = self._suppressed(now)
                 index = {patient: i for i, patient in enumerate(derivation.patients)}
                 for rule in self.rules:
-                    verdict = self._verdict(rule, derivation, outside, now)
+                    verdict = self._verdict(rule, derivation, now)
                     # Python work only where something happens: open alarms and raises.
                     for (rule_id, patient), alarm in list(open_alarms.items()):
                         i = index.get(patient)
@@ -294,12 +278,9 @@ class AlarmEngine:
         self,
         rule: AnyRule,
         derivation: Derivation,
-        outside: Mapping[str, Mapping[str, NDArray[np.float64]]],
         now: int,
     ) -> _Verdict:
         def column(module: str, output: str) -> NDArray[np.float64]:
-            if module in outside:
-                return np.asarray(outside[module][output], dtype=np.float64)
             return np.asarray(derivation.runs[module].outputs[output], dtype=np.float64)
 
         if isinstance(rule, ThresholdRule | ForecastRule):

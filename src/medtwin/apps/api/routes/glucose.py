@@ -15,11 +15,10 @@ from starlette.concurrency import run_in_threadpool
 
 from medtwin.apps.api.auth import Policy
 from medtwin.apps.api.deps import Context, guard, session_guard
-from medtwin.apps.api.schemas import DerivedOut, ErrorAnswer
-from medtwin.core.clock import to_iso
-from medtwin.core.errors import InputError, NotFoundError
+from medtwin.apps.api.schemas import ErrorAnswer
+from medtwin.core.errors import InputError
 from medtwin.data.accounts import Role
-from medtwin.twins.glucose import MODULE, Scenario
+from medtwin.twins.glucose import Scenario
 
 router = APIRouter(prefix="/api/v1", tags=["glucose"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -51,6 +50,16 @@ class PersonalParameter(BaseModel):
     upper90: float = Field(description="95th percentile of the twin's ensemble")
 
 
+class PlannedOut(BaseModel):
+    kind: str = Field(description="insulin-bolus, insulin-basal, meal, ...")
+    amount: float
+    unit: str
+    time: str = Field(description="when it is to start (after the twin's time)")
+    duration_s: float | None = Field(None, description="an extended bolus or a basal rate's")
+    source: str
+    id: str
+
+
 class GlucoseOut(BaseModel):
     patient: str
     id: str = Field(description="the glucose.forecast result this answer is")
@@ -65,6 +74,10 @@ class GlucoseOut(BaseModel):
     forecast: list[BandPoint]
     parameters: list[PersonalParameter]
     readings: list[dict[str, Any]] = Field(description="recent CGM readings: time and value")
+    planned: list[PlannedOut] = Field(
+        description="interventions recorded for after the twin's time that the forecast "
+        "counts on (also named in its provenance)"
+    )
     provenance: str
     statement: str
 
@@ -107,6 +120,9 @@ class WhatIfOut(BaseModel):
     unit: str
     basal_u_per_h: float
     branches: list[Branch]
+    planned: list[PlannedOut] = Field(
+        description="interventions recorded ahead that every branch starts from"
+    )
     statement: str
 
 
@@ -122,36 +138,6 @@ async def get_glucose(patient: str, context: Context) -> dict[str, Any]:
     view = await run_in_threadpool(context.glucose.view, patient)
     view["readings"] = await run_in_threadpool(context.glucose.recent_readings, patient)
     return view
-
-
-@router.get(
-    f"/patients/{{patient}}/derived/{MODULE}",
-    response_model=DerivedOut,
-    responses=_ERRORS,
-    dependencies=[guard(READ)],
-    include_in_schema=False,  # the generic derived route documents it
-)
-async def derived_forecast(patient: str, context: Context) -> dict[str, Any]:
-    """The latest ``glucose.forecast`` result as a derived value (the planner does not
-    run this module: the glucose service stores it each refresh pass)."""
-    if patient not in context.glucose:
-        raise NotFoundError(f"no glucose twin for patient {patient!r}")
-    record = await run_in_threadpool(context.provenance.latest, patient, MODULE)
-    if record is None:
-        raise NotFoundError(f"no glucose forecast yet for patient {patient!r}")
-    return {
-        "id": record.fingerprint,
-        "module": record.module,
-        "version": record.version,
-        "patient": record.patient,
-        "computed": to_iso(record.computed_us),
-        "cached": True,
-        "outputs": [
-            {"name": name, "value": value, "unit": context.glucose.unit_of(name), "code": None}
-            for name, value in record.outputs.items()
-        ],
-        "provenance": f"/api/v1/derived/{record.fingerprint}/provenance",
-    }
 
 
 @router.post(
