@@ -242,6 +242,9 @@ def test_drift_of_the_served_features(
     assert report["version"] == version
     assert report["rows"] == 2
     assert report["max_psi"] > 0
+    assert report["days"] == 7
+    # Counted in the store: the registry of a restarted service reports the same.
+    assert _context(client).models.served_drift("deterioration", version).rows == 2
     assert (
         client.get(
             "/api/v1/models/deterioration/drift", headers=bearer(client, "alice")

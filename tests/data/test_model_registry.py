@@ -178,6 +178,36 @@ def test_psi_is_small_for_the_same_population_and_large_for_a_shift(
         registry.drift("sepsis", 1, same[:, :2])
 
 
+def test_served_features_are_counted_per_day_and_survive_a_new_registry(
+    registry: ModelRegistry, store: SqlStore, audit: AuditLog, clock: FixedClock
+) -> None:
+    """Counts in the store give the same PSI as the rows themselves, by UTC day."""
+    register(registry)
+    assert registry.served_drift("sepsis", 1).rows == 0
+    old, _ = training(n=600, seed=6)
+    old[:, 0] += 25  # a week ago the ward was tachycardic
+    registry.record_served("sepsis", 1, old)
+    clock.advance(8 * 86_400)
+    first, _ = training(n=700, seed=7)
+    registry.record_served("sepsis", 1, first[:400])
+    registry.record_served("sepsis", 1, first[400:])  # the same day: counts add up
+    registry.record_served("sepsis", 1, np.empty((0, 3)))
+    # A service restarted: a new registry on the same store sees what was counted.
+    again = ModelRegistry(store, audit, clock)
+    week = again.served_drift("sepsis", 1, days=7)
+    direct = again.drift("sepsis", 1, first)
+    assert week.rows == 700
+    assert week.psi == pytest.approx(direct.psi, rel=1e-12)
+    assert not week.significant
+    both = again.served_drift("sepsis", 1, days=9)
+    assert both.rows == 1300
+    assert both.psi == pytest.approx(again.drift("sepsis", 1, np.vstack([old, first])).psi)
+    assert both.psi["hr_last"] > week.psi["hr_last"]
+    assert again.served_drift("sepsis", 1, days=1).rows == 700
+    with pytest.raises(NotFoundError):
+        again.record_served("sepsis", 5, first)
+
+
 def test_psi_matches_the_formula() -> None:
     e, a = np.array([0.25, 0.25, 0.5]), np.array([0.5, 0.25, 0.25])
     expected = 0.25 * np.log(2) + 0 + (-0.25) * np.log(0.5)

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import sqlalchemy as sa
+from numpy.typing import NDArray
 from sqlalchemy.engine import Connection
 
 from medtwin.core.clock import Clock
@@ -74,6 +75,7 @@ training data (review, recalibrate or retrain)."""
 PSI_FLOOR = 1e-4
 """Smallest share a bin counts with, so an empty bin gives a finite PSI."""
 DEFAULT_BINS = 10
+_DAY_US = 86_400_000_000
 MAX_REASON = 500  # characters of a promotion reason kept in the audit chain
 
 
@@ -422,25 +424,92 @@ class ModelRegistry:
     ) -> DriftReport:
         """PSI per feature of serving ``rows`` (n, F) against the training reference."""
         reference = self.reference(name, version)
-        features = reference["features"]
-        x = np.asarray(rows, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(features):
-            raise ValueError(f"rows must have shape (n, {len(features)}), got {x.shape}")
-        psi: dict[str, float] = {}
-        n = max(x.shape[0], 1)
-        for j, ref in enumerate(features):
-            feature = str(ref["name"])
-            column = x[:, j]
-            present = column[np.isfinite(column)]
-            edges = np.asarray(ref["edges"], dtype=np.float64)
-            counts = np.bincount(
-                np.searchsorted(edges, present, side="right"), minlength=edges.size + 1
+        counts = _bin_counts(reference, rows)
+        return _report(name, version, reference, counts, threshold)
+
+    def record_served(self, name: str, version: int, rows: npt.ArrayLike) -> None:
+        """Count served feature ``rows`` (n, F) into today's training bins of the version
+        (UTC day of the clock), so that :meth:`served_drift` sees them after a restart."""
+        reference = self.reference(name, version)
+        counts = _bin_counts(reference, rows)
+        day = self._clock.now_us() // _DAY_US
+        values = [
+            (name, version, day, j, -1 if b == len(column) - 1 else b, int(c))
+            for j, column in enumerate(counts)
+            for b, c in enumerate(column.tolist())
+            if c
+        ]
+        if not values:
+            return
+        store = self._store
+        with store.transaction() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO model_serving_bins (name, version, day, feature, bin, served) "
+                f"VALUES ({store._params(6)}) "
+                "ON CONFLICT (name, version, day, feature, bin) "
+                "DO UPDATE SET served = model_serving_bins.served + excluded.served",
+                values,
             )
-            actual = np.append(counts / n, (column.size - present.size) / n)
+
+    def served_drift(
+        self, name: str, version: int, *, days: int = 7, threshold: float = PSI_SIGNIFICANT
+    ) -> DriftReport:
+        """PSI per feature of what was served over the last ``days`` UTC days (today
+        included, :meth:`record_served`) against the training reference; ``rows`` 0 when
+        nothing was served."""
+        reference = self.reference(name, version)
+        features = reference["features"]
+        counts = [np.zeros(len(f["edges"]) + 2, dtype=np.int64) for f in features]
+        table = schema.model_serving_bins
+        since = self._clock.now_us() // _DAY_US - (days - 1)
+        query = (
+            sa.select(table.c.feature, table.c.bin, sa.func.sum(table.c.served))
+            .where(table.c.name == name, table.c.version == version, table.c.day >= since)
+            .group_by(table.c.feature, table.c.bin)
+        )
+        with self._store.reading() as conn:
+            for feature, b, total in conn.execute(query):
+                if 0 <= feature < len(counts) and -1 <= b < len(counts[feature]) - 1:
+                    counts[feature][b] += int(total)  # bin -1 is the last: missing
+        return _report(name, version, reference, counts, threshold)
+
+
+def _bin_counts(reference: Mapping[str, Any], rows: npt.ArrayLike) -> list[NDArray[np.int64]]:
+    """Per feature of ``reference``, how many of ``rows`` (n, F) fall in each training
+    bin, then how many are missing (the last element)."""
+    features = reference["features"]
+    x = np.asarray(rows, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(features):
+        raise ValueError(f"rows must have shape (n, {len(features)}), got {x.shape}")
+    out: list[NDArray[np.int64]] = []
+    for j, ref in enumerate(features):
+        column = x[:, j]
+        present = column[np.isfinite(column)]
+        edges = np.asarray(ref["edges"], dtype=np.float64)
+        counts = np.bincount(
+            np.searchsorted(edges, present, side="right"), minlength=edges.size + 1
+        )
+        out.append(np.append(counts, column.size - present.size).astype(np.int64))
+    return out
+
+
+def _report(
+    name: str,
+    version: int,
+    reference: Mapping[str, Any],
+    counts: Sequence[NDArray[np.int64]],
+    threshold: float,
+) -> DriftReport:
+    """PSI of each feature's served ``counts`` (:func:`_bin_counts`) against its training
+    shares."""
+    rows = int(counts[0].sum()) if counts else 0
+    psi: dict[str, float] = {}
+    if rows:
+        for ref, column in zip(reference["features"], counts, strict=True):
             expected = np.append(np.asarray(ref["shares"]), ref["missing"])
-            psi[feature] = population_stability(expected, actual)
-        drifted = tuple(sorted((f for f in psi if psi[f] >= threshold), key=lambda f: -psi[f]))
-        return DriftReport(name, version, int(x.shape[0]), psi, threshold, drifted)
+            psi[str(ref["name"])] = population_stability(expected, column / rows)
+    drifted = tuple(sorted((f for f in psi if psi[f] >= threshold), key=lambda f: -psi[f]))
+    return DriftReport(name, version, rows, psi, threshold, drifted)
 
 
 def _number(value: float) -> float | None:

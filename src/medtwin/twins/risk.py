@@ -39,15 +39,15 @@ missing: train the served model without them (``FeatureSpec(static=())``, as
 
 from __future__ import annotations
 
-import threading
-from collections import deque
+import logging
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from medtwin.core.errors import StoreError
 from medtwin.data.model_registry import ModelRegistry, ModelVersion
 from medtwin.models.learning.explain import RiskPredictor
 from medtwin.models.learning.features import CHANNEL_CODES, FeatureSpec, serving_features
@@ -78,6 +78,8 @@ __all__ = [
     "risk_modules",
     "risk_outputs",
 ]
+
+log = logging.getLogger(__name__)
 
 MODULE_NAME = "risk.deterioration"
 MODEL_NAME = "deterioration"
@@ -119,43 +121,30 @@ def risk_outputs(k: int = TOP_K) -> tuple[ModuleOutput, ...]:
 
 
 @dataclass
-class _Recent:
-    """The newest feature rows the module computed (for drift monitoring)."""
-
-    rows: deque[NDArray[np.float64]]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-@dataclass
 class ServedRisk:
-    """The model a service serves: predictor, registry version, and its recent features."""
+    """The model a service serves: predictor, registry version, and where the features it
+    scores are counted for drift monitoring (``registry``; None: not monitored)."""
 
     predictor: RiskPredictor
     name: str
     version: int
     fingerprint: str
     threshold: float | None = None  # the alarm threshold chosen at training (metrics)
-    keep: int = 5000
-    _recent: _Recent = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._recent = _Recent(deque(maxlen=self.keep))
+    registry: ModelRegistry | None = None
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         return self.predictor.feature_names
 
     def remember(self, rows: NDArray[np.float64]) -> None:
-        with self._recent.lock:
-            self._recent.rows.extend(np.asarray(rows, dtype=np.float64))
-
-    def recent(self) -> NDArray[np.float64]:
-        """The newest served feature rows, (n, F) (at most ``keep``)."""
-        with self._recent.lock:
-            rows = list(self._recent.rows)
-        if not rows:
-            return np.empty((0, len(self.feature_names)))
-        return np.vstack(rows)
+        """Count the feature rows just scored into the registry's serving bins."""
+        if self.registry is None or not len(rows):
+            return
+        try:
+            self.registry.record_served(self.name, self.version, rows)
+        except StoreError:
+            # Monitoring must not stop the scoring: the risk is still computed and stored.
+            log.warning("served features of %s v%d not counted", self.name, self.version)
 
     def factors(self, outputs: Mapping[str, float | None], k: int = TOP_K) -> list[dict[str, Any]]:
         """The top factors of one result's outputs, with feature names (nulls left out)."""
@@ -301,6 +290,7 @@ def load_served(
         found.version,
         found.fingerprint,
         None if threshold is None else float(threshold),
+        registry,
     )
 
 

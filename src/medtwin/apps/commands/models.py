@@ -9,8 +9,9 @@
   operator (``cli:<OS user>``) with the reason.  A running service loads it at its next
   start (or at once when promoted through the API).
 - ``drift NAME``: PSI per feature of a PSV folder (or a generated cohort) against the
-  serving version's training data.  The features a running service scored recently are
-  reported by ``GET /api/v1/models/{name}/drift`` (kept in the service's memory).
+  serving version's training data; without data, of the features the service scored
+  over the last ``--days`` days (counted in the store, as ``GET
+  /api/v1/models/{name}/drift`` reports them).
 
 Exit codes: 0 done, 1 unknown model or version, or drift found (``drift --fail``),
 2 configuration, store or input error.
@@ -201,18 +202,13 @@ def drift(
     seed: Annotated[int, typer.Option(help="Seed of the generated cohort")] = 1,
     version: Annotated[int | None, typer.Option(help="Default: the serving version")] = None,
     threshold: Annotated[float, typer.Option(min=0.0, help="PSI reported as drift")] = 0.25,
+    days: Annotated[int, typer.Option(min=1, help="Served: UTC days looked back")] = 7,
     fail: Annotated[bool, typer.Option("--fail", help="Exit 1 when a feature drifted")] = False,
 ) -> None:
-    """PSI of each feature of the given data against the model's training data (JSON)."""
+    """PSI of each feature against the model's training data (JSON): of the given data
+    (``--psv`` or ``--patients``), else of what the service scored over ``--days`` days."""
     from medtwin.models.learning.features import FeatureSpec, patient_features
 
-    if psv is None and patients is None:
-        raise _fail(
-            "give --psv DIR or --patients N; the features a running service scored are at "
-            f"GET /api/v1/models/{name}/drift",
-            2,
-        )
-    data, source = _patients(psv, patients or 0, seed)
     with _registry() as registry:
         try:
             if version is None:
@@ -221,9 +217,14 @@ def drift(
                     raise _fail(f"model {name!r} has no serving version: pass --version", 1)
                 version = serving[-1].version
             found = registry.get(name, version)
-            spec = FeatureSpec.from_json(found.params["spec"])
-            rows = patient_features(data, spec).X
-            report = registry.drift(name, version, rows, threshold=threshold)
+            if psv is None and patients is None:
+                report = registry.served_drift(name, version, days=days, threshold=threshold)
+                source = f"served over the last {days} days"
+            else:
+                data, source = _patients(psv, patients or 0, seed)
+                spec = FeatureSpec.from_json(found.params["spec"])
+                rows = patient_features(data, spec).X
+                report = registry.drift(name, version, rows, threshold=threshold)
         except NotFoundError as exc:
             raise _fail(str(exc), 1) from exc
     result = {**report.result(), "source": source}

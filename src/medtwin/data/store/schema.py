@@ -424,3 +424,16 @@ model_promotions = Table(
     Column("reason", Text, nullable=False),
     Index("ix_model_promotions_name", "name", "row_id"),
 )
+
+# How many served feature rows fell in each training bin, per model version and UTC day
+# (bin -1: missing): the drift of what a service scored, kept across restarts.
+model_serving_bins = Table(
+    "model_serving_bins",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("day", Integer, primary_key=True),  # days since 1970-01-01 UTC
+    Column("feature", Integer, primary_key=True),  # column index in the model's features
+    Column("bin", Integer, primary_key=True),
+    Column("served", BigInteger, nullable=False),  # feature values served in the bin
+)

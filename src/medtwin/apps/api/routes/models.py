@@ -7,7 +7,8 @@
   Promoting ``deterioration`` reloads the risk module at once: its version names the
   model version, so every twin's risk is recomputed on its next refresh.
 - ``GET /api/v1/models/{name}/drift``: population stability (PSI) of the features the
-  service scored recently against the training data of the serving version.
+  service scored over the last days (``days``, default 7; counted in the store) against
+  the training data of the serving version.
 - ``GET /api/v1/patients/{patient}/risk``: the patient's deterioration risk now, with
   its top contributing factors (feature, value, SHAP contribution in log-odds), the
   model version, and the statement that it supports, not replaces, clinical judgement.
@@ -135,26 +136,22 @@ async def drift(
     name: str,
     context: Context,
     threshold: Annotated[float, Query(gt=0, description="PSI reported as drift")] = 0.25,
+    days: Annotated[int, Query(ge=1, le=366, description="UTC days looked back")] = 7,
 ) -> dict[str, Any]:
-    """PSI per feature of the recently served features against the training data."""
+    """PSI per feature of the features the service scored over the last ``days`` days
+    (counted in the store, so restarts keep them) against the training data."""
     served = context.risk
     if served is None or served.name != name:
         raise NotFoundError(f"model {name!r} is not served: no served features to compare")
 
     def run() -> dict[str, Any]:
-        rows = served.recent()
-        if not len(rows):
-            return {
-                "model": served.name,
-                "version": served.version,
-                "rows": 0,
-                "threshold": threshold,
-                "max_psi": None,
-                "drifted": [],
-                "note": "no features served yet",
-            }
-        report = context.models.drift(served.name, served.version, rows, threshold=threshold)
-        return report.result()
+        report = context.models.served_drift(
+            served.name, served.version, days=days, threshold=threshold
+        )
+        out = {**report.result(), "days": days}
+        if not report.rows:
+            out.update(max_psi=None, note="no features served yet")
+        return out
 
     return await run_in_threadpool(run)
 
