@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from medtwin.models.learning.cohort import EVENT_RATE_RANGE, GeneratedCohort, generate_cohort
+from medtwin.models.learning.cohort import (
+    BETA_BLOCKED_SHARE,
+    DELTA,
+    EVENT_RATE_RANGE,
+    GAMMA,
+    HYPOTHERMIC_SHARE,
+    LEUKOPENIC_SHARE,
+    PHENOTYPE_SHARES,
+    GeneratedCohort,
+    generate_cohort,
+)
 from medtwin.models.learning.physionet import FEATURES, HEADER, PatientSeries, parse_psv
 from medtwin.models.learning.utility import best_predictions, cohort_utility, sepsis_onset
 
@@ -173,3 +183,56 @@ def test_empty_cohort() -> None:
     cohort = generate_cohort(0, seed=0)
     assert len(cohort) == 0
     assert cohort.event_rate == 0.0
+
+
+def _slope(cohort: GeneratedCohort, name: str, who: NDArray[np.bool_]) -> float:
+    """Least-squares slope of a column on the shown severity, over the chosen patients."""
+    sev, val = [], []
+    for i in np.flatnonzero(who):
+        column = (
+            cohort.patients[i].column(name) if name != "GCS" else cohort.patients[i].extra[name]
+        )
+        seen = ~np.isnan(column)
+        sev.append(cohort.severity[i][seen])
+        val.append(column[seen])
+    s, v = np.concatenate(sev), np.concatenate(val)
+    return float(np.polyfit(s, v, 1)[0])
+
+
+def test_host_response_traits_have_the_documented_shares(icu: GeneratedCohort) -> None:
+    traits = icu.traits
+    assert traits is not None
+    assert traits.phenotype.shape == (len(icu),)
+    shares = np.bincount(traits.phenotype, minlength=4) / len(icu)
+    np.testing.assert_allclose(shares, PHENOTYPE_SHARES, atol=0.04)
+    assert traits.hypothermic.mean() == pytest.approx(HYPOTHERMIC_SHARE, abs=0.04)
+    assert traits.leukopenic.mean() == pytest.approx(LEUKOPENIC_SHARE, abs=0.04)
+    assert traits.beta_blocked.mean() == pytest.approx(BETA_BLOCKED_SHARE, abs=0.04)
+    ages = np.array([p.column("Age")[0] for p in icu.patients])
+    np.testing.assert_array_equal(np.where(traits.age >= 90, 100.0, traits.age), ages)
+
+
+def test_host_response_shapes_the_vitals(icu: GeneratedCohort) -> None:
+    """Hypothermic, leukopenic and beta-blocked patients respond the documented way."""
+    traits = icu.traits
+    assert traits is not None
+    assert _slope(icu, "Temp", traits.hypothermic) < -0.3  # cools as it worsens
+    assert _slope(icu, "Temp", ~traits.hypothermic) > 0.1  # fever
+    assert _slope(icu, "WBC", traits.leukopenic) < 0  # leukopenia
+    assert _slope(icu, "WBC", ~traits.leukopenic) > 1.0  # leukocytosis
+    blocked = _slope(icu, "HR", traits.beta_blocked)
+    assert 0 < blocked < 0.5 * _slope(icu, "HR", ~traits.beta_blocked)
+    # Phenotypes: shock (delta) shows in the pressures, pulmonary (gamma) in Resp.
+    delta, gamma = traits.phenotype == DELTA, traits.phenotype == GAMMA
+    assert _slope(icu, "SBP", delta) < 2 * _slope(icu, "SBP", ~delta) < 0
+    assert _slope(icu, "Resp", gamma) > 2 * _slope(icu, "Resp", ~gamma) > 0
+
+
+def test_pressure_and_lactate_are_compensated_until_decompensation(icu: GeneratedCohort) -> None:
+    """Small changes while the circulation compensates, steep ones once it fails."""
+    for name, direction in (("SBP", -1), ("Lactate", +1)):
+        severity, value = _pooled(icu, name)
+        early, late = severity < 1.2, severity > 2.0
+        slope_early = direction * np.polyfit(severity[early], value[early], 1)[0]
+        slope_late = direction * np.polyfit(severity[late], value[late], 1)[0]
+        assert 0 < 2 * slope_early < slope_late, (name, slope_early, slope_late)
