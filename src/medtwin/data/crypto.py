@@ -52,7 +52,7 @@ import hmac
 import os
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -232,6 +232,19 @@ class Keyring:
     def encrypt(self, plaintext: bytes, *, aad: bytes) -> bytes:
         """``plaintext`` as a blob under the active key, bound to ``aad``."""
         return _seal(self._aeads[self.active_id], self.active_id, plaintext, aad)
+
+    def encrypt_many(self, plaintexts: Sequence[bytes], aads: Sequence[bytes]) -> list[bytes]:
+        """:meth:`encrypt` of each plaintext with its aad (the same blobs, each with its
+        own random nonce; one call for a batch saves the per-call overhead)."""
+        if len(plaintexts) != len(aads):
+            raise ValueError("one aad per plaintext")
+        aead, header = self._aeads[self.active_id], _header(self.active_id)
+        nonces = os.urandom(NONCE_BYTES * len(plaintexts))
+        blobs = []
+        for i, (plaintext, aad) in enumerate(zip(plaintexts, aads, strict=True)):
+            nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
+            blobs.append(header + nonce + aead.encrypt(nonce, plaintext, header + aad))
+        return blobs
 
     def decrypt(self, blob: bytes, *, aad: bytes) -> bytes:
         """The plaintext of ``blob``; CryptoError on any mismatch, tampering or unknown key."""

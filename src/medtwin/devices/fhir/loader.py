@@ -48,7 +48,9 @@ def _read(
 ) -> ReadBundle | FhirError:
     """A file read and checked (in the reader process), or why it is refused."""
     try:
-        document = parse_json(path.read_bytes().removeprefix(b"\xef\xbb\xbf"), max_depth=max_depth)
+        data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+        # read_bundle checks the nesting as it walks the Bundle (no walk of its own).
+        document = parse_json(data, max_depth=max_depth, nesting=False)
         return read_bundle(document, max_entries=max_entries, max_depth=max_depth, source=source)
     except FhirError as exc:
         return exc

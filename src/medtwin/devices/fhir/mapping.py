@@ -32,9 +32,12 @@ __all__ = [
     "identifier_rows",
     "intervention_of",
     "observation_items",
+    "patient_in",
     "patient_of",
+    "public_rows",
     "query_values",
     "search_rows",
+    "subject_row",
     "time_range",
 ]
 
@@ -102,6 +105,11 @@ def _reference_id(value: Any, resource_type: str) -> str | None:
             rest = reference[len(resource_type) + 1 :]
             return rest.split("/", 1)[0] or None
     return None
+
+
+def patient_in(reference: str) -> str | None:
+    """The patient id of a (rewritten) reference ``Patient/<id>[/...]``, else None."""
+    return _reference_id({"reference": reference}, "Patient")
 
 
 def patient_of(resource_type: str, resource_id: str, resource: dict[str, Any]) -> str | None:
@@ -391,27 +399,20 @@ def search_rows(
     resource_type: str, resource: dict[str, Any], index: BlindIndex
 ) -> set[tuple[str, str]]:
     """(param, value) rows of the search index of one resource."""
-    rows: set[tuple[str, str]] = set()
-    personal = resource_type in PERSONAL_TYPES
-    for value in _identifier_values(resource.get("identifier")):
-        if personal:
-            digest = _blind(index, "fhir_identifier", value)
-            if digest is not None:
-                rows.add(("identifier", digest))
-        else:
-            rows.add(("identifier", value[:_MAX_TEXT]))
-    if personal:
-        for name in resource.get("name") or ():
-            if not isinstance(name, dict):
-                continue
-            parts = [name.get("family"), *(name.get("given") or ()), name.get("text")]
-            text = " ".join(p for p in parts if isinstance(p, str))
-            rows.update(("name", token) for token in index.name_tokens(text))
-        birth = resource.get("birthDate")
-        if isinstance(birth, str):
-            digest = _blind(index, "fhir_birthdate", birth)
-            if digest is not None:
-                rows.add(("birthdate", digest))
+    if resource_type in PERSONAL_TYPES:
+        rows = _personal_rows(resource, index)
+    else:
+        rows = public_rows(resource_type, resource)
+    subject = resource.get("subject")
+    if isinstance(subject, dict) and isinstance(subject.get("reference"), str):
+        rows.add(subject_row(subject["reference"]))
+    return rows
+
+
+def public_rows(resource_type: str, resource: dict[str, Any]) -> set[tuple[str, str]]:
+    """The rows of :func:`search_rows` of a resource of a type not personal, but its
+    ``subject`` (no key needed, and no reference: the reader of a Bundle makes them)."""
+    rows = {("identifier", v[:_MAX_TEXT]) for v in _identifier_values(resource.get("identifier"))}
     if resource_type == "Observation":
         rows.update(("code", v[:_MAX_TEXT]) for v in _token_values(resource.get("code")))
         for component in resource.get("component") or ():
@@ -424,9 +425,32 @@ def search_rows(
         found = time_range(effective[0]) if effective is not None else None
         if found is not None:
             rows.add(("date", sortable_time(found[0])))
-    subject = resource.get("subject")
-    if isinstance(subject, dict) and isinstance(subject.get("reference"), str):
-        rows.add(("subject", subject["reference"][:_MAX_TEXT]))
+    return rows
+
+
+def subject_row(reference: str) -> tuple[str, str]:
+    """The search row of a resource's ``subject`` reference (rewritten)."""
+    return "subject", reference[:_MAX_TEXT]
+
+
+def _personal_rows(resource: dict[str, Any], index: BlindIndex) -> set[tuple[str, str]]:
+    """Identifier, name and birth date rows of a personal resource, as digests."""
+    rows: set[tuple[str, str]] = set()
+    for value in _identifier_values(resource.get("identifier")):
+        digest = _blind(index, "fhir_identifier", value)
+        if digest is not None:
+            rows.add(("identifier", digest))
+    for name in resource.get("name") or ():
+        if not isinstance(name, dict):
+            continue
+        parts = [name.get("family"), *(name.get("given") or ()), name.get("text")]
+        text = " ".join(p for p in parts if isinstance(p, str))
+        rows.update(("name", token) for token in index.name_tokens(text))
+    birth = resource.get("birthDate")
+    if isinstance(birth, str):
+        digest = _blind(index, "fhir_birthdate", birth)
+        if digest is not None:
+            rows.add(("birthdate", digest))
     return rows
 
 

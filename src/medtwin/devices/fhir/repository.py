@@ -48,7 +48,12 @@ class StoredResource:
 
 @dataclass(frozen=True, slots=True)
 class NewVersion:
-    """A version to write: the resource JSON (without server meta) and its search rows."""
+    """A version to write: the resource JSON (without server meta).
+
+    ``content`` and ``rows``, when given, are its compact JSON and its search rows
+    (made already: ``resource`` is then only its type and id); otherwise both are
+    made of ``resource``.
+    """
 
     resource_type: str
     id: str
@@ -56,6 +61,12 @@ class NewVersion:
     patient_id: str | None
     resource: dict[str, Any]
     deleted: bool = False  # a deletion: no search rows, ``resource`` only its type and id
+    content: bytes | None = None
+    rows: frozenset[tuple[str, str]] | None = None
+
+    def json(self) -> bytes:
+        """The compact JSON stored."""
+        return dump_json(self.resource) if self.content is None else self.content
 
 
 def with_meta(resource: dict[str, Any], version: int, last_updated_us: int) -> dict[str, Any]:
@@ -108,6 +119,17 @@ class ResourceRepository:
             return content.decode()
         blob = self.keyring.encrypt(content, aad=self._aad(resource_type, resource_id, version))
         return SEALED + base64.urlsafe_b64encode(blob).decode()
+
+    def seal_versions(self, versions: Sequence[NewVersion]) -> list[str]:
+        """The stored text of each version's JSON (as :meth:`seal` makes it, in one call
+        to the keyring for them all)."""
+        contents = [v.json() for v in versions]
+        if self.keyring is None:
+            return [content.decode() for content in contents]
+        blobs = self.keyring.encrypt_many(
+            contents, [self._aad(v.resource_type, v.id, v.version) for v in versions]
+        )
+        return [SEALED + base64.urlsafe_b64encode(blob).decode() for blob in blobs]
 
     def unseal(self, resource_type: str, resource_id: str, version: int, text: str) -> str:
         if not text.startswith(SEALED):
@@ -252,16 +274,8 @@ class ResourceRepository:
             "INSERT INTO fhir_resources (resource_type, id, version, last_updated_us, "
             f"patient_id, deleted, content) VALUES ({params(7)})",
             [
-                (
-                    v.resource_type,
-                    v.id,
-                    v.version,
-                    now_us,
-                    v.patient_id,
-                    v.deleted,
-                    self.seal(v.resource_type, v.id, v.version, dump_json(v.resource)),
-                )
-                for v in versions
+                (v.resource_type, v.id, v.version, now_us, v.patient_id, v.deleted, sealed)
+                for v, sealed in zip(versions, self.seal_versions(versions), strict=True)
             ],
         )
         updated = [v for v in versions if v.version > 1]
@@ -271,11 +285,14 @@ class ResourceRepository:
                     _SEARCH.c.resource_type == v.resource_type, _SEARCH.c.id == v.id
                 )
             )
+        index = self.index
         rows = [
             (v.resource_type, param, value, v.id)
             for v in versions
             if not v.deleted
-            for param, value in search_rows(v.resource_type, v.resource, self.index)
+            for param, value in (
+                search_rows(v.resource_type, v.resource, index) if v.rows is None else v.rows
+            )
         ]
         if rows:
             conn.exec_driver_sql(

@@ -39,11 +39,12 @@ from medtwin.core.errors import ConflictError, InputError
 from medtwin.core.records import LOINC, Intervention, Patient, QualityFlag
 from medtwin.data import mappings
 from medtwin.data.consent import ConsentStore
-from medtwin.data.crypto import DataKeys
+from medtwin.data.crypto import BlindIndex, DataKeys
 from medtwin.data.store import AppendStatus, Origin, QuarantineEntry, SqlStore, schema
 from medtwin.data.store.base import _conflict_entry, _dedupe
 from medtwin.data.validation import ID_PATTERN as PATIENT_ID
 from medtwin.data.vault import PatientVault, Privacy, encode
+from medtwin.devices.fhir.body import Body, make_body
 from medtwin.devices.fhir.errors import (
     FhirError,
     InvalidResourceError,
@@ -58,15 +59,19 @@ from medtwin.devices.fhir.errors import (
 )
 from medtwin.devices.fhir.fastcheck import check_resource
 from medtwin.devices.fhir.mapping import (
+    PERSONAL_TYPES,
     SOURCE,
     MappedItem,
     demographics_of,
     identifier_rows,
     intervention_of,
     observation_items,
+    patient_in,
     patient_of,
+    public_rows,
     query_values,
     sortable_time,
+    subject_row,
     time_range,
 )
 from medtwin.devices.fhir.repository import (
@@ -95,11 +100,18 @@ _SEARCH_PARAMS = {
 }
 _DATE_PREFIXES = ("eq", "ge", "le", "gt", "lt")
 _PATIENT_DELETE = "a Patient is not deleted through FHIR: patients are erased through the vault"
+# Types whose parsed JSON the commit reads (personal index values, demographics,
+# observations, doses, consents): no Body.
+_PARSED = PERSONAL_TYPES | {"Observation", "MedicationAdministration", "Consent"}
 _NO_CONTENT = "204 No Content"
 
 
-def parse_json(text: str | bytes, *, max_depth: int) -> Any:
-    """The JSON document of a request body; InvalidResourceError / TooLargeError otherwise."""
+def parse_json(text: str | bytes, *, max_depth: int, nesting: bool = True) -> Any:
+    """The JSON document of a request body; InvalidResourceError / TooLargeError otherwise.
+
+    ``nesting``: False leaves the check of ``max_depth`` to the caller (a Bundle's:
+    :func:`read_bundle` checks it as it walks the Bundle, without a walk of its own).
+    """
     try:
         document = json.loads(text)
     except RecursionError as exc:
@@ -110,7 +122,7 @@ def parse_json(text: str | bytes, *, max_depth: int) -> Any:
         raise InvalidResourceError(
             [Issue(f"body is not JSON: {exc}", "", code="structure")]
         ) from exc
-    if _depth_exceeds(document, max_depth):
+    if nesting and _depth_exceeds(document, max_depth):
         raise TooLargeError([Issue(f"JSON nested deeper than {max_depth}", "", code="too-costly")])
     return document
 
@@ -172,7 +184,13 @@ class _Entry:
     base: str  # element path of the resource
     method: str = ""
     resource_type: str = ""
-    resource: dict[str, Any] | None = None
+    # The resource: parsed (``doc``) or, as most arrive from a Bundle's reader, a Body
+    # (its JSON with slots), parsed only where needed (:attr:`resource`).
+    doc: dict[str, Any] | None = None
+    body: Body | None = None
+    wanted: Any = None  # the resource's own id, as received
+    # Search rows made by the reader (a type not personal): all but the subject's.
+    rows: frozenset[tuple[str, str]] | None = None
     full_url: str | None = None
     target_id: str | None = None
     condition: str | None = None  # the search of a conditional update
@@ -190,6 +208,80 @@ class _Entry:
     @property
     def failed(self) -> bool:
         return bool(self.issues)
+
+    @property
+    def has_resource(self) -> bool:
+        return self.doc is not None or self.body is not None
+
+    @property
+    def resource(self) -> dict[str, Any] | None:
+        """The resource as parsed JSON (a Body is parsed now, and is no more: its
+        reference holders are the resource's from then on)."""
+        if self.doc is None and self.body is not None:
+            self.doc, self.body = self.body.materialize(), None
+        return self.doc
+
+    @resource.setter
+    def resource(self, value: dict[str, Any] | None) -> None:
+        self.doc, self.body = value, None
+
+    def set_id(self, resource_id: str) -> None:
+        """Give the resource its assigned id."""
+        if self.body is not None:
+            self.body.id_value = resource_id
+        else:
+            assert self.doc is not None
+            self.doc["id"] = resource_id
+
+    def identifier_values(self, index: BlindIndex) -> list[str]:
+        """The resource's ``identifier`` index values (a Body has them already)."""
+        if self.rows is not None:
+            return [value for param, value in self.rows if param == "identifier"]
+        assert self.doc is not None
+        return identifier_rows(self.resource_type, self.doc, index)
+
+    def owner(self) -> str | None:
+        """The patient the resource belongs to (once its references are rewritten)."""
+        body = self.body
+        if body is None:
+            assert self.doc is not None
+            return patient_of(self.resource_type, self.id, self.doc)
+        for slot in body.patient_refs:
+            found = patient_in(body.holders[slot]["reference"])
+            if found is not None:
+                return found
+        return None
+
+    def new_version(self) -> NewVersion:
+        """The version the entry writes (its id, version and patient assigned)."""
+        body, rows = self.body, self.rows
+        if rows is not None:
+            subject = self._subject()
+            if subject is not None:
+                rows = rows | {subject_row(subject)}
+        if body is None:
+            assert self.doc is not None
+            key = (self.resource_type, self.id, self.version, self.patient)
+            return NewVersion(*key, self.doc, rows=rows)
+        assert rows is not None  # a Body is of a type not personal
+        return NewVersion(
+            self.resource_type,
+            self.id,
+            self.version,
+            self.patient,
+            {"resourceType": self.resource_type, "id": self.id},
+            content=body.content(),
+            rows=rows,
+        )
+
+    def _subject(self) -> str | None:
+        """The (rewritten) reference of the resource's ``subject``."""
+        if self.body is not None:
+            slot = self.body.subject
+            return None if slot is None else self.body.holders[slot]["reference"]
+        subject = self.doc.get("subject") if self.doc is not None else None
+        reference = subject.get("reference") if isinstance(subject, dict) else None
+        return reference if isinstance(reference, str) else None
 
 
 @dataclass
@@ -541,8 +633,8 @@ class FhirService:
         keys: set[tuple[str, str]] = set()
         for entry in live:
             wanted: Any = entry.target_id
-            if wanted is None and entry.resource is not None:
-                wanted = entry.resource.get("id")
+            if wanted is None and entry.has_resource:
+                wanted = entry.wanted
             if isinstance(wanted, str):
                 keys.add((entry.resource_type, wanted))
         held = self.repository.held_versions(conn, keys)
@@ -592,8 +684,7 @@ class FhirService:
                 _assign_delete(entry, held, gone)
                 taken.add((entry.resource_type, entry.id))
                 continue
-            resource = entry.resource
-            assert resource is not None
+            assert entry.has_resource
             try:
                 if entry.condition is not None:
                     self._match(entry, matches, hold)
@@ -605,9 +696,7 @@ class FhirService:
             if entry.full_url:
                 full_urls[entry.full_url] = f"{entry.resource_type}/{entry.id}"
             if entry.write:
-                for value in identifier_rows(
-                    entry.resource_type, resource, self.privacy.blind_index
-                ):
+                for value in entry.identifier_values(self.privacy.blind_index):
                     pending.setdefault((entry.resource_type, value), set()).add(entry.id)
         exists: dict[str, bool] = {}
         for entry in live:
@@ -627,9 +716,7 @@ class FhirService:
                     NewVersion(*key, entry.version, entry.patient, bare, deleted=True)
                 )
                 continue
-            resource = entry.resource
-            assert resource is not None
-            resource["id"] = entry.id
+            entry.set_id(entry.id)
             if entry.version > 1:
                 key = (entry.resource_type, entry.id)
                 if key not in current:
@@ -638,16 +725,15 @@ class FhirService:
                 if (
                     before is not None
                     and not before.deleted
-                    and canonical(before.resource) == canonical(resource)
+                    # An update (rare in a load): the resource is parsed to compare.
+                    and canonical(before.resource) == canonical(entry.resource or {})
                 ):
                     entry.write = False
                     entry.version -= 1
                     entry.status = "200 OK"
                     continue
-            entry.patient = patient_of(entry.resource_type, entry.id, resource)
-            plan.versions.append(
-                NewVersion(entry.resource_type, entry.id, entry.version, entry.patient, resource)
-            )
+            entry.patient = entry.owner()
+            plan.versions.append(entry.new_version())
         self._map(plan, live, taken, held)
         self._map_codes(conn, plan)
         return plan
@@ -748,7 +834,7 @@ class FhirService:
     ) -> None:
         """The target of a conditional update: the one match, else the resource's own id
         (an update as create), else none (a create with a server id)."""
-        assert entry.resource is not None
+        assert entry.has_resource
         assert entry.condition is not None
         where = f"Bundle.entry[{entry.index}].request.url"
         found = matches(entry.resource_type, entry.condition, where)
@@ -762,7 +848,7 @@ class FhirService:
                     )
                 ]
             )
-        wanted = entry.resource.get("id")
+        wanted = entry.wanted
         if found:
             target = next(iter(found))
             if wanted not in (None, target):
@@ -784,7 +870,7 @@ class FhirService:
         matches: Callable[[str, str, str], set[str]],
     ) -> None:
         """Give the entry its id and version (or the resource an ``ifNoneExist`` found)."""
-        assert entry.resource is not None
+        assert entry.has_resource
         where = f"Bundle.entry[{entry.index}].request"
         if entry.method == "PUT" and entry.target_id is not None:
             entry.id = entry.target_id
@@ -817,7 +903,7 @@ class FhirService:
                 return
         # The server assigns the id: the client's own when it is free (Synthea's UUIDs
         # stay recognisable), a fresh UUID otherwise.
-        wanted = entry.resource.get("id")
+        wanted = entry.wanted
         key = (entry.resource_type, wanted if isinstance(wanted, str) else "")
         if isinstance(wanted, str) and key not in held and key not in taken:
             entry.id = wanted
@@ -840,21 +926,22 @@ class FhirService:
         plan: _Plan,
     ) -> None:
         """Rewrite the entry's references to the ids they resolve to."""
-        assert entry.resource is not None
-        resource = entry.resource
+        assert entry.has_resource
         for holder, known_path in entry.refs:
             reference = holder["reference"]
-
-            def path(known: str = known_path, holder: dict[str, Any] = holder) -> str:
-                # Looked up only for an issue: the fast path does not track paths.
-                return known or _locate(resource, holder, entry.base)
-
+            # Most references point into the Bundle: resolved before anything else.
             target = full_urls.get(reference)
             if target is not None:
                 holder["reference"] = target
                 continue
             if reference.startswith("#"):
                 continue
+
+            def path(known: str = known_path, holder: dict[str, Any] = holder) -> str:
+                # Looked up only for an issue: the fast path does not track paths (a Body
+                # is parsed for it; its holders stay the resource's).
+                return known or _locate(entry.resource, holder, entry.base)
+
             if reference.startswith(_INTERNAL_PREFIXES):
                 entry.issues.append(
                     Issue(
@@ -927,16 +1014,14 @@ class FhirService:
         for entry in entries:
             if entry.failed or not entry.write:
                 continue
-            resource = entry.resource
             if entry.resource_type == "MedicationAdministration" and (
                 entry.version > 1 or entry.method == "DELETE"
             ):
                 plan.withdrawn.append(entry.id)
-            if entry.method == "DELETE":
-                if entry.prior is None or entry.resource_type != "Observation":
-                    continue
-                resource = entry.prior.resource
-            assert resource is not None
+            if entry.method == "DELETE" and (
+                entry.prior is None or entry.resource_type != "Observation"
+            ):
+                continue
             patient = entry.patient
             if entry.resource_type == "Patient":
                 if PATIENT_ID.fullmatch(entry.id):
@@ -950,6 +1035,10 @@ class FhirService:
                 and patient not in runtime
             ):
                 continue
+            if entry.resource_type not in ("Observation", "MedicationAdministration"):
+                continue
+            resource = entry.resource if entry.prior is None else entry.prior.resource
+            assert resource is not None
             if entry.resource_type == "Observation":
                 for mapped in observation_items(
                     resource, entry.id, patient, entry.version, entry.base
@@ -1417,15 +1506,21 @@ def read_entries(
 ) -> tuple[str, list[_Entry]]:
     """Check the Bundle's shape and every entry's request and resource (no lock held)."""
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
+        if _depth_exceeds(document, max_depth):
+            raise TooLargeError(
+                [Issue(f"JSON nested deeper than {max_depth}", "", code="too-costly")]
+            )
         raise InvalidResourceError([Issue("the body must be a Bundle", "Bundle", code="structure")])
-    # Everything but the resources here; each resource while it is copied (_scan).
+    # Everything but the resources here; each resource while it is checked or copied.
     shallow = {k: v for k, v in document.items() if k != "entry"}
     entries_value = document.get("entry")
     outside = [
         {k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e
         for e in (entries_value if isinstance(entries_value, list) else ())
     ]
-    if _depth_exceeds([shallow, outside], max_depth - 1):
+    if _depth_exceeds([shallow, outside], max_depth - 1) or (
+        not isinstance(entries_value, list) and _depth_exceeds(entries_value, max_depth - 1)
+    ):
         raise TooLargeError(
             [Issue(f"JSON nested deeper than {max_depth}", "Bundle", code="too-costly")]
         )
@@ -1467,6 +1562,20 @@ def read_entries(
 
 
 def _read_entry(index: int, raw: Any, base: str, max_depth: int) -> _Entry:
+    """One entry checked; TooLargeError when its resource nests deeper than allowed
+    (the document's depth is checked here: :func:`parse_json` may leave it)."""
+    entry = _check_entry(index, raw, base, max_depth)
+    if not entry.has_resource and isinstance(raw, dict):
+        # Not walked (the entry failed first): its depth is checked alone.
+        resource = raw.get("resource")
+        if isinstance(resource, (dict, list)) and _depth_exceeds(resource, max_depth - 3):
+            raise TooLargeError(
+                [Issue(f"JSON nested deeper than {max_depth}", base, code="too-costly")]
+            )
+    return entry
+
+
+def _check_entry(index: int, raw: Any, base: str, max_depth: int) -> _Entry:
     entry = _Entry(index, base)
     where = f"Bundle.entry[{index}]"
     if not isinstance(raw, dict):
@@ -1504,11 +1613,22 @@ def _read_entry(index: int, raw: Any, base: str, max_depth: int) -> _Entry:
         entry.issues.append(Issue("resource is required", f"{where}.resource", code="required"))
         return entry
     entry.method = method
+    entry.wanted = resource.get("id")
     # A copy: references are rewritten in it, the caller's document stays as it was.
     fast = check_resource(resource, max_depth - 3)
     if fast is not None and not code_issues(resource, base):
+        copied, holders = fast
+        kind = copied["resourceType"]
+        # What the commit needs of most resources is made here (in a Bundle reader's
+        # process): their JSON with slots, and their search rows.
+        if kind not in PERSONAL_TYPES:
+            entry.rows = frozenset(public_rows(kind, copied))
+        body = None if kind in _PARSED else make_body(copied, holders)
+        if body is not None:
+            entry.body, holders = body, body.holders
+        else:
+            entry.resource = copied
         # Their paths are found when needed (an issue names one).
-        entry.resource, holders = fast
         entry.refs = [(holder, "") for holder in holders]
         issues: list[Issue] = []
     else:
