@@ -590,3 +590,51 @@ def test_merge_folds_the_prior_twin_into_the_survivor_and_keeps_rows_dense() -> 
     runtime.merge("other", "brand-new")
     assert runtime.view("brand-new")["vitals"][HR]["value"] == 60.0
     assert sorted(runtime.patient_ids) == ["brand-new", "new"]
+
+
+# -- NEWS2 kept for twins whose inputs did not change ------------------------------
+
+
+def _scored_from_scratch(runtime: TwinRuntime, clock: FixedClock) -> dict[str, Any]:
+    """Each twin's NEWS2 now, by a fresh runtime fed the twin's held values (scored anew)."""
+    fresh = TwinRuntime(clock)
+    readings: list[Observation] = []
+    for row, patient in enumerate(runtime.patient_ids):
+        fresh.add(patient, spo2_scale=int(runtime.attribute(np.array([row]), "spo2_scale")[0]))
+        for code, held in runtime.vitals(row).items():  # (no artifacts in these tests)
+            at = to_us(datetime.fromisoformat(held["time"]))
+            readings.append(obs(patient, code, held["value"], at=at))
+    fresh.observe(readings)
+    return {patient: fresh.view(patient)["news2"] for patient in fresh.patient_ids}
+
+
+def test_rescoring_unchanged_twins_equals_scoring_them_anew(clock: FixedClock) -> None:
+    runtime = TwinRuntime(clock)
+    observations, _ = _random_ward(40, seed=3)
+    runtime.observe(observations)
+    # Every twin touched; a few get new NEWS2 inputs, the rest a glucose or unmapped value.
+    batch: list[Observation] = []
+    for i, patient in enumerate(list(runtime.patient_ids)):
+        if i % 9 == 0:
+            batch.append(obs(patient, HR, 125, at=T0_US + S))
+        elif i % 2:
+            batch.append(obs(patient, GLUCOSE, 110, at=T0_US + S))
+        else:
+            batch.append(obs(patient, "99999-9", 1, at=T0_US + S, flags=QualityFlag.UNMAPPED))
+    runtime.set_spo2_scale(runtime.patient_ids[5], 2)
+    update = runtime.observe(batch)
+    expected = _scored_from_scratch(runtime, clock)
+    got = {runtime.patient_ids[row]: update.news2.result(i) for i, row in enumerate(update.rows)}
+    assert got == expected
+    assert update.changed.tolist() == [i % 9 == 0 for i in range(40)]
+    # Values age out of the window: the same inputs no more, scored anew.
+    clock.advance(3000)
+    update = runtime.observe([obs(p, GLUCOSE, 120, at=T0_US + 2 * S) for p in runtime.patient_ids])
+    got = {runtime.patient_ids[row]: update.news2.result(i) for i, row in enumerate(update.rows)}
+    assert got == _scored_from_scratch(runtime, clock)
+    # A merge moves the last row into the prior twin's: its kept inputs move with it.
+    runtime.merge(runtime.patient_ids[0], runtime.patient_ids[1])
+    update = runtime.observe([obs(p, GLUCOSE, 130, at=T0_US + 3 * S) for p in runtime.patient_ids])
+    got = {runtime.patient_ids[row]: update.news2.result(i) for i, row in enumerate(update.rows)}
+    assert got == _scored_from_scratch(runtime, clock)
+    assert not update.changed.any()

@@ -222,6 +222,34 @@ class Ingestor:
         ``extra`` runs inside that transaction after the inserts (see ``Store.append``);
         if it raises, nothing of the batch is stored and the twins are not touched.
         """
+        statuses = self._store(batch, care_team, extra)
+        return self._finish(batch, statuses)
+
+    def commit_statuses(
+        self,
+        batch: PreparedBatch,
+        *,
+        care_team: str | None = None,
+        extra: Callable[[Connection], None] | None = None,
+    ) -> list[AppendStatus]:
+        """:meth:`commit`, answering the store's status of each accepted item instead
+        (in ``batch.accepted`` order; the rejected ones are ``batch.rejections``).
+
+        For adapters that build their own answers (HL7 acknowledgements): the same
+        store, twins and metrics, without one :class:`IngestResult` per item.
+        """
+        statuses = self._store(batch, care_team, extra)
+        tally = _tally(statuses, len(batch.rejections))
+        self._count(batch.channel, tally, time.perf_counter() - batch.started)
+        return statuses
+
+    def _store(
+        self,
+        batch: PreparedBatch,
+        care_team: str | None,
+        extra: Callable[[Connection], None] | None,
+    ) -> list[AppendStatus]:
+        """Append ``batch`` in one transaction and fold what was stored into the twins."""
         with self._commit_lock:
             statuses = self.store.append(
                 batch.observations,
@@ -234,7 +262,7 @@ class Ingestor:
                 origins=batch.origins,
             )
             self._observe_stored(batch, statuses)
-        return self._finish(batch, statuses)
+        return statuses
 
     def ingest_interventions(
         self,
@@ -430,7 +458,8 @@ class Ingestor:
     def _finish(self, batch: PreparedBatch, statuses: Sequence[AppendStatus]) -> list[IngestResult]:
         """The batch's results, counted in the metrics."""
         results = self._results(batch.items, batch.accepted, statuses, batch.rejections)
-        self._count(batch.channel, results, time.perf_counter() - batch.started)
+        tally = _tally(statuses, len(batch.rejections))
+        self._count(batch.channel, tally, time.perf_counter() - batch.started)
         return results
 
     def new_patients(
@@ -439,7 +468,8 @@ class Ingestor:
         """Patient records (with fresh pseudonyms) for the patients of ``records`` the
         twins do not know yet; adapters storing in their own transaction use it too."""
         runtime = self.runtime
-        fresh = {r.patient for r in records if r.patient not in runtime}
+        # Each patient once, then the twins asked: a batch names few patients, many times.
+        fresh = {patient for patient in {r.patient for r in records} if patient not in runtime}
         return [Patient(p, "pt-" + secrets.token_hex(8), created_us=now) for p in sorted(fresh)]
 
     def publish(self, update: TwinUpdate) -> None:
@@ -481,14 +511,24 @@ class Ingestor:
             )
         return [r for r in results if r is not None]
 
-    def _count(self, channel: str, results: Sequence[IngestResult], seconds: float) -> None:
-        tally: dict[str, int] = {}
-        for result in results:
-            tally[result.status] = tally.get(result.status, 0) + 1
+    def _count(self, channel: str, tally: dict[str, int], seconds: float) -> None:
+        """Count a batch's items by status (``tally``) and its time ``seconds`` (s)."""
         for status, n in tally.items():
             self.metrics.items.labels(channel, status).inc(n)
         self.metrics.seconds.labels(channel).observe(seconds)
         self.metrics.twins.set(len(self.runtime))
+
+
+def _tally(statuses: Sequence[AppendStatus], rejected: int) -> dict[str, int]:
+    """Items per result status: the store's statuses, and ``rejected`` refused by validation."""
+    # list.count per status, not a loop: an enum member's .value and hash are Python calls.
+    tally = {value: n for status, value in _STATUS_VALUES if (n := statuses.count(status))}
+    if rejected:
+        tally["rejected"] = rejected
+    return tally
+
+
+_STATUS_VALUES = tuple((status, status.value) for status in AppendStatus)
 
 
 @functools.lru_cache(maxsize=64)  # a handful of flag combinations, met item after item

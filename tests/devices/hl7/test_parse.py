@@ -91,3 +91,45 @@ def test_arbitrary_messages_read_as_python_hl7_reads_them(body: str) -> None:
     except InputError:
         return
     assert_same_as_python_hl7(parsed)
+
+
+_msh_fields = st.text(alphabet="|^~\\&ABCR0129 .FSTX", max_size=80)
+
+
+@given(fields=_msh_fields)
+@settings(max_examples=300, deadline=None)
+def test_header_reads_msh_as_python_hl7_reads_it(fields: str) -> None:
+    try:
+        parsed = parse_message("MSH|^~\\&|" + fields + "\rPID|1")
+    except InputError:
+        return
+    msh = hl7.parse(parsed.text)[0]
+
+    def first(field: int, number: int = 1) -> str:
+        return _reference(msh, field, 1, number, 1)
+
+    header = parsed.header
+    assert header.sender == (first(3) or first(3, 2))
+    assert (header.sending_facility, header.receiver) == (first(4), first(5))
+    assert header.receiving_facility == first(6)
+    assert (header.message_type, header.trigger_event) == (first(9).strip(), first(9, 2).strip())
+    assert header.control_id == first(10).strip()
+    assert (header.processing_id, header.version) == (first(11).strip(), first(12).strip())
+    assert header.accept_ack == first(15).strip().upper()
+    assert header.application_ack == first(16).strip().upper()
+
+
+@given(
+    lines=st.lists(
+        st.text(alphabet="PIDOBX|^1 \t", min_size=0, max_size=12).map(lambda s: "OBX|" + s),
+        max_size=6,
+    ),
+    breaks=st.lists(st.sampled_from(["\r", "\n", "\r\n", "\n\r", "\r\r\n", "\n\n"]), min_size=7),
+)
+@settings(max_examples=200, deadline=None)
+def test_any_mix_of_line_breaks_separates_segments(lines: list[str], breaks: list[str]) -> None:
+    segments = ["MSH|^~\\&|LAB|H|||20300101||ORU^R01|1|P|2.5.1", *lines]
+    text = "".join(segment + breaks[n] for n, segment in enumerate(segments))
+    expected = [s for s in segments if s.strip()]
+    expected[-1] = expected[-1].rstrip()
+    assert parse_message(text).texts == expected

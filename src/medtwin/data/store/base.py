@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import operator
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -349,11 +350,15 @@ class SqlStore:
                 self._classify_existing(conn, unique, fresh, statuses)
             if origins is not None and fresh:
                 self._insert_origins(conn, unique, fresh, origins)
-            conflicts = [
-                _conflict_entry(obs, channel, received_us)
-                for obs, status in zip(observations, statuses, strict=True)
-                if status is AppendStatus.CONFLICT
-            ]
+            conflicts = (
+                [
+                    _conflict_entry(obs, channel, received_us)
+                    for obs, status in zip(observations, statuses, strict=True)
+                    if status is AppendStatus.CONFLICT
+                ]
+                if AppendStatus.CONFLICT in statuses
+                else []
+            )
             entries = [_stamped(e, received_us) for e in rejected] + conflicts
             if entries:
                 self._insert_quarantine(conn, entries)
@@ -374,18 +379,28 @@ class SqlStore:
         fresh: set[int],
         origins: Sequence[Origin | None],
     ) -> None:
+        inserted = (
+            rows
+            if len(fresh) == len(rows)
+            else [row for position, row in enumerate(rows) if position in fresh]
+        )
         values = [
-            (obs.source, obs.source_id, obs.version, *origin)
-            for position, (index, obs) in enumerate(rows)
-            if position in fresh and (origin := origins[index]) is not None
+            (*_KEY(obs), *origin)
+            for index, obs in inserted
+            if (origin := origins[index]) is not None
         ]
         if values:
-            conn.exec_driver_sql(
-                "INSERT INTO observation_origins "
-                "(source, source_id, version, channel, message, entry, conditioning) "
-                f"VALUES ({self._params(7)})",
-                values,
-            )
+            # The driver's cursor: through SQLAlchemy the call costs more than the insert.
+            cursor = conn.connection.cursor()
+            try:
+                cursor.executemany(
+                    "INSERT INTO observation_origins "
+                    "(source, source_id, version, channel, message, entry, conditioning) "
+                    f"VALUES ({self._params(7)})",
+                    values,
+                )
+            finally:
+                cursor.close()
 
     def origins_of(
         self, keys: Sequence[tuple[str, str, int]]
@@ -976,11 +991,19 @@ def positions_of(rows: Sequence[tuple[int, Observation]], inserted: set[Any]) ->
     }
 
 
+# The idempotency key of an Observation: (source, source_id, version).
+_KEY = operator.itemgetter(
+    *(Observation._fields.index(name) for name in ("source", "source_id", "version"))
+)
+
+
 def _dedupe(
     observations: Sequence[Observation],
 ) -> tuple[list[AppendStatus | None], list[tuple[int, Observation]]]:
     """Statuses for repeats inside the batch, and the first occurrence of each key."""
     statuses: list[AppendStatus | None] = [None] * len(observations)
+    if len(set(map(_KEY, observations))) == len(observations):
+        return statuses, list(enumerate(observations))  # the usual batch: each key once
     first: dict[tuple[str, str, int], Observation] = {}
     unique: list[tuple[int, Observation]] = []
     for index, obs in enumerate(observations):

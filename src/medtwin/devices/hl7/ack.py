@@ -18,11 +18,12 @@ out of scope: none is ever sent, whatever MSH-16 asks.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import ClassVar
 
 from medtwin.devices.hl7.parse import Header
@@ -137,17 +138,56 @@ def build_ack(
     Without a header (nothing of the message could be read) MSA-2 is empty. The ACK
     always uses the standard encoding characters ``|^~\\&``.
     """
-    moment = (now or datetime.now().astimezone()).strftime("%Y%m%d%H%M%S%z")
+    moment = _timestamp(now or datetime.now().astimezone())
     if header is None:
-        sender = facility = receiver = receiving_facility = event = control_id = ""
-        processing, version = "P", "2.5.1"
+        head, kind, tail = _msh_fields("", "", "", "", "", "P", "2.5.1")
+        control_id = ""
     else:
-        sender, facility = header.receiver, header.receiving_facility
-        receiver, receiving_facility = header.sender, header.sending_facility
-        event, control_id = header.trigger_event, header.control_id
-        processing = header.processing_id or "P"
-        version = header.version or "2.5.1"
-    msh = "|".join(
+        head, kind, tail = _msh_fields(
+            header.receiver,
+            header.receiving_facility,
+            header.sender,
+            header.sending_facility,
+            header.trigger_event,
+            header.processing_id or "P",
+            header.version or "2.5.1",
+        )
+        control_id = header.control_id
+    message_id = f"MT{time.time_ns() // 1000:x}{next(_counter) % 1_000_000:06d}"
+    segments = [
+        f"{head}|{moment}||{kind}|{message_id}|{tail}",
+        "|".join(["MSA", code, _escape(control_id), _escape(text[:80])]),
+    ]
+    segments.extend(_err(fault) for fault in faults)
+    return "\r".join(segments) + "\r"
+
+
+def _timestamp(moment: datetime) -> str:
+    """MSH-7 of an acknowledgement sent at ``moment``."""
+    # Equal datetimes in other zones are equal keys: the offset is part of the key.
+    return _formatted(moment, moment.utcoffset())
+
+
+@functools.lru_cache(maxsize=64)  # acknowledgements sent in the same second share it
+def _formatted(moment: datetime, offset: timedelta | None) -> str:
+    return moment.strftime("%Y%m%d%H%M%S%z")
+
+
+@functools.lru_cache(maxsize=1024)  # a handful of senders, message after message
+def _msh_fields(
+    sender: str,
+    facility: str,
+    receiver: str,
+    receiving_facility: str,
+    event: str,
+    processing: str,
+    version: str,
+) -> tuple[str, str, str]:
+    """An acknowledgement's MSH escaped, in three parts: up to MSH-6, MSH-9, MSH-11 on.
+
+    MSH-7 (the time) and MSH-10 (the control id) go between them.
+    """
+    head = "|".join(
         [
             "MSH",
             "^~\\&",
@@ -155,17 +195,10 @@ def build_ack(
             _escape(facility),
             _escape(receiver),
             _escape(receiving_facility),
-            moment,
-            "",
-            f"ACK^{_escape(event)}^ACK" if event else "ACK",
-            f"MT{time.time_ns() // 1000:x}{next(_counter) % 1_000_000:06d}",
-            _escape(processing),
-            _escape(version),
         ]
     )
-    segments = [msh, "|".join(["MSA", code, _escape(control_id), _escape(text[:80])])]
-    segments.extend(_err(fault) for fault in faults)
-    return "\r".join(segments) + "\r"
+    kind = f"ACK^{_escape(event)}^ACK" if event else "ACK"
+    return head, kind, f"{_escape(processing)}|{_escape(version)}"
 
 
 def _err(fault: Fault) -> str:

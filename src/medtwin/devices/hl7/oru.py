@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
@@ -36,6 +35,7 @@ from medtwin.core.records import LOINC, ObservationStatus
 from medtwin.data.validation import ID_PATTERN, MAX_TEXT
 from medtwin.devices.hl7.ack import ErrorCode, Fault
 from medtwin.devices.hl7.parse import (
+    Encoding,
     ParsedMessage,
     Segment,
     component,
@@ -68,7 +68,7 @@ _CORRECTIONS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per OBX, and frozen costs twice as much
 class ObxItem:
     """An observation item read from OBX number ``index`` (1-based, within the message)."""
 
@@ -85,7 +85,7 @@ class OruContent:
     items: list[ObxItem] = field(default_factory=list)
     faults: list[tuple[Fault, str]] = field(default_factory=list)  # (fault, payload)
     obx_total: int = 0
-    unsupported: Counter[str] = field(default_factory=Counter)  # value type -> OBX count
+    unsupported: dict[str, int] = field(default_factory=dict)  # value type -> OBX count
 
 
 @functools.lru_cache(maxsize=1024)  # a feed names a handful of systems, OBX after OBX
@@ -99,6 +99,7 @@ def coding_system(name: str) -> str:
     return f"urn:hl7v2:coding-system:{cleaned}"
 
 
+@functools.lru_cache(maxsize=4096)  # a feed sends result after result for the same patients
 def patient_id(raw: str) -> str | None:
     """medtwin's patient id for a PID-3 identifier (see the module docstring); None if empty."""
     raw = raw.strip()
@@ -119,95 +120,113 @@ def read_oru(parsed: ParsedMessage, zone: tzinfo, *, index_offset: int = 0) -> O
     """
     header = parsed.header
     content = OruContent()
+    items = content.items
     encoding = parsed.encoding
     msh_text = parsed.texts[0]
     patient: str | None = None
     # MSH, PID and OBR as received: the start of each OBX's payload.
-    pid_text = obr_text = ""
+    pid_text = ""
     head = msh_text
     obr_time = ""  # OBR-7 as received: part of each OBX's id digest
     # What every OBX of the message shares, worked out once.
-    context = _Message(header.sender, header.control_id, zone)
+    context = _Message(header.sender, header.control_id, zone, encoding)
+    total = 0
     for text in parsed.texts:
         name = text[:3]
         if name == "OBX":
-            segment = Segment(text, encoding)
-            content.obx_total += 1
-            index = content.obx_total + index_offset
+            total += 1
+            index = total + index_offset
             payload = f"{head}\r{text}"
-            result = _read_obx(segment, index, text, patient, obr_time, context)
-            if isinstance(result, Fault):
+            result = _read_obx(text, index, patient, obr_time, context)
+            if not isinstance(result, Fault):
+                items.append(ObxItem(index, result[0], payload, result[1]))
+            else:
                 content.faults.append((result, payload))
                 if result.code == ErrorCode.DATA_TYPE_ERROR and result.location.endswith("-2"):
-                    content.unsupported[field_text(segment, 2).strip().upper()] += 1
-            else:
-                item, correction = result
-                content.items.append(ObxItem(index, item, payload, correction))
+                    value_type = field_text(Segment(text, encoding), 2).strip().upper()
+                    content.unsupported[value_type] = content.unsupported.get(value_type, 0) + 1
         elif name == "PID":
             patient = patient_id(component(Segment(text, encoding), 3, 1))
-            pid_text, obr_text, obr_time = text, "", ""
+            pid_text, obr_time = text, ""
             head = "\r".join(t for t in (msh_text, pid_text) if t)
         elif name == "OBR":
-            obr_text, obr_time = text, field_text(Segment(text, encoding), 7)
-            head = "\r".join(t for t in (msh_text, pid_text, obr_text) if t)
+            obr_time = field_text(Segment(text, encoding), 7)
+            head = "\r".join(t for t in (msh_text, pid_text, text) if t)
+    content.obx_total = total
     return content
 
 
 class _Message:
     """The parts of one message's OBX items that do not change from one OBX to the next."""
 
-    __slots__ = ("control_id", "prefix", "sender", "times", "zone")
+    __slots__ = ("control_id", "encoding", "prefix", "sender", "times", "zone")
 
-    def __init__(self, sender: str, control_id: str, zone: tzinfo) -> None:
+    def __init__(self, sender: str, control_id: str, zone: tzinfo, encoding: Encoding) -> None:
         self.sender = sender
         self.control_id = control_id
         self.zone = zone
+        self.encoding = encoding
         self.prefix = _NOT_ID.sub("_", control_id).lstrip("._-")[:24] or "m"
         # The OBX of one message repeat a few timestamps: each is read once (ISO text).
         self.times: dict[str, str] = {}
 
 
+# OBX fields read, padded to when absent: up to OBX-14 (observation time).
+_OBX_FIELDS = 15
+_PADDING = ("",) * _OBX_FIELDS
+
+
 def _read_obx(
-    segment: Segment,
-    index: int,
     text: str,
+    index: int,
     patient: str | None,
     obr_time: str,
     message: _Message,
 ) -> tuple[dict[str, Any], str | None] | Fault:
-    where = f"OBX[{index}]"
+    """The item of the OBX segment ``text`` and its correction status, or its fault."""
     if patient is None:
         return Fault("PID-3", "no patient identifier (PID-3) before this OBX", 101)
-    fields = segment.fields
-    count = len(fields)
-    encoding = segment.encoding
+    encoding = message.encoding
+    mark = encoding.component
     if encoding.escape in text or encoding.subcomponent in text or encoding.repetition in text:
+        segment = Segment(text, encoding)
+        fields = segment.fields
+        count = len(fields)
         value_type, status_code, time_text, unit, first_value = (
             components(segment, number)[0] for number in (2, 11, 14, 6, 5)
         )
         identifier = components(segment, 3)
-    else:  # the usual OBX: a field's first component is the text before ^
-        mark = encoding.component
-        value_type, status_code, time_text, unit, first_value = (
-            fields[number].partition(mark)[0] if number < count else ""
-            for number in (2, 11, 14, 6, 5)
-        )
+        repeats = repetitions(segment, 5)
+    else:  # the usual OBX: a field's first component is the text before ^, nothing to decode
+        # (a Segment, which cuts fields lazily, is made only when a rarer value needs one)
+        fields = text.split(encoding.field)
+        count = len(fields)
+        if count < _OBX_FIELDS:
+            fields = [*fields, *_PADDING[count:]]
+        value_type = fields[2].partition(mark)[0]
+        status_code = fields[11].partition(mark)[0]
+        time_text = fields[14].partition(mark)[0]
+        unit = fields[6].partition(mark)[0]
+        first_value = fields[5].partition(mark)[0]
         identifier = fields[3].split(mark) if count > 3 else [""]
+        repeats = 1 if fields[5] else 0  # no repetition separator in the segment
     value_type = value_type.strip().upper()
     status_code = status_code.strip().upper()
     correction = _CORRECTIONS.get(status_code)
     value_present = count > 5 and fields[5] != ""
     if not value_type and not value_present:
         return Fault(
-            f"{where}-5",
+            f"OBX[{index}]-5",
             f"no value (result status {status_code or 'empty'})",
             ErrorCode.REQUIRED_FIELD_MISSING,
         )
     if not value_type:
-        return Fault(f"{where}-2", "no value type (OBX-2)", ErrorCode.REQUIRED_FIELD_MISSING)
+        return Fault(f"OBX[{index}]-2", "no value type (OBX-2)", ErrorCode.REQUIRED_FIELD_MISSING)
     if value_type not in SUPPORTED_TYPES:
         return Fault(
-            f"{where}-2", f"value type {value_type[:8]} not supported", ErrorCode.DATA_TYPE_ERROR
+            f"OBX[{index}]-2",
+            f"value type {value_type[:8]} not supported",
+            ErrorCode.DATA_TYPE_ERROR,
         )
     parts = len(identifier)
     code = identifier[0].strip()
@@ -216,29 +235,39 @@ def _read_obx(
         code, system_name = identifier[3].strip(), identifier[5] if parts > 5 else ""
     if not code:
         return Fault(
-            f"{where}-3", "no observation identifier (OBX-3)", ErrorCode.REQUIRED_FIELD_MISSING
+            f"OBX[{index}]-3",
+            "no observation identifier (OBX-3)",
+            ErrorCode.REQUIRED_FIELD_MISSING,
         )
     value: str | float | None
     if not value_present:
         if correction != ObservationStatus.ENTERED_IN_ERROR.value:
             return Fault(
-                f"{where}-5",
+                f"OBX[{index}]-5",
                 f"no value (result status {status_code or 'empty'})",
                 ErrorCode.REQUIRED_FIELD_MISSING,
             )
         value = None  # the processor takes the earlier result's value
+    elif value_type == "NM" and repeats == 1:  # the usual value: one number
+        raw = first_value.strip()
+        if _NUMBER.fullmatch(raw) is None:
+            return Fault(f"OBX[{index}]-5", "NM value is not a number", ErrorCode.DATA_TYPE_ERROR)
+        value = float(raw)
     else:
-        read = _value(segment, value_type, where, first_value)
+        segment = Segment(text, encoding)
+        read = _value(segment, value_type, f"OBX[{index}]", first_value, repeats)
         if isinstance(read, Fault):
             return read
         value = read
     time_text = time_text.strip()
-    time_field = f"{where}-14"
-    if not time_text and obr_time:
-        time_text, time_field = obr_time.strip(), "OBR-7"
+    from_obr = not time_text and bool(obr_time)
+    if from_obr:
+        time_text = obr_time.strip()
     if not time_text:
         return Fault(
-            f"{where}-14", "no observation time (OBX-14 or OBR-7)", ErrorCode.REQUIRED_FIELD_MISSING
+            f"OBX[{index}]-14",
+            "no observation time (OBX-14 or OBR-7)",
+            ErrorCode.REQUIRED_FIELD_MISSING,
         )
     moment = message.times.get(time_text)
     if moment is None:
@@ -246,7 +275,8 @@ def _read_obx(
             read_time = parse_ts(time_text, message.zone)
             to_us(read_time)
         except (ValueError, OverflowError) as exc:
-            return Fault(time_field, str(exc), ErrorCode.DATA_TYPE_ERROR)
+            where = "OBR-7" if from_obr else f"OBX[{index}]-14"
+            return Fault(where, str(exc), ErrorCode.DATA_TYPE_ERROR)
         moment = message.times[time_text] = read_time.isoformat()
     digest = hashlib.sha256(
         "\x1f".join((message.sender, message.control_id, patient, obr_time, text)).encode(
@@ -268,10 +298,12 @@ def _read_obx(
     return item, correction
 
 
-def _value(segment: Segment, value_type: str, where: str, first: str) -> str | float | Fault:
-    """OBX-5 read as ``value_type``; ``first`` is its first component, as read already."""
+def _value(
+    segment: Segment, value_type: str, where: str, first: str, count: int
+) -> str | float | Fault:
+    """OBX-5 read as ``value_type``; ``first`` is its first component and ``count`` its
+    number of repetitions, as read already."""
     location = f"{where}-5"
-    count = repetitions(segment, 5)
     if value_type in _TEXT:
         parts = [component(segment, 5, 1, r) for r in range(1, count + 1)]
         text = "\n".join(parts)

@@ -24,11 +24,11 @@ does in its otherwise idle worker; what depends on earlier commits is done at it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import secrets
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -41,9 +41,9 @@ from sqlalchemy.engine.interfaces import DBAPICursor
 
 from medtwin.core.clock import Clock, from_us, to_us
 from medtwin.core.errors import ConfigurationError, InputError, StoreError
-from medtwin.core.records import LOINC, ObservationStatus, Patient
+from medtwin.core.records import LOINC, ObservationStatus, Patient, QualityFlag
 from medtwin.data import mappings
-from medtwin.data.store import Origin, QuarantineEntry, SqlStore
+from medtwin.data.store import AppendStatus, Origin, QuarantineEntry, SqlStore
 from medtwin.data.store import schema as tables
 from medtwin.data.vault import Demographics, PatientVault, Privacy
 from medtwin.devices.fhir.repository import ResourceRepository
@@ -59,7 +59,7 @@ from medtwin.devices.hl7.parse import (
     payload_text,
     salvage_header,
 )
-from medtwin.twins.ingest import Ingestor, IngestResult
+from medtwin.twins.ingest import Ingestor
 
 __all__ = ["CHANNEL", "HL7Processor", "Outcome", "ReadMessage", "replayer"]
 
@@ -81,6 +81,9 @@ _OBX_FIELD = {
 _SUPPORTED_VERSIONS = "2."
 _PROCESSING_IDS = frozenset({"", "P", "T", "D"})
 _OBX_INDEX = re.compile(r"OBX\[(\d+)\]")
+_UNMAPPED = int(QualityFlag.UNMAPPED)
+# Looked up once: reading an enum member off its class is a Python call each time.
+_STORED, _DUPLICATE, _CONFLICT = AppendStatus.STORED, AppendStatus.DUPLICATE, AppendStatus.CONFLICT
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +115,9 @@ class _Result:
     stored: int = 0
     duplicates: int = 0
     quarantined: int = 0
-    unsupported: Counter[str] = field(default_factory=Counter)
-    unmapped: Counter[str] = field(default_factory=Counter)
+    # Plain dicts, not Counters: a Counter costs more to make than this whole _Result.
+    unsupported: dict[str, int] = field(default_factory=dict)
+    unmapped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -456,9 +460,9 @@ class HL7Processor:
         offsets: list[int] = []
         for work in works:
             offsets.append(len(items))
-            items.extend(obx.item for obx in work.items)
+            items += [obx.item for obx in work.items]
             message = _message_of(work.parsed.header)
-            origins.extend(Origin(CHANNEL, message, f"OBX[{obx.index}]") for obx in work.items)
+            origins += [Origin(CHANNEL, message, _obx_entry(obx.index)) for obx in work.items]
         prepared = self.ingestor.prepare(items, channel=CHANNEL, origins=origins)
         rejected: list[list[Fault]] = [[] for _ in works]
         entries: list[QuarantineEntry] = []
@@ -480,18 +484,20 @@ class HL7Processor:
         ]
         hook = self._log_hook([work.parsed for work in works], codes, works)
         try:
-            results = self.ingestor.commit(prepared, extra=hook)
+            statuses = self.ingestor.commit_statuses(prepared, extra=hook)
         except _ResendError as resend:
             if grouped:
                 raise
             return [self._duplicate(works[0].parsed.header, resend.code)]
-        by_message: list[list[IngestResult]] = [[] for _ in works]
-        for ingest_result in results:
-            by_message[owner[ingest_result.index]].append(ingest_result)
+        # Per message, (position of the item in the message, store status, quality flags).
+        by_message: list[list[tuple[int, AppendStatus, int]]] = [[] for _ in works]
+        for (index, observation), status in zip(prepared.accepted, statuses, strict=True):
+            number = owner[index]
+            by_message[number].append((index - offsets[number], status, observation.flags))
         outcomes: list[Outcome] = []
         late: list[tuple[ParsedMessage, str]] = []
         for number, work in enumerate(works):
-            result = self._oru_result(work, rejected[number], by_message[number], offsets[number])
+            result = self._oru_result(work, rejected[number], by_message[number])
             if result.code != codes[number]:
                 late.append((work.parsed, result.code))  # a conflict found by the store
             header = work.parsed.header
@@ -511,22 +517,23 @@ class HL7Processor:
         self,
         work: _OruWork,
         rejected: list[Fault],
-        results: list[IngestResult],
-        offset: int,
+        accepted: list[tuple[int, AppendStatus, int]],
     ) -> _Result:
+        """The answer to one committed message; ``accepted`` as :meth:`_commit_oru` gives it."""
         content = work.content
         result = _Result(obx_total=content.obx_total, unsupported=content.unsupported)
         conflicts: list[Fault] = []
-        for ingest_result in results:
-            if ingest_result.status == "stored":
+        for position, status, flags in accepted:
+            if status is _STORED:
                 result.stored += 1
-                if "unmapped" in ingest_result.flags:
-                    item = work.items[ingest_result.index - offset].item
-                    result.unmapped[f"{item['system']}|{item['code']}"] += 1
-            elif ingest_result.status == "duplicate":
+                if flags & _UNMAPPED:
+                    item = work.items[position].item
+                    key = f"{item['system']}|{item['code']}"
+                    result.unmapped[key] = result.unmapped.get(key, 0) + 1
+            elif status is _DUPLICATE:
                 result.duplicates += 1
-            elif ingest_result.status == "conflict":
-                obx = work.items[ingest_result.index - offset]
+            elif status is _CONFLICT:
+                obx = work.items[position]
                 conflicts.append(
                     Fault(
                         f"OBX[{obx.index}]", "conflict: this result was stored with other content"
@@ -830,9 +837,9 @@ class HL7Processor:
             code = enhanced_code(code, committed=result.committed)
         ack = None
         if _sends(header, code):
-            ack = build_ack(
-                header, code, result.faults, text=result.text, now=from_us(self.clock.now_us())
-            )
+            # MSH-7 is to the second: the second's datetime, made once per second.
+            now = _second(self.clock.now_us() // 1_000_000)
+            ack = build_ack(header, code, result.faults, text=result.text, now=now)
         return Outcome(
             code=code,
             ack=ack,
@@ -901,6 +908,18 @@ def _logged(
         for sender, control, digest, ack_code in cursor.fetchall():
             found.setdefault((sender, control), []).append((digest, ack_code))
     return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _obx_entry(index: int) -> str:
+    """The origin entry of OBX number ``index``: ``OBX[3]``."""
+    return f"OBX[{index}]"
+
+
+@functools.lru_cache(maxsize=8)
+def _second(seconds: int) -> datetime:
+    """The datetime (UTC) of ``seconds`` since the epoch."""
+    return from_us(seconds * 1_000_000)
 
 
 def _owners(offsets: Sequence[int], total: int) -> list[int]:
