@@ -119,6 +119,27 @@ def test_the_band_is_drawn_updated_live_and_a_whatif_draws_branches(
     fed.send()
     expect(chart).not_to_have_attribute("data-forecast", first or "")
     assert page.evaluate("window.__notReloaded") is True
+    expect(page.locator("#glucose-planned-block")).to_be_hidden()
+
+    # A meal recorded for 40 minutes ahead: the next forecast counts on it and lists it.
+    meal = {
+        "id": "lunch-plan",
+        "source": "meal-app",
+        "patient": "t1d-a",
+        "kind": "meal",
+        "amount": 45,
+        "unit": "g",
+        "time": (clock.now() + timedelta(minutes=40)).isoformat(),
+    }
+    answer = live_server.admin.post("/api/v1/interventions", json={"interventions": [meal]})
+    assert answer.status_code == 200, answer.text
+    second = chart.get_attribute("data-forecast")
+    clock.advance(300)
+    fed.send()
+    expect(chart).not_to_have_attribute("data-forecast", second or "")
+    planned = page.locator("#glucose-planned li")
+    expect(planned).to_have_count(1)
+    expect(planned).to_contain_text("meal 45 g at")
 
     # What if: a meal now, then a bolus in 15 minutes.
     page.fill("#whatif-meal", "60")

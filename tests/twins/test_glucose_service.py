@@ -329,8 +329,8 @@ def _planned_rig(
     and their forecasts differ only by what was planned."""
     store = stores.new(backend)
     clock = FixedClock(START + timedelta(minutes=90))
-    # Planned interventions are up to hours ahead of the clock: accepted by this ingestor.
-    ingestor = Ingestor(store, TwinRuntime(clock), EventBus(), clock, max_future_s=6 * 3600)
+    # Planned interventions up to a day ahead are accepted (Ingestor.max_planned_s).
+    ingestor = Ingestor(store, TwinRuntime(clock), EventBus(), clock)
     readings = [
         {"id": f"g-{m}", "source": "cgm", "patient": "p", "code": "2339-0", "value": 140.0,
          "unit": "mg/dL", "time": _iso(m)}

@@ -453,3 +453,21 @@ def test_conflicting_value_does_not_reach_the_twin(ingestor: Ingestor) -> None:
     ingestor.ingest(vital_items("p1", override={HR: (150, "/min")}))  # same ids, other HR
     assert ingestor.runtime.view("p1")["vitals"][HR]["value"] == 95.0
     assert ingestor.runtime.view("p1")["news2"]["score"] == 6
+
+
+def test_interventions_may_be_planned_ahead_readings_may_not(ingestor: Ingestor) -> None:
+    """A meal or a bolus up to a day ahead is a plan (the forecasts count on it); a
+    reading from the future is a clock fault (beyond max_future_s, 5 min)."""
+
+    def meal(n: int, hours: float) -> dict[str, Any]:
+        at = datetime.fromtimestamp(T0.timestamp() + hours * 3600, UTC).isoformat()
+        return {"id": f"meal-{n}", "source": "meal-app", "patient": "p1", "kind": "meal",
+                "amount": 40, "unit": "g", "time": at}  # fmt: skip
+
+    results = ingestor.ingest_interventions([meal(1, 2.0), meal(2, 23.9), meal(3, 24.5)])
+    assert [r.status for r in results] == ["stored", "stored", "rejected"]
+    assert "ahead of the clock" in str(results[2].reason)
+    ahead = datetime.fromtimestamp(T0.timestamp() + 3600, UTC).isoformat()
+    (reading,) = ingestor.ingest([item(id="soon", time=ahead)])
+    assert reading.status == "rejected"
+    assert "ahead of the clock" in str(reading.reason)

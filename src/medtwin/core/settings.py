@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     news2_window_s: float = Field(3600.0, gt=0)
     max_future_s: float = Field(300.0, ge=0)
+    # How far ahead interventions may be recorded through the API and files: a planned
+    # meal, bolus or basal rate, which the glucose forecasts count on (s).
+    max_planned_s: float = Field(86_400.0, ge=0)
     # Signal conditioning of incoming readings (artifact flags, calibration); the file
     # holds per-stream pipelines (medtwin.devices.conditioning.pipeline), else defaults.
     conditioning: bool = True

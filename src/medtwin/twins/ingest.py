@@ -114,6 +114,7 @@ class Ingestor:
         *,
         registry: CodeRegistry = DEFAULT_REGISTRY,
         max_future_s: float = 300.0,
+        max_planned_s: float = 86_400.0,
         metrics: IngestMetrics | None = None,
         conditioner: Conditioner | None = None,
     ) -> None:
@@ -123,6 +124,9 @@ class Ingestor:
         self.clock = clock
         self.registry = registry
         self.max_future_us = round(max_future_s * 1_000_000)
+        # Interventions may be planned (a meal, a bolus, a basal rate ahead): the glucose
+        # forecasts count on them. Readings from the future are a clock fault instead.
+        self.max_planned_us = round(max_planned_s * 1_000_000)
         self.metrics = metrics or IngestMetrics()
         # Signal conditioning (calibration, artifact flags) of each batch before it is stored.
         self.conditioner = conditioner
@@ -278,7 +282,7 @@ class Ingestor:
         refused items are quarantined with their location, like observations.
         """
         now = self.clock.now_us()
-        validated = validate_interventions(items, now_us=now, max_future_us=self.max_future_us)
+        validated = validate_interventions(items, now_us=now, max_future_us=self.max_planned_us)
         rejections = list(validated.rejected)
         accepted = validated.accepted
         if sources is not None:

@@ -103,6 +103,7 @@ class ServiceContext:
             bus,
             clock,
             max_future_s=settings.max_future_s,
+            max_planned_s=settings.max_planned_s,
             conditioner=conditioner_for(settings, store),
         )
         tokens = Tokens(

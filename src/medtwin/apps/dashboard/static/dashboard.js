@@ -671,6 +671,11 @@
   var GLUCOSE_MODULE = "glucose.forecast";
   var BRANCH_COLORS = ["#102a43", "#0b6e99", "#c05621", "#2f855a", "#6b46c1"];
   var MAX_BRANCHES = 4;
+  var PLANNED_TEXT = {
+    "meal": function (i) { return "meal " + sig(i.amount) + " g"; },
+    "insulin-bolus": function (i) { return "bolus " + sig(i.amount) + " U"; },
+    "insulin-basal": function (i) { return "basal " + sig(i.amount) + " U/h"; },
+  };
 
   function rgba(hex, alpha) {
     var n = parseInt(hex.slice(1), 16);
@@ -806,6 +811,18 @@
         tr.append(th, value, range);
         params.appendChild(tr);
       });
+      // What the forecast counts on: interventions recorded for after the twin's time.
+      var planned = document.getElementById("glucose-planned");
+      planned.replaceChildren();
+      (answer.planned || []).forEach(function (item) {
+        var li = document.createElement("li");
+        li.dataset.kind = item.kind;
+        var when = document.createElement("time");
+        when.setAttribute("datetime", item.time);
+        li.append(PLANNED_TEXT[item.kind] ? PLANNED_TEXT[item.kind](item) : item.kind + " " + sig(item.amount) + " " + item.unit, " at ", when);
+        planned.appendChild(li);
+      });
+      document.getElementById("glucose-planned-block").hidden = !(answer.planned || []).length;
       document.getElementById("glucose-statement").textContent = answer.statement;
       var when = document.getElementById("glucose-time");
       when.setAttribute("datetime", answer.time);
