@@ -122,6 +122,13 @@ def test_an_auc_target(client: TestClient, alice: dict[str, str]) -> None:
     assert out["predicted"] == pytest.approx(out["auc24_mg_h_l"])
     assert out["curve"]["t_h"][-1] == 8
     assert out["daily_dose_mg"] == out["dose_mg"] * 3
+    # What if a dose of our own: predicted for that dose, in target or not.
+    asked = client.post(PATH.format("vanc-a"), json={**body, "dose_mg": 750}, headers=alice)
+    assert asked.status_code == 200, asked.text
+    what = asked.json()
+    assert (what["dose_mg"], what["dose_chosen"]) == (750, True)
+    assert what["in_target"] is (400 <= what["predicted"] <= 600)
+    assert out["dose_chosen"] is False
 
 
 def test_other_care_teams_and_unknown_patients_get_404(
@@ -158,6 +165,8 @@ def test_reads_and_recommendations_are_audited(client: TestClient, alice: dict[s
         ({**TROUGH, "infusion_h": 0.51}, "body.infusion_h"),
         ({**TROUGH, "dialysis": "maybe"}, "body.dialysis"),
         ({**TROUGH, "dose": 1000}, "body.dose"),
+        ({**TROUGH, "dose_mg": -5}, "body.dose_mg"),
+        ({**TROUGH, "dose_mg": 5000}, "body.dose_mg"),
     ],
 )
 def test_bad_requests_answer_422_with_the_field(

@@ -104,6 +104,17 @@ def test_the_curve_band_and_levels_are_drawn(
     wait_live(page)
     expect(page.locator("#dosing-kind")).to_have_value("trough")
     expect(page.locator("#dosing-chart")).to_have_attribute("data-result", result or "")
+
+    # What if a dose of one's own: predicted as asked, and said to miss the target.
+    page.fill("#dosing-high", "20")
+    page.fill("#dosing-what-if", "4000")
+    page.click("#dosing-submit")
+    expect(chart).not_to_have_attribute("data-result", result or "")
+    expect(page.locator("#dosing-dose")).to_contain_text("4000 mg every 12 h")
+    expect(page.locator("#dosing-predicted")).to_contain_text("this dose misses it")
+    page.fill("#dosing-what-if", "-3")
+    page.click("#dosing-submit")
+    expect(page.locator("#dosing-error")).to_contain_text("A dose to try")
     watched.check()
 
 

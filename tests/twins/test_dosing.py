@@ -167,6 +167,32 @@ def test_the_recommended_dose_lands_the_true_trough_in_range(rig: Rig) -> None:
     assert answer["doses"][0]["amount_mg"] == 1000.0  # sent in g
 
 
+def test_a_dose_asked_about_is_predicted_not_chosen(rig: Rig) -> None:
+    """What if another dose were given: its curve (PK is linear, so the recommended curve
+    scaled), its true trough, and whether it lands in the target."""
+    rig.add("v-1")
+    target = Target("trough", 10.0, 20.0)
+    recommended = rig.service.recommend("v-1", target, interval_h=12.0)
+    assert recommended["dose_chosen"] is False
+    double = 2 * recommended["dose_mg"]
+    answer = rig.service.recommend("v-1", target, interval_h=12.0, dose_mg=double)
+    assert answer["dose_chosen"] is True
+    assert answer["dose_mg"] == double
+    np.testing.assert_allclose(
+        answer["curve"]["conc_mg_l"], 2 * np.array(recommended["curve"]["conc_mg_l"]), rtol=1e-9
+    )
+    assert answer["trough_mg_l"] == pytest.approx(2 * recommended["trough_mg_l"])
+    assert answer["in_target"] is (10.0 <= answer["predicted"] <= 20.0)
+    assert answer["in_target"] is False  # twice a dose aimed at 15 mg/L overshoots 20
+    assert _true_trough(double) > 20.0
+    assert answer["id"] != recommended["id"]
+    stored = rig.service.provenance.result(answer["id"])
+    assert stored.parameters["dose_mg"] == double
+    assert rig.service.provenance.result(recommended["id"]).parameters["dose_mg"] is None
+    with pytest.raises(InputError, match="dose_mg"):
+        rig.service.recommend("v-1", target, dose_mg=0.0)
+
+
 def test_an_auc_target_gives_an_auc_in_range(rig: Rig) -> None:
     rig.add("v-1")
     answer = rig.service.recommend(

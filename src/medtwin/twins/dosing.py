@@ -317,8 +317,11 @@ class DosingService:
         interval_h: float = 12.0,
         infusion_h: float = 1.0,
         dialysis: bool = False,
+        dose_mg: float | None = None,
     ) -> dict[str, Any]:
-        """MAP fit and dose for ``target``, stored as a ``vancomycin.dosing`` result.
+        """MAP fit and dose for ``target``, stored as a ``vancomycin.dosing`` result;
+        given ``dose_mg`` (mg per infusion), the prediction for that dose instead (a
+        what-if: whether it lands in the target).
 
         InputError (422) for what is missing (doses, levels, covariates, with
         ``covariates.<name>``, ``doses`` or ``levels`` as the location) or refused
@@ -359,8 +362,9 @@ class DosingService:
             samples=self.samples,
             seed=self.seed,
             dt_min=DT_MIN,
+            dose_mg=dose_mg,
         )
-        return self._store(patient, found, covariates, fit, rec, levels, now)
+        return self._store(patient, found, covariates, fit, rec, levels, now, chosen=dose_mg)
 
     def _store(
         self,
@@ -371,9 +375,13 @@ class DosingService:
         rec: Recommendation,
         levels: Sequence[Level],
         now: int,
+        *,
+        chosen: float | None = None,
     ) -> dict[str, Any]:
         parameters: dict[str, Any] = {
             "model": MODEL.name,
+            # A dose the clinician asked about (a what-if), else null: recommended.
+            "dose_mg": chosen,
             "citation": MODEL.citation,
             "target": {"kind": rec.target.kind, "low": rec.target.low, "high": rec.target.high},
             "interval_h": rec.interval_h,
@@ -449,6 +457,7 @@ class DosingService:
             "citation": MODEL.citation,
             "target": parameters["target"],
             "dose_mg": rec.dose_mg,
+            "dose_chosen": chosen is not None,
             "interval_h": rec.interval_h,
             "infusion_h": rec.infusion_h,
             "daily_dose_mg": rec.dose_mg * 24.0 / rec.interval_h,

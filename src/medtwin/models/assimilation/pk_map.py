@@ -426,8 +426,11 @@ def recommend_dose(
     samples: int = 500,
     seed: int = 0,
     dt_min: float = 5.0,
+    dose_mg: float | None = None,
 ) -> Recommendation:
-    """Dose (a multiple of ``increment_mg``) closest to the target's midpoint.
+    """Dose (a multiple of ``increment_mg``) closest to the target's midpoint, or, given
+    ``dose_mg`` (mg per infusion), that dose: what if it were given (``in_target`` says
+    whether its prediction lands in the target).
 
     Steady state is simulated (repeated infusions of ``infusion_h`` every
     ``interval_h`` for at least seven terminal half-lives of the slowest
@@ -447,6 +450,8 @@ def recommend_dose(
         raise InputError("need 0 < increment_mg <= max_dose_mg", "increment_mg")
     if samples < 10:
         raise InputError("need at least 10 samples", "samples")
+    if dose_mg is not None and not (0 < dose_mg <= max_dose_mg):
+        raise InputError(f"need 0 < dose_mg <= {max_dose_mg:g}", "dose_mg")
     rng = np.random.default_rng(seed)
     draws = rng.multivariate_normal(result.eta, result.covariance, size=samples)
     etas = np.vstack([result.eta[None, :], draws])
@@ -462,7 +467,10 @@ def recommend_dose(
     per_mg = trough_per_mg if target.kind == "trough" else auc24_per_mg
     candidates = increment_mg * np.arange(1, int(max_dose_mg // increment_mg) + 1)
     mid = 0.5 * (target.low + target.high)
-    dose = float(candidates[np.argmin(np.abs(candidates * per_mg[0] - mid))])
+    if dose_mg is None:
+        dose = float(candidates[np.argmin(np.abs(candidates * per_mg[0] - mid))])
+    else:
+        dose = float(dose_mg)
     scaled = curve * dose
     predicted = float(per_mg[0] * dose)
     lo, hi = np.quantile(per_mg[1:] * dose, [0.05, 0.95])

@@ -63,6 +63,13 @@ class DosingIn(BaseModel):
     interval_h: float = Field(12.0, ge=4, le=72, description="dosing interval (h)")
     infusion_h: float = Field(1.0, gt=0, le=24, description="length of each infusion (h)")
     dialysis: bool = Field(False, description="the patient is on hemodialysis")
+    dose_mg: float | None = Field(
+        None,
+        gt=0,
+        le=4000,
+        description="what if this dose (mg per infusion) were given: its predicted curve "
+        "and whether it lands in the target, instead of a recommended dose",
+    )
 
 
 class CurveOut(BaseModel):
@@ -113,6 +120,9 @@ class DosingOut(BaseModel):
     citation: str
     target: dict[str, Any]
     dose_mg: float
+    dose_chosen: bool = Field(
+        description="true: the dose asked about (dose_mg in the request), false: recommended"
+    )
     interval_h: float
     infusion_h: float
     daily_dose_mg: float
@@ -162,8 +172,9 @@ async def get_vancomycin(patient: str, context: Context) -> dict[str, Any]:
 )
 async def post_vancomycin(patient: str, body: DosingIn, context: Context) -> dict[str, Any]:
     """Fit the patient's PK parameters (Goti et al. 2018 population model, MAP) to the
-    measured levels and recommend a dose for the target at steady state, with the
-    predicted curve over one interval and its 5-95 % band. Stored as a
+    measured levels and recommend a dose for the target at steady state (or, with
+    ``dose_mg``, predict the dose asked about), with the predicted curve over one
+    interval and its 5-95 % band. Stored as a
     ``vancomycin.dosing`` result with its provenance."""
     if body.target.low >= body.target.high:
         raise InputError("low must be below high", "body.target.high")
@@ -176,6 +187,7 @@ async def post_vancomycin(patient: str, body: DosingIn, context: Context) -> dic
                 interval_h=body.interval_h,
                 infusion_h=body.infusion_h,
                 dialysis=body.dialysis,
+                dose_mg=body.dose_mg,
             )
         )
     except InputError as exc:

@@ -1368,7 +1368,7 @@
         what + " predicted at steady state " + sig(answer.predicted) + " " + unit +
         " (90% range " + sig(answer.predicted_lower90) + DASH + sig(answer.predicted_upper90) +
         "); target " + sig(t.low) + DASH + sig(t.high) + " " + unit +
-        (answer.in_target ? "." : ": the nearest dose step misses it.") +
+        (answer.in_target ? "." : answer.dose_chosen ? ": this dose misses it." : ": the nearest dose step misses it.") +
         (t.kind === "trough" ? " AUC24 " + fmt(answer.auc24_mg_h_l, 0) + " mg\u00b7h/L." : " Trough " + fmt(answer.trough_mg_l, 1) + " mg/L.");
       var params = document.querySelector("#dosing-parameters tbody");
       params.replaceChildren();
@@ -1403,16 +1403,21 @@
       var problem = null;
       if (!isFinite(low) || !isFinite(high) || low <= 0 || high <= low) problem = "The target needs 0 < from < to.";
       else if (!isFinite(infusion) || infusion <= 0 || infusion >= interval) problem = "The infusion must be shorter than the interval.";
+      var doseText = document.getElementById("dosing-what-if").value.trim();
+      var dose = Number(doseText);
+      if (!problem && doseText && (!isFinite(dose) || dose <= 0 || dose > 4000)) problem = "A dose to try must be over 0 and at most 4000 mg.";
       if (problem) {
         error.textContent = problem;
         return null;
       }
-      return {
+      var body = {
         target: { kind: kind.value, low: low, high: high },
         interval_h: interval,
         infusion_h: infusion,
         dialysis: document.getElementById("dosing-dialysis").checked,
       };
+      if (doseText) body.dose_mg = dose; // what if this dose: predicted, not recommended
+      return body;
     }
 
     function recommend(body) {
@@ -1450,6 +1455,7 @@
       if (parameters.interval_h) document.getElementById("dosing-interval").value = String(parameters.interval_h);
       if (parameters.infusion_h) document.getElementById("dosing-infusion").value = String(parameters.infusion_h);
       document.getElementById("dosing-dialysis").checked = !!parameters.dialysis;
+      document.getElementById("dosing-what-if").value = parameters.dose_mg ? String(parameters.dose_mg) : "";
     }
 
     function load() {
