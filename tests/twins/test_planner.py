@@ -445,6 +445,15 @@ def test_a_published_module_is_read_not_computed_and_feeds_its_readers(rig: Rig)
     assert second.value("low.ahead", "low", "p1") == 1.0
     reads = rig.planner.provenance.inputs_of([second.fingerprint("low.ahead", "p1")])
     assert [i.upstream for i in next(iter(reads.values()))] == ["f-2"]
+    # Asked beside modules that do not read it (as the alarm rules ask): those stay
+    # memoized, and its newest result is looked up each time.
+    rig.planner.request(["news2", "glucose.like"], ["p1", "p2"])
+    hits = rig.planner.stats.memo_hits
+    stored["p2"] = ("f-9", 90.0)
+    beside = rig.planner.request(["news2", "glucose.like"], ["p1", "p2"])
+    assert rig.planner.stats.memo_hits == hits + 2
+    assert beside.runs["glucose.like"].fingerprints == ["f-2", "f-9"]
+    assert beside.value("news2", "score", "p1") == 0
     # Refresh passes leave it to its service; its readers are brought up to date.
     assert "glucose.like" not in {e["module"] for e in rig.planner.derive()}
     with pytest.raises(TypeError, match="published by its service"):

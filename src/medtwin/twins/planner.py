@@ -246,6 +246,19 @@ class Planner:
             unknown = [p for p in patients if p not in runtime]
             if unknown:
                 raise NotFoundError(f"no twin for patient {unknown[0]!r}")
+        published = {m.name: m for m in order if isinstance(m, PublishedModule)}
+        if published and not any(
+            isinstance(i, ResultInput) and i.module in published for m in order for i in m.inputs
+        ):
+            # Published results read by nothing here: the rest is planned (and memoized)
+            # on its own, and their latest results are looked up beside it.
+            rest = [t for t in targets if t not in published]
+            inner = self.request(rest, patients, persist=persist) if rest else None
+            found = {} if inner is None else dict(inner.runs)
+            for name, item in published.items():
+                found[name] = _published(item, patients)
+            at_us = self.clock.now_us() if inner is None else inner.at_us
+            return Derivation(patients, at_us, found)
         with self._lock:
             now = self.clock.now_us()
             plan_key = (self.graph.generation, tuple(targets))
@@ -254,7 +267,7 @@ class Planner:
             # Runtime revisions see observations only: windows read from the store and
             # waveforms are looked up each time.
             # Published results change with their service, not with the twin's revision.
-            memoable = not any(isinstance(m, PublishedModule) for m in order) and all(
+            memoable = not published and all(
                 (isinstance(item, ObservationInput) and item.aggregate == "latest")
                 or isinstance(item, ResultInput | AttributeInput)
                 for module in order
