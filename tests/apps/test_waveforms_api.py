@@ -70,9 +70,12 @@ def segment(
 def window(
     client: httpx.Client, patient: str, start_us: int, end_us: int, path: str = "", **params: str
 ) -> httpx.Response:
+    # The first HRV of a fresh install compiles the numba peak detector (then cached on
+    # disk): on a slow machine that alone can take longer than the client's 10 s.
     return client.get(
         f"/api/v1/patients/{patient}/waveforms{path}",
         params={"kind": "ppg", "from": to_iso(start_us), "to": to_iso(end_us), **params},
+        timeout=120.0,
     )
 
 
