@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from medtwin.core.clock import from_us
+from medtwin.core.clock import from_us, to_iso
 
 LOINC = "http://loinc.org"
 
@@ -112,6 +112,17 @@ class Intervention:
     duration_s: float = 0.0
     drug: str | None = None
     route: str | None = None
+
+    def describe(self) -> str:
+        """The intervention as a provenance attribute: what, how much, when, from where."""
+        drug = f" {self.drug}" if self.drug else ""
+        text = (
+            f"{self.kind.value}{drug} {self.amount:g} {self.unit} at {to_iso(self.start_us)}"
+            f" ({self.source}|{self.source_id})"
+        )
+        if self.duration_s:
+            text += f" for {self.duration_s:g} s"
+        return text
 
 
 @dataclass(frozen=True, slots=True)

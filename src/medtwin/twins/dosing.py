@@ -131,17 +131,6 @@ def _dose_mg(item: Intervention) -> float | None:
     return None if factor is None else item.amount * factor
 
 
-def _intervention_text(item: Intervention) -> str:
-    """A dose as a provenance attribute: what, how much, when, from where."""
-    text = (
-        f"{item.kind.value} {item.drug} {item.amount:g} {item.unit} at {to_iso(item.start_us)}"
-        f" ({item.source}|{item.source_id})"
-    )
-    if item.duration_s:
-        text += f" for {item.duration_s:g} s"
-    return text
-
-
 def _age_years(birth: date, at_us: int) -> float:
     today = datetime.fromtimestamp(at_us / 1e6, tz=UTC).date()
     return (today - birth).days / 365.25
@@ -423,9 +412,7 @@ class DosingService:
         outputs["weight_kg"] = covariates["weight_kg"]
         outputs["converged"] = 1.0 if fit.converged else 0.0
         inputs = [InputRecord("level", "observation", m.key) for m in found.levels]
-        inputs += [
-            InputRecord("dose", "attribute", value=_intervention_text(d)) for d in found.doses
-        ]
+        inputs += [InputRecord("dose", "attribute", value=d.describe()) for d in found.doses]
         for name, m in (("body_weight", found.weight), ("creatinine", found.creatinine)):
             assert m is not None
             inputs.append(InputRecord(name, "observation", m.key))

@@ -277,17 +277,6 @@ def _stack(parts: Sequence[GlucoseTwins], prior: GlucosePrior, settings: Setting
     )
 
 
-def _intervention_text(item: Intervention) -> str:
-    """An intervention as a provenance attribute: what, how much, when, from where."""
-    text = (
-        f"{item.kind.value} {item.amount:g} {item.unit} at {to_iso(item.start_us)}"
-        f" ({item.source}|{item.source_id})"
-    )
-    if item.duration_s:
-        text += f" for {item.duration_s:g} s"
-    return text
-
-
 class GlucoseTwinService:
     """Personalized glucose twins of every patient with CGM readings, kept live.
 
@@ -833,15 +822,13 @@ class GlucoseTwinService:
             outputs["basal_u_per_h"] = float(basal[j])
             outputs["body_weight_kg"] = twin.body_weight_kg
             inputs = [InputRecord("glucose", "observation", r.key) for r in twin.readings] + [
-                InputRecord("intervention", "attribute", value=_intervention_text(i))
+                InputRecord("intervention", "attribute", value=i.describe())
                 for i in sorted(
                     twin.used.values(), key=lambda i: (i.start_us, i.source, i.source_id)
                 )
             ]
             # Planned interventions the forecast counts on (recorded for later than now).
-            inputs += [
-                InputRecord("planned", "attribute", value=_intervention_text(i)) for i in planned[j]
-            ]
+            inputs += [InputRecord("planned", "attribute", value=i.describe()) for i in planned[j]]
             if twin.previous is None and twin.weight_key is not None:
                 inputs.append(InputRecord("body_weight", "observation", twin.weight_key))
             if twin.previous is not None:
