@@ -19,7 +19,7 @@ import uvicorn
 
 from medtwin.apps.api import ServiceContext, create_app
 from medtwin.core.settings import Settings
-from medtwin.data.accounts import Role
+from medtwin.data.accounts import Accounts, Role
 
 
 @dataclass
@@ -104,6 +104,22 @@ def post_values(
     answer = server.admin.post("/api/v1/observations", json={"observations": items})
     assert answer.status_code == 200, answer.text
     assert answer.json()["summary"]["stored"] == len(items), answer.text
+
+
+WARD_PASSWORD = "correct horse battery staple"
+WARD_USERS = (
+    ("alice", Role.CLINICIAN, "ward-a"),
+    ("bob", Role.CLINICIAN, "ward-b"),
+    ("rita", Role.RESEARCHER, None),
+    ("ada", Role.ADMIN, None),
+)
+"""Two clinicians of two care teams, a researcher and an admin: (name, role, team)."""
+
+
+def add_ward_users(accounts: Accounts) -> None:
+    """The :data:`WARD_USERS`, each with :data:`WARD_PASSWORD`."""
+    for name, role, team in WARD_USERS:
+        accounts.add_user(name, WARD_PASSWORD, role, care_team=team, now_us=0)
 
 
 def _free_port() -> int:

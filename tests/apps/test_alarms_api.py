@@ -14,11 +14,17 @@ from fastapi.testclient import TestClient
 
 from medtwin.apps.api import ServiceContext, create_app, refresh_twins
 from medtwin.core.settings import Settings
-from medtwin.data.accounts import Role
-from tests.apps.conftest import LiveServer, _free_port, post_values, serving
+from tests.apps.conftest import (
+    WARD_PASSWORD,
+    LiveServer,
+    _free_port,
+    add_ward_users,
+    post_values,
+    serving,
+)
 from tests.twins.test_alarms_outbound import Receiver
 
-PASSWORD = "correct horse battery staple"
+PASSWORD = WARD_PASSWORD
 # NEWS2 8: RR 26 (3), SpO2 91 (3), HR 115 (2); the rest normal.
 HIGH: list[tuple[str, float | str, str]] = [
     ("9279-1", 26, "/min"),
@@ -46,13 +52,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     # No background refresh: the test evaluates the alarms when it wants to.
     with TestClient(create_app(settings, background=())) as test_client:
         accounts = _context(test_client).accounts
-        for name, role, team in [
-            ("alice", Role.CLINICIAN, "ward-a"),
-            ("bob", Role.CLINICIAN, "ward-b"),
-            ("rita", Role.RESEARCHER, None),
-            ("ada", Role.ADMIN, None),
-        ]:
-            accounts.add_user(name, PASSWORD, role, care_team=team, now_us=0)
+        add_ward_users(accounts)
         when = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
         for patient, team in (("pa", "ward-a"), ("pb", "ward-b")):
             _, key = accounts.add_api_key(

@@ -13,12 +13,12 @@ from fastapi.testclient import TestClient
 
 from medtwin.apps.api import ServiceContext, create_app
 from medtwin.core.settings import Settings
-from medtwin.data.accounts import Role
 from medtwin.models.learning import GbmParams, PatientSeries, generate_cohort
 from medtwin.models.learning.features import CHANNEL_CODES
 from medtwin.twins.risk import MODULE_NAME, REFRESH_S, STATEMENT, TOP_K, register_trained
+from tests.apps.conftest import WARD_PASSWORD, add_ward_users
 
-PASSWORD = "correct horse battery staple"
+PASSWORD = WARD_PASSWORD
 VITALS = {
     "HR": 112.0,
     "O2Sat": 92.0,
@@ -73,13 +73,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     )
     with TestClient(create_app(settings, background=())) as test_client:
         accounts = _context(test_client).accounts
-        for name, role, team in [
-            ("alice", Role.CLINICIAN, "ward-a"),
-            ("bob", Role.CLINICIAN, "ward-b"),
-            ("rita", Role.RESEARCHER, None),
-            ("ada", Role.ADMIN, None),
-        ]:
-            accounts.add_user(name, PASSWORD, role, care_team=team, now_us=0)
+        add_ward_users(accounts)
         for patient, team in (("pa", "ward-a"), ("pb", "ward-b")):
             _, key = accounts.add_api_key(
                 f"monitor-{patient}", sources=[f"mon-{patient}"], care_team=team, now_us=0

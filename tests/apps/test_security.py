@@ -22,8 +22,9 @@ from medtwin.core.settings import Settings
 from medtwin.data.accounts import Role
 from medtwin.data.store import schema
 from medtwin.data.vault import Demographics, HumanName
+from tests.apps.conftest import WARD_PASSWORD, add_ward_users
 
-PASSWORD = "correct horse battery staple"
+PASSWORD = WARD_PASSWORD
 # Routes FastAPI itself serves (the API description) and the static files: no patient data.
 FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
 # /fhir/metadata: FHIR clients read the CapabilityStatement before they authenticate.
@@ -40,13 +41,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as test_client:
         context = test_client.app.state.context  # type: ignore[attr-defined]
         accounts = context.accounts
-        for name, role, team in [
-            ("alice", Role.CLINICIAN, "ward-a"),
-            ("bob", Role.CLINICIAN, "ward-b"),
-            ("rita", Role.RESEARCHER, None),
-            ("ada", Role.ADMIN, None),
-        ]:
-            accounts.add_user(name, PASSWORD, role, care_team=team, now_us=0)
+        add_ward_users(accounts)
         _, key_a = accounts.add_api_key(
             "monitor-a", sources=["mon-a"], care_team="ward-a", now_us=0
         )
