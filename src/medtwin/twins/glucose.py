@@ -509,11 +509,6 @@ class GlucoseTwinService:
         found = self._readings([patient], now - round(window_s * 1_000_000), now)
         return [{"time": to_iso(r.at_us), "value": r.value} for r in found.get(patient, [])]
 
-    @staticmethod
-    def unit_of(output: str) -> str:
-        """The UCUM unit of a ``glucose.forecast`` output."""
-        return _unit(output)
-
     # -- the refresh pass -----------------------------------------------------
 
     def refresh(self) -> list[dict[str, Any]]:

@@ -364,12 +364,6 @@ class RuleSet:
         """The modules the rules read, in first-use order."""
         return list(dict.fromkeys(s.module for r in self.rules for s in r.sources()))
 
-    def outputs(self, module: str) -> list[str]:
-        """The outputs of ``module`` the rules read, in first-use order."""
-        return list(
-            dict.fromkeys(s.output for r in self.rules for s in r.sources() if s.module == module)
-        )
-
     def bind(
         self, outputs: Mapping[str, Sequence[str]], *, unknown: Literal["error", "warn"] = "warn"
     ) -> RuleSet:
