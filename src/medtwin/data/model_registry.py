@@ -212,6 +212,9 @@ class ModelRegistry:
         self._store = store
         self._audit = audit
         self._clock = clock
+        # A version's reference never changes once registered; the served model's is
+        # read on every scoring pass (record_served).
+        self._references: dict[tuple[str, int], dict[str, Any]] = {}
 
     # -- writing ----------------------------------------------------------------
 
@@ -404,6 +407,9 @@ class ModelRegistry:
 
     def reference(self, name: str, version: int) -> dict[str, Any]:
         """The stored drift reference of a version (see :func:`drift_reference`)."""
+        held = self._references.get((name, version))
+        if held is not None:
+            return held
         table = schema.model_versions
         with self._store.reading() as conn:
             text = conn.execute(
@@ -412,6 +418,7 @@ class ModelRegistry:
         if text is None:
             raise NotFoundError(f"no model {name!r} version {version}")
         loaded: dict[str, Any] = json.loads(text)
+        self._references[(name, version)] = loaded
         return loaded
 
     def drift(
