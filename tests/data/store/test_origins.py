@@ -193,3 +193,43 @@ def test_ingest_stream_needs_one_origin_sequence_per_batch(sqlite_url: str) -> N
         assert store.count("observations") == 0
     finally:
         store.close()
+
+
+def test_migration_0010_keeps_origins_stored_by_key(stores: Any, backend: str) -> None:
+    """Origins stored before 0010 (keyed by source, id, version) follow their observations."""
+    from alembic import command
+
+    from medtwin.data.store.base import _alembic_config
+
+    store = stores.open(stores.url(backend), migrate=False)
+    config = _alembic_config()
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0009")
+    with store.engine.begin() as conn:
+        for n, source_id in enumerate(("m-1", "m-2", "m-3"), start=1):
+            conn.exec_driver_sql(
+                "INSERT INTO observations (row_id, source, source_id, version, patient_id, "
+                "system, code, value_num, value_text, unit, effective_us, status, flags, "
+                "received_us) VALUES "
+                f"({10 * n}, 'monitor-1', '{source_id}', 1, 'p1', 'http://loinc.org', "
+                f"'8867-4', 70, NULL, '/min', {n}, 'final', 0, 0)"
+            )
+        conn.exec_driver_sql(
+            "INSERT INTO observation_origins VALUES "
+            "('monitor-1', 'm-1', 1, 'api', 'req-1', 'observations[0]', NULL), "
+            "('monitor-1', 'm-3', 1, 'mllp', 'S|c9', 'OBX[2]', '{\"raw\": 1}')"
+        )
+    store.migrate()
+    assert store.origins_of([key(1), key(2), key(3)]) == {
+        key(1): Origin("api", "req-1", "observations[0]"),
+        key(3): Origin("mllp", "S|c9", "OBX[2]", '{"raw": 1}'),
+    }
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT observation_id FROM observation_origins ORDER BY observation_id"
+        ).all()
+    assert [r[0] for r in rows] == [10, 30]
+    # Stored after the migration: the next row ids, their origins found by key.
+    store.append([obs(4)], received_us=RECEIVED, origins=[Origin("api", "req-2")])
+    assert store.origins_of([key(4)]) == {key(4): Origin("api", "req-2")}

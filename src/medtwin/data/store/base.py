@@ -368,26 +368,23 @@ class SqlStore:
 
     def _insert_observations(
         self, conn: Connection, rows: Sequence[tuple[int, Observation]], received_us: int
-    ) -> set[int]:
-        """Insert, skipping keys already stored; return the positions (into ``rows``) inserted."""
+    ) -> dict[int, int]:
+        """Insert, skipping keys already stored; return {position in ``rows``: row id} of
+        the rows inserted."""
         raise NotImplementedError
 
     def _insert_origins(
         self,
         conn: Connection,
         rows: Sequence[tuple[int, Observation]],
-        fresh: set[int],
+        fresh: dict[int, int],
         origins: Sequence[Origin | None],
     ) -> None:
-        inserted = (
-            rows
-            if len(fresh) == len(rows)
-            else [row for position, row in enumerate(rows) if position in fresh]
-        )
+        """Origins of the rows inserted (``fresh`` as :meth:`_insert_observations` gives it)."""
         values = [
-            (*_KEY(obs), *origin)
-            for index, obs in inserted
-            if (origin := origins[index]) is not None
+            (row_id, *origin)
+            for position, row_id in fresh.items()
+            if (origin := origins[rows[position][0]]) is not None
         ]
         if values:
             # The driver's cursor: through SQLAlchemy the call costs more than the insert.
@@ -395,8 +392,8 @@ class SqlStore:
             try:
                 cursor.executemany(
                     "INSERT INTO observation_origins "
-                    "(source, source_id, version, channel, message, entry, conditioning) "
-                    f"VALUES ({self._params(7)})",
+                    "(observation_id, channel, message, entry, conditioning) "
+                    f"VALUES ({self._params(5)})",
                     values,
                 )
             finally:
@@ -405,13 +402,17 @@ class SqlStore:
     def origins_of(
         self, keys: Sequence[tuple[str, str, int]]
     ) -> dict[tuple[str, str, int], Origin]:
-        table = schema.observation_origins
+        table, observed = schema.observation_origins, schema.observations
         wanted = sorted(set(keys))
-        key = sa.tuple_(table.c.source, table.c.source_id, table.c.version)
+        key = sa.tuple_(observed.c.source, observed.c.source_id, observed.c.version)
+        columns = (table.c.channel, table.c.message, table.c.entry, table.c.conditioning)
+        joined = sa.select(
+            observed.c.source, observed.c.source_id, observed.c.version, *columns
+        ).join_from(observed, table, table.c.observation_id == observed.c.row_id)
         out: dict[tuple[str, str, int], Origin] = {}
         with self._read() as conn:
             for start in range(0, len(wanted), 300):
-                query = sa.select(table).where(key.in_(wanted[start : start + 300]))
+                query = joined.where(key.in_(wanted[start : start + 300]))
                 for r in conn.execute(query):
                     out[(r.source, r.source_id, r.version)] = Origin(
                         r.channel, r.message, r.entry, r.conditioning
@@ -422,7 +423,7 @@ class SqlStore:
         self,
         conn: Connection,
         rows: Sequence[tuple[int, Observation]],
-        fresh: set[int],
+        fresh: dict[int, int],
         statuses: list[AppendStatus | None],
     ) -> None:
         """Mark rows that were not inserted as duplicate or conflict against what is stored."""
@@ -982,13 +983,12 @@ def _copy_tables(source: Connection, dest: Connection, chunk: int = 20_000) -> N
             dest.execute(sa.insert(table), [dict(r) for r in rows])
 
 
-def positions_of(rows: Sequence[tuple[int, Observation]], inserted: set[Any]) -> set[int]:
-    """Positions in ``rows`` whose (source, source_id, version) key is in ``inserted``."""
-    return {
-        position
-        for position, (_, obs) in enumerate(rows)
-        if (obs.source, obs.source_id, obs.version) in inserted
-    }
+def positions_of(
+    rows: Sequence[tuple[int, Observation]], inserted: dict[tuple[str, str, int], int]
+) -> dict[int, int]:
+    """{position in ``rows``: row id} of the rows whose key ``inserted`` maps to a row id."""
+    found = ((position, inserted.get(_KEY(obs))) for position, (_, obs) in enumerate(rows))
+    return {position: row_id for position, row_id in found if row_id is not None}
 
 
 # The idempotency key of an Observation: (source, source_id, version).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import psycopg
 import sqlalchemy as sa
@@ -25,7 +26,7 @@ _MOVE = (
     f"INSERT INTO observations ({_COLUMNS}) "
     f"SELECT {_COLUMNS} FROM observations_stage ORDER BY position "
     "ON CONFLICT (source, source_id, version) DO NOTHING "
-    "RETURNING source, source_id, version"
+    "RETURNING source, source_id, version, row_id"
 )
 
 
@@ -51,9 +52,9 @@ class PostgresStore(SqlStore):
 
     def _insert_observations(
         self, conn: Connection, rows: Sequence[tuple[int, Observation]], received_us: int
-    ) -> set[int]:
+    ) -> dict[int, int]:
         if not rows:
-            return set()
+            return {}
         raw = _raw(conn)
         with raw.cursor() as cursor:
             cursor.execute(_STAGE)
@@ -61,9 +62,8 @@ class PostgresStore(SqlStore):
                 for position, (_, obs) in enumerate(rows):
                     copy.write_row((position, *obs, received_us))
             cursor.execute(_MOVE)
-            inserted = set(cursor.fetchall())
-        if len(inserted) == len(rows):
-            return set(range(len(rows)))
+            returned = cast(list[tuple[str, str, int, int]], cursor.fetchall())
+            inserted = {(s, i, v): row_id for s, i, v, row_id in returned}
         return positions_of(rows, inserted)
 
     @contextmanager

@@ -77,19 +77,22 @@ class SQLiteStore(SqlStore):
 
     def _insert_observations(
         self, conn: Connection, rows: Sequence[tuple[int, Observation]], received_us: int
-    ) -> set[int]:
+    ) -> dict[int, int]:
         if not rows:
-            return set()
+            return {}
         cursor = _raw(conn).cursor()
         before = cursor.execute("SELECT coalesce(max(row_id), 0) FROM observations").fetchone()[0]
         changes = _raw(conn).total_changes
         cursor.executemany(_INSERT_OBSERVATIONS, [(*obs, received_us) for _, obs in rows])
         if _raw(conn).total_changes - changes == len(rows):
-            return set(range(len(rows)))
+            # Each row of an INTEGER PRIMARY KEY table gets max + 1, and this transaction
+            # holds the write lock: the rows have the next ids, in order.
+            return {position: before + 1 + position for position in range(len(rows))}
         inserted = {
-            (source, source_id, version)
-            for source, source_id, version in cursor.execute(
-                "SELECT source, source_id, version FROM observations WHERE row_id > ?", (before,)
+            (source, source_id, version): row_id
+            for row_id, source, source_id, version in cursor.execute(
+                "SELECT row_id, source, source_id, version FROM observations WHERE row_id > ?",
+                (before,),
             )
         }
         return positions_of(rows, inserted)
