@@ -234,7 +234,9 @@ def cpu_per_message(path: Path, count: int, group: int = 8) -> float:
 
     text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
     head, rest = text.split("|ControlID|", 1)
-    messages = [f"{head}|cpu-{i}|{rest}".encode() for i in range(count + group)]
+    # Each message of a group from another sender connection, as in the socket runs: their
+    # control ids interleave in the store's indexes.
+    messages = [f"{head}|cpu{i % group}-{i // group}|{rest}".encode() for i in range(count + group)]
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(f"sqlite:///{tmp}/medtwin.db", sqlite_synchronous="FULL")
         clock = FixedClock(NOW)

@@ -9,7 +9,7 @@ import operator
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -251,6 +251,10 @@ class SqlStore:
     SEALED_PREFIX = "sealed:"
     # Errors of the raw driver calls on the bulk path, translated like SQLAlchemy's.
     driver_errors: tuple[type[Exception], ...] = ()
+    # Keep one connection for the writes instead of taking one from the pool for each
+    # transaction: the checkout, the check-in and their events cost more than a small
+    # group commit's inserts (SQLite, a local file; a server connection can go away).
+    hold_writer = False
 
     def __init__(self, url: str, engine: Engine) -> None:
         self.url = url
@@ -258,6 +262,7 @@ class SqlStore:
         self._keyring: Keyring | None = None
         # Serializes writers inside one process; the database serializes the rest.
         self._write_lock = threading.Lock()
+        self._writer: Connection | None = None  # held under _write_lock (hold_writer)
 
     # -- schema ---------------------------------------------------------------
 
@@ -289,19 +294,38 @@ class SqlStore:
         return True
 
     def close(self) -> None:
+        with self._write_lock:
+            self._drop_writer()
         self.engine.dispose()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         errors: tuple[type[Exception], ...] = (SQLAlchemyError, *self.driver_errors)
         with self._write_lock:
+            if not self.hold_writer:
+                try:
+                    with self.engine.connect() as conn:
+                        conn.execution_options(write=True)
+                        with conn.begin():
+                            yield conn
+                except errors as exc:
+                    raise StoreError(f"write failed: {type(exc).__name__}: {exc}") from exc
+                return
             try:
-                with self.engine.connect() as conn:
-                    conn.execution_options(write=True)
-                    with conn.begin():
-                        yield conn
+                writer = self._writer
+                if writer is None or writer.closed or writer.invalidated:
+                    writer = self._writer = self.engine.connect().execution_options(write=True)
+                with writer.begin():
+                    yield writer
             except errors as exc:
+                self._drop_writer()  # a fresh one next time, whatever state this one is in
                 raise StoreError(f"write failed: {type(exc).__name__}: {exc}") from exc
+
+    def _drop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with suppress(SQLAlchemyError, *self.driver_errors):
+                writer.close()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

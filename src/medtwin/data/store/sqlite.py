@@ -41,6 +41,7 @@ class SQLiteStore(SqlStore):
     """
 
     driver_errors = (sqlite3.Error,)
+    hold_writer = True
 
     def __init__(self, path: Path | str, *, synchronous: str = "FULL") -> None:
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
@@ -66,7 +67,8 @@ class SQLiteStore(SqlStore):
         @sa.event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
             # Writers take the lock up front so a read-then-write never fails on a stale snapshot.
-            conn.exec_driver_sql(
+            # On the driver's connection: SQLAlchemy's execution path costs more than BEGIN.
+            _raw(conn).execute(
                 "BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN"
             )
 
