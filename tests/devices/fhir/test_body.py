@@ -215,3 +215,40 @@ def test_a_body_from_another_process_is_read_with_its_own_marks(
     assert body.materialize() == encounter()
     body.holders[0]["reference"] = "Patient/p-1"
     assert json.loads(body.content())["subject"]["reference"] == "Patient/p-1"
+
+
+def test_a_resource_with_many_references_gets_a_slot_each() -> None:
+    people = [{"individual": {"reference": f"Practitioner/pr-{i}"}} for i in range(150)]
+    source = encounter(participant=people)
+    copied, holders = _checked(source)
+    body = make_body(copied, holders)
+    assert body is not None
+    assert copied == source
+    assert sorted(body.slots) == list(range(-1, 151))
+    for i, holder in enumerate(body.holders):
+        holder["reference"] = f"X/{i}"
+    content = json.loads(body.content())
+    assert content["subject"]["reference"] == f"X/{body.subject}"
+    assert [p["individual"]["reference"] for p in content["participant"]] == [
+        f"X/{i}" for i in range(1, 151)
+    ]
+    assert body.materialize() == content
+
+
+def test_marks_follow_the_process_nonce(monkeypatch: pytest.MonkeyPatch) -> None:
+    copied, holders = _checked(encounter())
+    assert make_body(copied, holders) is not None
+    monkeypatch.setattr(body_module, "_NONCE", "fedcba9876543210")
+    body = make_body(copied, holders)
+    assert body is not None
+    assert body.nonce == "fedcba9876543210"
+    assert body.materialize() == encounter()
+    copied["participant"][1]["individual"]["display"] = "\x00fedcba9876543210i"
+    assert make_body(copied, holders) is None
+
+
+def test_no_body_for_a_resource_that_is_its_own_holder_or_has_an_odd_id() -> None:
+    copied, holders = _checked(encounter())
+    assert make_body(copied, [*holders, copied]) is None
+    assert make_body({**copied, "id": 5}, holders) is None
+    assert copied == encounter()

@@ -99,6 +99,22 @@ class Body:
         return resource
 
 
+def _marks(nonce: str, count: int) -> tuple[list[str], dict[bytes, int]]:
+    """The marks of slots 0 to ``count - 1`` and of the id (last), and the slot of
+    each mark's name as orjson writes it (made once per nonce, grown as needed)."""
+    found = _MARKS.get(nonce)
+    if found is None or len(found[0]) <= count:
+        size = max(count + 1, 64)
+        marks = [*(_mark(nonce, slot) for slot in range(size - 1)), _mark(nonce, ID_SLOT)]
+        names = {b"i": ID_SLOT, **{str(slot).encode(): slot for slot in range(size - 1)}}
+        _MARKS.clear()
+        found = _MARKS[nonce] = (marks, names)
+    return found
+
+
+_MARKS: dict[str, tuple[list[str], dict[bytes, int]]] = {}
+
+
 def make_body(
     resource: dict[str, Any],
     holders: Sequence[dict[str, Any]],
@@ -106,16 +122,19 @@ def make_body(
     """The Body of a checked copy ``resource`` whose objects with a string ``reference``
     are ``holders`` (``resource`` is left as it was); None when it cannot have one."""
     original_id = resource.get("id")
-    if any(holder is resource for holder in holders) or (
-        "id" in resource and not isinstance(original_id, str)
-    ):
+    had_id = "id" in resource
+    if had_id and not isinstance(original_id, str):
+        return None
+    nonce = _NONCE
+    marks, names = _marks(nonce, len(holders))
+    slot_of = {id(holder): slot for slot, holder in enumerate(holders)}
+    if id(resource) in slot_of:
         return None
     references = [holder["reference"] for holder in holders]
-    had_id = "id" in resource
     try:
-        for slot, holder in enumerate(holders):
-            holder["reference"] = _mark(_NONCE, slot)
-        resource["id"] = _mark(_NONCE, ID_SLOT)
+        for holder, mark in zip(holders, marks, strict=False):  # marks: the id's too
+            holder["reference"] = mark
+        resource["id"] = marks[-1]
         text = orjson.dumps(resource)
     except orjson.JSONEncodeError:
         return None
@@ -126,31 +145,28 @@ def make_body(
             resource["id"] = original_id
         else:
             del resource["id"]
-    # The opening quote and the mark as orjson writes them (the NUL escaped); the text
-    # is cut by offsets (each byte copied once: the attachments of a Claim are large).
-    cut = b'"\\u0000' + _NONCE.encode()
-    chunks: list[bytes] = []
+    # Cut at the opening quote and the mark as orjson writes them (the NUL escaped):
+    # each part after the first starts with the mark's name and its closing quote.
+    parts = text.split(b'"\\u0000' + nonce.encode())
+    chunks = [parts[0]]
     slots: list[int] = []
-    start = 0
-    found = text.find(cut)
-    while found >= 0:
-        chunks.append(text[start:found])
-        name_at = found + len(cut)
-        start = text.find(b'"', name_at) + 1
-        if not start:
+    for part in parts[1:]:
+        name, quote, chunk = part.partition(b'"')
+        if not quote:
             return None
-        name = text[name_at : start - 1]
-        slots.append(ID_SLOT if name == b"i" else int(name) if name.isdigit() else -2)
-        found = text.find(cut, start)
-    chunks.append(text[start:])
+        slots.append(names.get(name, -2))
+        chunks.append(chunk)
     # Each slot exactly once: a mark in the resource's own text would break the cut.
     if sorted(slots) != list(range(ID_SLOT, len(holders))):
         return None
-    slot_of = {id(holder): slot for slot, holder in enumerate(holders)}
     # Top-level references only: the holders are the copy's own objects.
-    named = [slot_of.get(id(resource.get(name))) for name in ("subject", "patient", "beneficiary")]
-    subject = named[0]
-    patient_refs = tuple(slot for slot in named if slot is not None)
+    subject = slot_of.get(id(resource.get("subject")))
+    patient = slot_of.get(id(resource.get("patient")))
+    beneficiary = slot_of.get(id(resource.get("beneficiary")))
+    patient_refs: tuple[int, ...] = ()
+    for slot in (subject, patient, beneficiary):
+        if slot is not None:
+            patient_refs += (slot,)
     return Body(
         tuple(chunks),
         tuple(slots),
@@ -158,5 +174,5 @@ def make_body(
         original_id,
         subject,
         patient_refs,
-        _NONCE,
+        nonce,
     )

@@ -12,9 +12,10 @@
 from __future__ import annotations
 
 import calendar
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,12 +29,16 @@ from medtwin.data.vault import Demographics, HumanName, Identifier
 
 __all__ = [
     "MappedItem",
+    "ObservationValue",
     "demographics_of",
     "identifier_rows",
     "intervention_of",
+    "items_of",
     "observation_items",
+    "observation_values",
     "patient_in",
     "patient_of",
+    "personal_rows",
     "public_rows",
     "query_values",
     "search_rows",
@@ -109,7 +114,9 @@ def _reference_id(value: Any, resource_type: str) -> str | None:
 
 def patient_in(reference: str) -> str | None:
     """The patient id of a (rewritten) reference ``Patient/<id>[/...]``, else None."""
-    return _reference_id({"reference": reference}, "Patient")
+    if not reference.startswith("Patient/"):
+        return None
+    return reference[8:].split("/", 1)[0] or None
 
 
 def patient_of(resource_type: str, resource_id: str, resource: dict[str, Any]) -> str | None:
@@ -176,11 +183,24 @@ def _effective(resource: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+# The Observations of a Bundle share their times (a Synthea encounter's dozens).
+@lru_cache(maxsize=1024)
 def _iso_time(text: str) -> str | None:
     found = time_range(text)
     if found is None:
         return None
     return from_us(found[0]).isoformat()
+
+
+# One value of an Observation as the reader of a Bundle hands it over (no id, patient
+# or version: those are assigned at commit): (the component's code, None for the
+# Observation's own value; code; value; unit; time; status; code system, None for LOINC).
+ObservationValue = tuple[str | None, str, Any, str, str, str, str | None]
+
+
+def observation_values(resource: dict[str, Any]) -> tuple[ObservationValue, ...]:
+    """The values :func:`observation_items` makes items of (none when it makes none)."""
+    return tuple(value for value, _ in _observation_values(resource, None))
 
 
 def observation_items(
@@ -190,6 +210,40 @@ def observation_items(
 
     ``base`` is the element path of the resource, for the locations of faults.
     """
+    found = _observation_values(resource, base)
+    items = items_of([value for value, _ in found], resource_id, patient, version)
+    return [MappedItem(item, paths or {}) for item, (_, paths) in zip(items, found, strict=True)]
+
+
+def items_of(
+    values: Sequence[ObservationValue], resource_id: str, patient: str, version: int
+) -> list[dict[str, Any]]:
+    """The observation items of an Observation's values, once its id, patient and
+    version are known."""
+    items = []
+    for component, code, value, unit, time_text, status, system in values:
+        item = {
+            "id": resource_id if component is None else f"{resource_id}.{component}"[:_MAX_TEXT],
+            "code": code,
+            "value": value,
+            "unit": unit,
+            "source": SOURCE,
+            "patient": patient,
+            "time": time_text,
+            "status": status,
+            "version": version,
+        }
+        if system is not None:
+            item["system"] = system
+        items.append(item)
+    return items
+
+
+def _observation_values(
+    resource: dict[str, Any], base: str | None
+) -> list[tuple[ObservationValue, dict[str, str] | None]]:
+    """Each value of an Observation, with the element path of each item field (None
+    without a ``base``: the reader of a Bundle has no use for them)."""
     status = resource.get("status")
     if status == "cancelled":
         return []
@@ -197,46 +251,41 @@ def observation_items(
     if effective is None:
         return []
     time_text = _iso_time(effective[0])
-    time_path = f"{base}.{effective[1]}"
     if time_text is None:
         time_text = effective[0]  # the validator names the fault
-    common = {
-        "source": SOURCE,
-        "patient": patient,
-        "time": time_text,
-        "status": status if status in STATUSES else "final",
-        "version": version,
-    }
-    out: list[MappedItem] = []
+    common = (time_text, status if status in STATUSES else "final")
+    where = base or ""
+    time_path = f"{where}.{effective[1]}"
+    out: list[tuple[ObservationValue, dict[str, str] | None]] = []
     code = _first_code(resource.get("code"))
-    found = _value(resource, base)
+    found = _value(resource, where)
     if code is not None and found is not None:
-        out.append(_item(resource_id, code, found, common, time_path, f"{base}.code"))
+        code_path = None if base is None else f"{base}.code"
+        out.append(_with_paths(None, code, found, common, time_path, code_path))
     for index, component in enumerate(resource.get("component") or ()):
         if not isinstance(component, dict):
             continue
-        where = f"{base}.component[{index}]"
         code = _first_code(component.get("code"))
-        found = _value(component, where)
+        found = _value(component, f"{where}.component[{index}]")
         if code is None or found is None:
             continue
-        item_id = f"{resource_id}.{code[1]}"[:_MAX_TEXT]
-        out.append(_item(item_id, code, found, common, time_path, f"{where}.code"))
+        code_path = None if base is None else f"{base}.component[{index}].code"
+        out.append(_with_paths(code[1], code, found, common, time_path, code_path))
     return out
 
 
-def _item(
-    item_id: str,
+def _with_paths(
+    component: str | None,
     code: tuple[str, str],
     found: tuple[Any, str, str],
-    common: dict[str, Any],
+    common: tuple[str, str],
     time_path: str,
-    code_path: str,
-) -> MappedItem:
+    code_path: str | None,
+) -> tuple[ObservationValue, dict[str, str] | None]:
     value, unit, value_path = found
-    item = {"id": item_id, "code": code[1], "value": value, "unit": unit, **common}
-    if code[0] != LOINC:
-        item["system"] = code[0]
+    system = None if code[0] == LOINC else code[0]
+    if code_path is None:
+        return (component, code[1], value, unit, *common, system), None
     paths = {
         "id": code_path,
         "code": code_path,
@@ -246,7 +295,7 @@ def _item(
         "time": time_path,
         "status": time_path.rsplit(".", 1)[0] + ".status",
     }
-    return MappedItem(item, paths)
+    return (component, code[1], value, unit, *common, system), paths
 
 
 # -- Patient ---------------------------------------------------------------
@@ -400,7 +449,7 @@ def search_rows(
 ) -> set[tuple[str, str]]:
     """(param, value) rows of the search index of one resource."""
     if resource_type in PERSONAL_TYPES:
-        rows = _personal_rows(resource, index)
+        rows = personal_rows(resource, index)
     else:
         rows = public_rows(resource_type, resource)
     subject = resource.get("subject")
@@ -433,8 +482,9 @@ def subject_row(reference: str) -> tuple[str, str]:
     return "subject", reference[:_MAX_TEXT]
 
 
-def _personal_rows(resource: dict[str, Any], index: BlindIndex) -> set[tuple[str, str]]:
-    """Identifier, name and birth date rows of a personal resource, as digests."""
+def personal_rows(resource: dict[str, Any], index: BlindIndex) -> set[tuple[str, str]]:
+    """The rows of :func:`search_rows` of a resource of a personal type, but its
+    ``subject``: identifier, name and birth date, as digests."""
     rows: set[tuple[str, str]] = set()
     for value in _identifier_values(resource.get("identifier")):
         digest = _blind(index, "fhir_identifier", value)

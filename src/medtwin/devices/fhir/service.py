@@ -61,13 +61,16 @@ from medtwin.devices.fhir.fastcheck import check_resource
 from medtwin.devices.fhir.mapping import (
     PERSONAL_TYPES,
     SOURCE,
-    MappedItem,
+    ObservationValue,
     demographics_of,
     identifier_rows,
     intervention_of,
+    items_of,
     observation_items,
+    observation_values,
     patient_in,
     patient_of,
+    personal_rows,
     public_rows,
     query_values,
     sortable_time,
@@ -100,10 +103,12 @@ _SEARCH_PARAMS = {
 }
 _DATE_PREFIXES = ("eq", "ge", "le", "gt", "lt")
 _PATIENT_DELETE = "a Patient is not deleted through FHIR: patients are erased through the vault"
-# Types whose parsed JSON the commit reads (personal index values, demographics,
-# observations, doses, consents): no Body.
-_PARSED = PERSONAL_TYPES | {"Observation", "MedicationAdministration", "Consent"}
+# Types whose parsed JSON the commit reads (personal index values, demographics, doses,
+# consents): no Body. An Observation's items are made of its values, read beside its Body.
+_PARSED = PERSONAL_TYPES | {"MedicationAdministration", "Consent"}
 _NO_CONTENT = "204 No Content"
+# Types whose resources become medtwin records (patients, observations, doses).
+_MAPPED = frozenset({"Patient", "Observation", "MedicationAdministration"})
 
 
 def parse_json(text: str | bytes, *, max_depth: int, nesting: bool = True) -> Any:
@@ -112,8 +117,12 @@ def parse_json(text: str | bytes, *, max_depth: int, nesting: bool = True) -> An
     ``nesting``: False leaves the check of ``max_depth`` to the caller (a Bundle's:
     :func:`read_bundle` checks it as it walks the Bundle, without a walk of its own).
     """
+    from medtwin.devices.fhir.jsonparse import orjson_value
+
     try:
-        document = json.loads(text)
+        # orjson's value when it is json.loads' (the errors and their messages are json's).
+        found = orjson_value(text)
+        document = json.loads(text) if found is None else found[0]
     except RecursionError as exc:
         raise TooLargeError(
             [Issue(f"JSON nested deeper than {max_depth}", "", code="too-costly")]
@@ -128,15 +137,20 @@ def parse_json(text: str | bytes, *, max_depth: int, nesting: bool = True) -> An
 
 
 def _depth_exceeds(document: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(document, 1)]
-    while stack:
-        value, depth = stack.pop()
+    # Level by level: the objects and arrays ``depth`` deep (the document is 1 deep).
+    level: list[Any] = [document]
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (dict, list)))
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list)))
+        below: list[Any] = []
+        for value in level:
+            if isinstance(value, dict):
+                below += [v for v in value.values() if isinstance(v, (dict, list))]
+            elif isinstance(value, list):
+                below += [v for v in value if isinstance(v, (dict, list))]
+        level = below
+        depth += 1
     return False
 
 
@@ -178,7 +192,9 @@ class BundleResult:
     report: BundleReport
 
 
-@dataclass
+# Slots: no __dict__ per entry (a reader's Bundles bring thousands, for the collector to
+# walk); not frozen, so pickle still restores the fields without a Python call.
+@dataclass(slots=True)
 class _Entry:
     index: int
     base: str  # element path of the resource
@@ -190,15 +206,20 @@ class _Entry:
     body: Body | None = None
     wanted: Any = None  # the resource's own id, as received
     # Search rows made by the reader (a type not personal): all but the subject's.
-    rows: frozenset[tuple[str, str]] | None = None
+    rows: tuple[tuple[str, str], ...] | None = None
+    # An Observation's values, read by the reader (None: made of the resource when mapped).
+    values: tuple[ObservationValue, ...] | None = None
     full_url: str | None = None
     target_id: str | None = None
     condition: str | None = None  # the search of a conditional update
     prior: StoredResource | None = None  # the version a DELETE deletes
     if_none_exist: str | None = None
-    refs: list[tuple[dict[str, Any], str]] = field(default_factory=list)
-    issues: list[Issue] = field(default_factory=list)
-    notes: list[Issue] = field(default_factory=list)
+    # The resource's objects with a string ``reference`` (a Body's are its holders), and
+    # their element paths when known (else found when an issue names one).
+    holders: list[dict[str, Any]] = field(default_factory=list)
+    paths: list[str] | None = None
+    # A tuple while there is none: the reader's entries bring no empty list each.
+    issues: Sequence[Issue] = ()
     id: str = ""
     version: int = 0
     status: str = ""
@@ -208,6 +229,10 @@ class _Entry:
     @property
     def failed(self) -> bool:
         return bool(self.issues)
+
+    def fail(self, *issues: Issue) -> None:
+        """Add issues: the entry fails."""
+        self.issues = [*self.issues, *issues]
 
     @property
     def has_resource(self) -> bool:
@@ -234,11 +259,23 @@ class _Entry:
             self.doc["id"] = resource_id
 
     def identifier_values(self, index: BlindIndex) -> list[str]:
-        """The resource's ``identifier`` index values (a Body has them already)."""
-        if self.rows is not None:
-            return [value for param, value in self.rows if param == "identifier"]
-        assert self.doc is not None
-        return identifier_rows(self.resource_type, self.doc, index)
+        """The resource's ``identifier`` index values (a personal resource's search rows,
+        digests that need the key, are made now: the reader made the others')."""
+        rows = self.rows
+        if rows is None:
+            assert self.doc is not None
+            if self.resource_type not in PERSONAL_TYPES:
+                return identifier_rows(self.resource_type, self.doc, index)
+            # No references in them: made before the references are rewritten.
+            rows = self.rows = tuple(personal_rows(self.doc, index))
+        return [value for param, value in rows if param == "identifier"]
+
+    def reference_path(self, slot: int) -> str:
+        """The element path of the reference of ``holders[slot]`` (found only for an
+        issue: the fast path does not track paths, and a Body is parsed for it)."""
+        if self.paths is not None:
+            return self.paths[slot]
+        return _locate(self.resource, self.holders[slot], self.base)
 
     def owner(self) -> str | None:
         """The patient the resource belongs to (once its references are rewritten)."""
@@ -246,8 +283,9 @@ class _Entry:
         if body is None:
             assert self.doc is not None
             return patient_of(self.resource_type, self.id, self.doc)
+        holders = body.holders
         for slot in body.patient_refs:
-            found = patient_in(body.holders[slot]["reference"])
+            found = patient_in(holders[slot]["reference"])
             if found is not None:
                 return found
         return None
@@ -255,15 +293,19 @@ class _Entry:
     def new_version(self) -> NewVersion:
         """The version the entry writes (its id, version and patient assigned)."""
         body, rows = self.body, self.rows
-        if rows is not None:
-            subject = self._subject()
-            if subject is not None:
-                rows = rows | {subject_row(subject)}
         if body is None:
             assert self.doc is not None
+            if rows is not None:
+                subject = self.doc.get("subject")
+                reference = subject.get("reference") if isinstance(subject, dict) else None
+                if isinstance(reference, str):
+                    rows = (*rows, subject_row(reference))
             key = (self.resource_type, self.id, self.version, self.patient)
             return NewVersion(*key, self.doc, rows=rows)
         assert rows is not None  # a Body is of a type not personal
+        if body.subject is not None:
+            # Never among the reader's rows (it makes no subject row): no duplicate.
+            rows = (*rows, subject_row(body.holders[body.subject]["reference"]))
         return NewVersion(
             self.resource_type,
             self.id,
@@ -274,15 +316,6 @@ class _Entry:
             rows=rows,
         )
 
-    def _subject(self) -> str | None:
-        """The (rewritten) reference of the resource's ``subject``."""
-        if self.body is not None:
-            slot = self.body.subject
-            return None if slot is None else self.body.holders[slot]["reference"]
-        subject = self.doc.get("subject") if self.doc is not None else None
-        reference = subject.get("reference") if isinstance(subject, dict) else None
-        return reference if isinstance(reference, str) else None
-
 
 @dataclass
 class _Plan:
@@ -291,11 +324,13 @@ class _Plan:
     versions: list[NewVersion] = field(default_factory=list)
     patients: list[_Entry] = field(default_factory=list)
     items: list[dict[str, Any]] = field(default_factory=list)
-    item_entries: list[tuple[_Entry, MappedItem]] = field(default_factory=list)
+    # Per item: its entry, and which of the entry's items it is.
+    item_entries: list[tuple[_Entry, int]] = field(default_factory=list)
     interventions: list[Intervention] = field(default_factory=list)
     # MedicationAdministrations updated or deleted: their earlier doses are withdrawn.
     withdrawn: list[str] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)
+    notes: dict[int, list[Issue]] = field(default_factory=dict)  # warnings, per entry index
 
 
 @dataclass
@@ -625,16 +660,15 @@ class FhirService:
 
     def _plan(self, conn: Connection, kind: str, entries: list[_Entry]) -> _Plan:
         plan = _Plan()
-        live = [e for e in entries if not e.failed]
+        live = [e for e in entries if not e.issues]
         full_urls: dict[str, str] = {}
         pending: dict[tuple[str, str], set[str]] = {}  # (type, identifier value) -> ids
         taken: set[tuple[str, str]] = set()
         # Ids held already, in one query per 500.
         keys: set[tuple[str, str]] = set()
         for entry in live:
-            wanted: Any = entry.target_id
-            if wanted is None and entry.has_resource:
-                wanted = entry.wanted
+            # A DELETE has no resource: its wanted id is None.
+            wanted: Any = entry.wanted if entry.target_id is None else entry.target_id
             if isinstance(wanted, str):
                 keys.add((entry.resource_type, wanted))
         held = self.repository.held_versions(conn, keys)
@@ -675,37 +709,57 @@ class FhirService:
             found = set(stored)
             for param, values in criteria:
                 if param == "identifier":
-                    hits = set().union(*(pending.get((resource_type, v), set()) for v in values))
-                    found |= hits
+                    for value in values:
+                        hits = pending.get((resource_type, value))
+                        if hits:
+                            found |= hits
             return found
 
+        index = self.privacy.blind_index
         for entry in live:
             if entry.method == "DELETE":
                 _assign_delete(entry, held, gone)
                 taken.add((entry.resource_type, entry.id))
                 continue
-            assert entry.has_resource
             try:
                 if entry.condition is not None:
                     self._match(entry, matches, hold)
                 self._assign(entry, held, gone, taken, matches)
             except FhirError as exc:
-                entry.issues += exc.issues
+                entry.fail(*exc.issues)
                 continue
             taken.add((entry.resource_type, entry.id))
             if entry.full_url:
                 full_urls[entry.full_url] = f"{entry.resource_type}/{entry.id}"
             if entry.write:
-                for value in entry.identifier_values(self.privacy.blind_index):
-                    pending.setdefault((entry.resource_type, value), set()).add(entry.id)
+                for value in entry.identifier_values(index):
+                    holding = pending.get((entry.resource_type, value))
+                    if holding is None:
+                        pending[(entry.resource_type, value)] = {entry.id}
+                    else:
+                        holding.add(entry.id)
+        # Every id is assigned: a search finds the same from now on (Synthea's references
+        # name the same Organization?identifier=... again and again).
+        settled: dict[tuple[str, str], set[str]] = {}
+
+        def settled_matches(resource_type: str, query: str, where: str) -> set[str]:
+            key = (resource_type, query)
+            found = settled.get(key)
+            if found is None:
+                found = settled[key] = matches(resource_type, query, where)
+            return found
+
         exists: dict[str, bool] = {}
+        resolved: dict[str, str] = {}
         for entry in live:
-            if entry.failed or not entry.write or entry.method == "DELETE":
+            if entry.issues or not entry.write or entry.method == "DELETE":
                 continue
-            self._resolve(conn, entry, full_urls, taken, held, exists, matches, plan)
+            self._resolve(
+                conn, entry, full_urls, resolved, taken, held, exists, settled_matches, plan
+            )
         current: dict[tuple[str, str], StoredResource | None] = {}
         for entry in live:
-            if entry.failed or not entry.write:
+            if entry.issues or not entry.write:
                 continue
             if entry.method == "DELETE":
                 key = (entry.resource_type, entry.id)
@@ -780,7 +834,7 @@ class FhirService:
                 queries.add((entry.resource_type, entry.if_none_exist))
             if entry.condition is not None:
                 queries.add((entry.resource_type, entry.condition))
-            for holder, _ in entry.refs:
+            for holder in entry.holders:
                 reference = holder["reference"]
                 if "?" in reference and not reference.startswith(("#", *_INTERNAL_PREFIXES)):
                     resource_type, _, query = reference.partition("?")
@@ -870,8 +924,6 @@ class FhirService:
         matches: Callable[[str, str, str], set[str]],
     ) -> None:
         """Give the entry its id and version (or the resource an ``ifNoneExist`` found)."""
-        assert entry.has_resource
-        where = f"Bundle.entry[{entry.index}].request"
         if entry.method == "PUT" and entry.target_id is not None:
             entry.id = entry.target_id
             key = (entry.resource_type, entry.id)
@@ -884,6 +936,7 @@ class FhirService:
             entry.write = True
             return
         if entry.if_none_exist is not None:
+            where = f"Bundle.entry[{entry.index}].request"
             found = matches(entry.resource_type, entry.if_none_exist, f"{where}.ifNoneExist")
             if len(found) > 1:
                 raise PreconditionFailedError(
@@ -919,34 +972,29 @@ class FhirService:
         conn: Connection,
         entry: _Entry,
         full_urls: dict[str, str],
+        resolved: dict[str, str],
         taken: set[tuple[str, str]],
         held: dict[tuple[str, str], int],
         exists: dict[str, bool],
         matches: Callable[[str, str, str], set[str]],
         plan: _Plan,
     ) -> None:
-        """Rewrite the entry's references to the ids they resolve to."""
-        assert entry.has_resource
-        for holder, known_path in entry.refs:
+        """Rewrite the entry's references to the ids they resolve to (``resolved``: the
+        conditional references resolved already, and their targets)."""
+        for slot, holder in enumerate(entry.holders):
             reference = holder["reference"]
             # Most references point into the Bundle: resolved before anything else.
-            target = full_urls.get(reference)
+            target = full_urls.get(reference) or resolved.get(reference)
             if target is not None:
                 holder["reference"] = target
                 continue
             if reference.startswith("#"):
                 continue
-
-            def path(known: str = known_path, holder: dict[str, Any] = holder) -> str:
-                # Looked up only for an issue: the fast path does not track paths (a Body
-                # is parsed for it; its holders stay the resource's).
-                return known or _locate(entry.resource, holder, entry.base)
-
             if reference.startswith(_INTERNAL_PREFIXES):
-                entry.issues.append(
+                entry.fail(
                     Issue(
                         f"reference {reference[:100]} is not in the Bundle",
-                        path(),
+                        entry.reference_path(slot),
                         code="not-found",
                     )
                 )
@@ -956,22 +1004,31 @@ class FhirService:
                 try:
                     found = matches(resource_type, query, "")
                 except FhirError as exc:
-                    entry.issues += [
-                        issue if issue.expression else replace(issue, expression=path())
-                        for issue in exc.issues
-                    ]
+                    entry.fail(
+                        *[
+                            issue
+                            if issue.expression
+                            else replace(issue, expression=entry.reference_path(slot))
+                            for issue in exc.issues
+                        ]
+                    )
                     continue
                 if len(found) == 1:
-                    holder["reference"] = f"{resource_type}/{next(iter(found))}"
+                    target = resolved[reference] = f"{resource_type}/{next(iter(found))}"
+                    holder["reference"] = target
                 elif not found:
-                    entry.issues.append(
-                        Issue("conditional reference matches nothing", path(), code="not-found")
+                    entry.fail(
+                        Issue(
+                            "conditional reference matches nothing",
+                            entry.reference_path(slot),
+                            code="not-found",
+                        )
                     )
                 else:
-                    entry.issues.append(
+                    entry.fail(
                         Issue(
                             f"conditional reference matches {len(found)} resources",
-                            path(),
+                            entry.reference_path(slot),
                             code="multiple-matches",
                         )
                     )
@@ -994,13 +1051,15 @@ class FhirService:
                 plan.unresolved.append(reference[:256])
                 issue = Issue(
                     f"reference {reference[:100]} is not held by this server",
-                    path(),
+                    entry.reference_path(slot),
                     code="not-found",
                 )
                 if self.strict_references:
-                    entry.issues.append(issue)
+                    entry.fail(issue)
                 else:
-                    entry.notes.append(replace(issue, severity="warning"))
+                    plan.notes.setdefault(entry.index, []).append(
+                        replace(issue, severity="warning")
+                    )
 
     def _map(
         self,
@@ -1012,12 +1071,14 @@ class FhirService:
         """Patients, observation items and interventions of the entries to write."""
         runtime = self.ingestor.runtime
         for entry in entries:
-            if entry.failed or not entry.write:
+            if entry.issues or not entry.write:
                 continue
             if entry.resource_type == "MedicationAdministration" and (
                 entry.version > 1 or entry.method == "DELETE"
             ):
                 plan.withdrawn.append(entry.id)
+            if entry.resource_type not in _MAPPED:
+                continue
             if entry.method == "DELETE" and (
                 entry.prior is None or entry.resource_type != "Observation"
             ):
@@ -1035,26 +1096,28 @@ class FhirService:
                 and patient not in runtime
             ):
                 continue
-            if entry.resource_type not in ("Observation", "MedicationAdministration"):
+            if entry.resource_type == "Observation":
+                values = entry.values
+                if values is None:
+                    resource = entry.resource if entry.prior is None else entry.prior.resource
+                    assert resource is not None
+                    values = observation_values(resource)
+                items = items_of(values, entry.id, patient, entry.version)
+                for position, item in enumerate(items):
+                    if entry.method == "DELETE":
+                        # The twins forget what the deleted version told them.
+                        item["status"] = "entered-in-error"
+                    plan.items.append(item)
+                    plan.item_entries.append((entry, position))
                 continue
             resource = entry.resource if entry.prior is None else entry.prior.resource
             assert resource is not None
-            if entry.resource_type == "Observation":
-                for mapped in observation_items(
-                    resource, entry.id, patient, entry.version, entry.base
-                ):
-                    if entry.method == "DELETE":
-                        # The twins forget what the deleted version told them.
-                        mapped.item["status"] = "entered-in-error"
-                    plan.items.append(mapped.item)
-                    plan.item_entries.append((entry, mapped))
-            elif entry.resource_type == "MedicationAdministration":
-                # One intervention per version: an update withdraws the earlier ones.
-                intervention = intervention_of(
-                    resource, f"{entry.id}/_history/{entry.version}", patient
-                )
-                if intervention is not None:
-                    plan.interventions.append(intervention)
+            # One intervention per version: an update withdraws the earlier ones.
+            intervention = intervention_of(
+                resource, f"{entry.id}/_history/{entry.version}", patient
+            )
+            if intervention is not None:
+                plan.interventions.append(intervention)
 
     def _prepare(
         self, kind: str, plan: _Plan, message: str, *, in_bundle: bool
@@ -1074,9 +1137,16 @@ class FhirService:
             return batch
         failed: set[int] = set()
         for rejection in batch.rejections:
-            entry, mapped = plan.item_entries[rejection.index]
+            entry, position = plan.item_entries[rejection.index]
+            # The element paths of the items are made only for a fault.
+            resource = entry.resource if entry.prior is None else entry.prior.resource
+            assert resource is not None
+            assert entry.patient is not None
+            mapped = observation_items(
+                resource, entry.id, entry.patient, entry.version, entry.base
+            )[position]
             path = mapped.paths.get(rejection.field, entry.base)
-            entry.issues.append(Issue(rejection.reason, path, code="value"))
+            entry.fail(Issue(rejection.reason, path, code="value"))
             failed.add(id(entry))
         if kind == "transaction":
             return batch
@@ -1099,7 +1169,7 @@ class FhirService:
         self, conn: Connection, plan: _Plan, now: int, care_team: str | None
     ) -> list[str]:
         """Patients rows with sealed demographics and blind-index digests."""
-        entries = [e for e in plan.patients if not e.failed and e.write]
+        entries = [e for e in plan.patients if not e.issues and e.write]
         if not entries:
             return []
         ids = [e.id for e in entries]
@@ -1113,25 +1183,33 @@ class FhirService:
         if care_team is not None:
             self.store._join_team(conn, care_team, set(ids))
         vault = self.vault
-        for entry in entries:
+        sealed_rows: list[dict[str, str]] = []
+        digest_rows: list[dict[str, str]] = []
+        # A patient written twice: the last version wins, as in one write after the other.
+        latest = {entry.id: entry for entry in entries}
+        for patient, entry in latest.items():
             assert entry.resource is not None
             demographics = demographics_of(entry.resource)
-            key = vault._data_key(conn, entry.id, now)
+            key = vault._data_key(conn, patient, now)
             sealed = DataKeys.seal(
-                key, demographics.model_dump_json().encode(), aad=vault._aad(entry.id)
+                key, demographics.model_dump_json().encode(), aad=vault._aad(patient)
             )
-            conn.execute(
-                sa.update(table).where(table.c.id == entry.id).values(demographics=encode(sealed))
-            )
-            conn.execute(
-                sa.delete(schema.blind_index).where(schema.blind_index.c.patient_id == entry.id)
-            )
-            digests = sorted(set(vault._digests(demographics)))
-            if digests:
-                conn.execute(
-                    sa.insert(schema.blind_index),
-                    [{"patient_id": entry.id, "kind": k, "digest": d} for k, d in digests],
-                )
+            sealed_rows.append({"patient": patient, "sealed": encode(sealed)})
+            digest_rows += [
+                {"patient_id": patient, "kind": kind, "digest": digest}
+                for kind, digest in sorted(set(vault._digests(demographics)))
+            ]
+        # One statement each for all the Bundle's patients.
+        conn.execute(
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("patient"))
+            .values(demographics=sa.bindparam("sealed")),
+            sealed_rows,
+        )
+        blind = schema.blind_index
+        conn.execute(sa.delete(blind).where(blind.c.patient_id.in_(list(latest))))
+        if digest_rows:
+            conn.execute(sa.insert(blind), digest_rows)
         return ids
 
     def _append(
@@ -1209,7 +1287,7 @@ class FhirService:
             "failed": 0,
         }
         for entry in entries:
-            if entry.failed:
+            if entry.issues:
                 counts["failed"] += 1
                 failure = {
                     412: "412 Precondition Failed",
@@ -1229,30 +1307,30 @@ class FhirService:
                     counts["unchanged"] += 1
                 out.append({"response": response})
                 continue
+            version = entry.version
+            response = {
+                "status": entry.status,
+                "location": f"{entry.resource_type}/{entry.id}/_history/{version}",
+                "etag": f'W/"{version}"',
+            }
             if entry.write:
                 counts["created" if entry.status.startswith("201") else "updated"] += 1
+                response["lastModified"] = modified
             elif entry.method == "PUT":
                 counts["unchanged"] += 1
             else:
                 counts["reused"] += 1
-            response = {
-                "status": entry.status,
-                "location": f"{entry.resource_type}/{entry.id}/_history/{entry.version}",
-                "etag": f'W/"{entry.version}"',
-            }
-            if entry.write:
-                response["lastModified"] = modified
-            notes = list(entry.notes)
-            for code in sorted(unmapped_by_entry.get(entry.index, ())):
-                notes.append(
-                    Issue(
-                        f"code {code} is not in the registry: stored, not scored",
-                        entry.base,
-                        severity="information",
-                        code="code-invalid",
+            if entry.index in plan.notes or entry.index in unmapped_by_entry:
+                notes = list(plan.notes.get(entry.index, ()))
+                for code in sorted(unmapped_by_entry.get(entry.index, ())):
+                    notes.append(
+                        Issue(
+                            f"code {code} is not in the registry: stored, not scored",
+                            entry.base,
+                            severity="information",
+                            code="code-invalid",
+                        )
                     )
-                )
-            if notes:
                 response["outcome"] = operation_outcome(notes)
             out.append({"response": response})
         response_bundle = {
@@ -1353,7 +1431,7 @@ _BUNDLE_ELEMENTS = frozenset(
 )  # fmt: skip
 
 
-def _refusal(issues: list[Issue]) -> FhirError:
+def _refusal(issues: Sequence[Issue]) -> FhirError:
     """The error of entries refused before any lookup (a Patient DELETE: 405)."""
     if any(issue.diagnostics == _PATIENT_DELETE for issue in issues):
         return MethodNotAllowedError(issues)
@@ -1381,7 +1459,7 @@ def _assign_delete(
     entry.write = True
 
 
-def _failure(issues: list[Issue]) -> FhirError:
+def _failure(issues: Sequence[Issue]) -> FhirError:
     """The error of a failed transaction, by its worst issue."""
     codes = {issue.code for issue in issues}
     if any(issue.diagnostics == _PATIENT_DELETE for issue in issues):
@@ -1579,21 +1657,21 @@ def _check_entry(index: int, raw: Any, base: str, max_depth: int) -> _Entry:
     entry = _Entry(index, base)
     where = f"Bundle.entry[{index}]"
     if not isinstance(raw, dict):
-        entry.issues.append(Issue("an entry must be an object", where, code="structure"))
+        entry.fail(Issue("an entry must be an object", where, code="structure"))
         return entry
     request = raw.get("request")
     resource = raw.get("resource")
     full_url = raw.get("fullUrl")
     if full_url is not None and not isinstance(full_url, str):
-        entry.issues.append(Issue("fullUrl must be a string", f"{where}.fullUrl"))
+        entry.fail(Issue("fullUrl must be a string", f"{where}.fullUrl"))
     entry.full_url = full_url if isinstance(full_url, str) else None
     if not isinstance(request, dict):
-        entry.issues.append(Issue("request is required", f"{where}.request", code="required"))
+        entry.fail(Issue("request is required", f"{where}.request", code="required"))
         return entry
     method = request.get("method")
     url = request.get("url")
     if method not in ("POST", "PUT", "DELETE"):
-        entry.issues.append(
+        entry.fail(
             Issue(
                 "only POST, PUT and DELETE are supported",
                 f"{where}.request.method",
@@ -1602,15 +1680,13 @@ def _check_entry(index: int, raw: Any, base: str, max_depth: int) -> _Entry:
         )
         return entry
     if not isinstance(url, str) or not url:
-        entry.issues.append(
-            Issue("request.url is required", f"{where}.request.url", code="required")
-        )
+        entry.fail(Issue("request.url is required", f"{where}.request.url", code="required"))
         return entry
     if method == "DELETE":
         _delete_entry(entry, url, resource, where)
         return entry
     if not isinstance(resource, dict):
-        entry.issues.append(Issue("resource is required", f"{where}.resource", code="required"))
+        entry.fail(Issue("resource is required", f"{where}.resource", code="required"))
         return entry
     entry.method = method
     entry.wanted = resource.get("id")
@@ -1622,45 +1698,45 @@ def _check_entry(index: int, raw: Any, base: str, max_depth: int) -> _Entry:
         # What the commit needs of most resources is made here (in a Bundle reader's
         # process): their JSON with slots, and their search rows.
         if kind not in PERSONAL_TYPES:
-            entry.rows = frozenset(public_rows(kind, copied))
+            entry.rows = tuple(public_rows(kind, copied))
+        if kind == "Observation":
+            entry.values = observation_values(copied)
         body = None if kind in _PARSED else make_body(copied, holders)
         if body is not None:
             entry.body, holders = body, body.holders
         else:
             entry.resource = copied
         # Their paths are found when needed (an issue names one).
-        entry.refs = [(holder, "") for holder in holders]
+        entry.holders = holders
         issues: list[Issue] = []
     else:
         # The models decide, and name the element path of each fault.
-        copied, entry.refs, too_deep = _scan(resource, base, max_depth - 3)
+        copied, refs, too_deep = _scan(resource, base, max_depth - 3)
         if too_deep:
             raise TooLargeError(
                 [Issue(f"JSON nested deeper than {max_depth}", base, code="too-costly")]
             )
         entry.resource = copied
+        entry.holders = [holder for holder, _ in refs]
+        entry.paths = [path for _, path in refs]
         issues = validate_resource(resource, base)
     resource_type = resource.get("resourceType")
     entry.resource_type = resource_type if isinstance(resource_type, str) else ""
     if issues:
-        entry.issues += issues
+        entry.fail(*issues)
         return entry
     path = url.split("?", 1)[0].strip("/")
     if method == "POST":
         if path != entry.resource_type:
-            entry.issues.append(
-                Issue(f"POST url must be {entry.resource_type}", f"{where}.request.url")
-            )
+            entry.fail(Issue(f"POST url must be {entry.resource_type}", f"{where}.request.url"))
         if_none = request.get("ifNoneExist")
         if if_none is not None and not isinstance(if_none, str):
-            entry.issues.append(
-                Issue("ifNoneExist must be a string", f"{where}.request.ifNoneExist")
-            )
+            entry.fail(Issue("ifNoneExist must be a string", f"{where}.request.ifNoneExist"))
         entry.if_none_exist = if_none if isinstance(if_none, str) and if_none else None
     elif "?" in url:
         query = url.split("?", 1)[1]
         if path != entry.resource_type or not query:
-            entry.issues.append(
+            entry.fail(
                 Issue(
                     f"conditional PUT url must be {entry.resource_type}?<search>",
                     f"{where}.request.url",
@@ -1672,7 +1748,7 @@ def _check_entry(index: int, raw: Any, base: str, max_depth: int) -> _Entry:
     else:
         parts = path.split("/")
         if len(parts) != 2 or parts[0] != entry.resource_type:
-            entry.issues.append(
+            entry.fail(
                 Issue(
                     f"PUT url must be {entry.resource_type}/<id>",
                     f"{where}.request.url",
@@ -1680,9 +1756,9 @@ def _check_entry(index: int, raw: Any, base: str, max_depth: int) -> _Entry:
                 )
             )
         elif not ID_PATTERN.fullmatch(parts[1]):
-            entry.issues.append(Issue("invalid resource id", f"{where}.request.url"))
+            entry.fail(Issue("invalid resource id", f"{where}.request.url"))
         elif resource.get("id") not in (None, parts[1]):
-            entry.issues.append(Issue("resource id differs from the url", f"{base}.id"))
+            entry.fail(Issue("resource id differs from the url", f"{base}.id"))
         else:
             entry.target_id = parts[1]
     return entry
@@ -1693,11 +1769,9 @@ def _delete_entry(entry: _Entry, url: str, resource: Any, where: str) -> None:
     entry.method = "DELETE"
     parts = url.strip("/").split("/")
     if resource is not None:
-        entry.issues.append(
-            Issue("a DELETE entry has no resource", f"{where}.resource", code="structure")
-        )
+        entry.fail(Issue("a DELETE entry has no resource", f"{where}.resource", code="structure"))
     elif "?" in url:
-        entry.issues.append(
+        entry.fail(
             Issue(
                 "conditional delete is not supported",
                 f"{where}.request.url",
@@ -1705,13 +1779,13 @@ def _delete_entry(entry: _Entry, url: str, resource: Any, where: str) -> None:
             )
         )
     elif len(parts) != 2 or model_class(parts[0]) is None:
-        entry.issues.append(
+        entry.fail(
             Issue("DELETE url must be <type>/<id>", f"{where}.request.url", code="not-supported")
         )
     elif not ID_PATTERN.fullmatch(parts[1]):
-        entry.issues.append(Issue("invalid resource id", f"{where}.request.url"))
+        entry.fail(Issue("invalid resource id", f"{where}.request.url"))
     elif parts[0] == "Patient":
-        entry.issues.append(Issue(_PATIENT_DELETE, f"{where}.request.method", code="not-supported"))
+        entry.fail(Issue(_PATIENT_DELETE, f"{where}.request.method", code="not-supported"))
     else:
         entry.resource_type, entry.target_id = parts[0], parts[1]
 
