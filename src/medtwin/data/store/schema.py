@@ -243,6 +243,7 @@ fhir_search = Table(
     Column("value", Text, primary_key=True),  # personal values as blind-index digests
     Column("id", Text, primary_key=True),
     Index("ix_fhir_search_resource", "resource_type", "id"),
+    sqlite_with_rowid=False,  # every column is in the key (migration 0011)
 )
 
 fhir_bundles = Table(

@@ -1,0 +1,37 @@
+"""Migration 0011: ``fhir_search`` keeps its rows (SQLite: clustered on its key)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import command
+
+from medtwin.data.store.base import _alembic_config
+
+
+def test_migration_0011_keeps_search_rows(stores: Any, backend: str) -> None:
+    store = stores.open(stores.url(backend), migrate=False)
+    config = _alembic_config()
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0010")
+        conn.exec_driver_sql(
+            "INSERT INTO fhir_search (resource_type, param, value, id) VALUES "
+            "('Patient', 'identifier', 'd1', 'p1'), ('Observation', 'code', 'x|1', 'o1')"
+        )
+    store.migrate()
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT resource_type, param, value, id FROM fhir_search ORDER BY id"
+        ).all()
+        assert [tuple(r) for r in rows] == [
+            ("Observation", "code", "x|1", "o1"),
+            ("Patient", "identifier", "d1", "p1"),
+        ]
+        if backend == "sqlite":
+            (sql,) = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'fhir_search'"
+            ).one()
+            assert sql.endswith("WITHOUT ROWID")
+            indexes = conn.exec_driver_sql("PRAGMA index_list(fhir_search)").all()
+            assert "ix_fhir_search_resource" in {r[1] for r in indexes}
