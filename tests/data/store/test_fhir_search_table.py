@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from alembic import command
-
-from medtwin.data.store.base import _alembic_config
+from tests.data.store.test_store import at_revision
 
 
 def test_migration_0011_keeps_search_rows(stores: Any, backend: str) -> None:
-    store = stores.open(stores.url(backend), migrate=False)
-    config = _alembic_config()
+    store = at_revision(stores, backend, "0010")
     with store.engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0010")
         conn.exec_driver_sql(
             "INSERT INTO fhir_search (resource_type, param, value, id) VALUES "
             "('Patient', 'identifier', 'd1', 'p1'), ('Observation', 'code', 'x|1', 'o1')"

@@ -20,7 +20,7 @@ from medtwin.data.store.writer import WriterProcess
 from medtwin.twins.events import EventBus
 from medtwin.twins.ingest import Ingestor
 from medtwin.twins.runtime import TwinRuntime
-from tests.data.store.test_store import CONFLICT, DUPLICATE, RECEIVED, STORED, obs
+from tests.data.store.test_store import CONFLICT, DUPLICATE, RECEIVED, STORED, at_revision, obs
 
 Key = tuple[str, str, int]
 
@@ -197,15 +197,7 @@ def test_ingest_stream_needs_one_origin_sequence_per_batch(sqlite_url: str) -> N
 
 def test_migration_0010_keeps_origins_stored_by_key(stores: Any, backend: str) -> None:
     """Origins stored before 0010 (keyed by source, id, version) follow their observations."""
-    from alembic import command
-
-    from medtwin.data.store.base import _alembic_config
-
-    store = stores.open(stores.url(backend), migrate=False)
-    config = _alembic_config()
-    with store.engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0009")
+    store = at_revision(stores, backend, "0009")
     with store.engine.begin() as conn:
         for n, source_id in enumerate(("m-1", "m-2", "m-3"), start=1):
             conn.exec_driver_sql(

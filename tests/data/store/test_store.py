@@ -117,6 +117,20 @@ def populate(store: SqlStore) -> None:
 # -- schema ----------------------------------------------------------------------
 
 
+def at_revision(stores: StoreFactory, backend: str, revision: str) -> SqlStore:
+    """A new store of ``backend`` migrated up to ``revision`` only (to test a migration)."""
+    from alembic import command
+
+    from medtwin.data.store.base import _alembic_config
+
+    store = stores.open(stores.url(backend), migrate=False)
+    config = _alembic_config()
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+    return store
+
+
 def test_migrations_from_empty_database_reach_head(stores: StoreFactory, backend: str) -> None:
     url = stores.url(backend)
     store = stores.open(url, migrate=False)
