@@ -9,7 +9,7 @@ import operator
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -302,24 +302,22 @@ class SqlStore:
     def _write(self) -> Iterator[Connection]:
         errors: tuple[type[Exception], ...] = (SQLAlchemyError, *self.driver_errors)
         with self._write_lock:
-            if not self.hold_writer:
-                try:
-                    with self.engine.connect() as conn:
-                        conn.execution_options(write=True)
-                        with conn.begin():
-                            yield conn
-                except errors as exc:
-                    raise StoreError(f"write failed: {type(exc).__name__}: {exc}") from exc
-                return
             try:
-                writer = self._writer
-                if writer is None or writer.closed or writer.invalidated:
-                    writer = self._writer = self.engine.connect().execution_options(write=True)
-                with writer.begin():
-                    yield writer
+                with self._write_connection() as conn, conn.begin():
+                    yield conn
             except errors as exc:
                 self._drop_writer()  # a fresh one next time, whatever state this one is in
                 raise StoreError(f"write failed: {type(exc).__name__}: {exc}") from exc
+
+    def _write_connection(self) -> AbstractContextManager[Connection]:
+        """The held writer (``hold_writer``), or a connection from the pool for this
+        transaction (closed after it)."""
+        if not self.hold_writer:
+            return self.engine.connect().execution_options(write=True)
+        writer = self._writer
+        if writer is None or writer.closed or writer.invalidated:
+            writer = self._writer = self.engine.connect().execution_options(write=True)
+        return nullcontext(writer)
 
     def _drop_writer(self) -> None:
         writer, self._writer = self._writer, None

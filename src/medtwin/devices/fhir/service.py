@@ -58,6 +58,7 @@ from medtwin.devices.fhir.errors import (
     operation_outcome,
 )
 from medtwin.devices.fhir.fastcheck import check_resource
+from medtwin.devices.fhir.jsonparse import orjson_value
 from medtwin.devices.fhir.mapping import (
     PERSONAL_TYPES,
     SOURCE,
@@ -117,8 +118,6 @@ def parse_json(text: str | bytes, *, max_depth: int, nesting: bool = True) -> An
     ``nesting``: False leaves the check of ``max_depth`` to the caller (a Bundle's:
     :func:`read_bundle` checks it as it walks the Bundle, without a walk of its own).
     """
-    from medtwin.devices.fhir.jsonparse import orjson_value
-
     try:
         # orjson's value when it is json.loads' (the errors and their messages are json's).
         found = orjson_value(text)
@@ -218,17 +217,14 @@ class _Entry:
     # their element paths when known (else found when an issue names one).
     holders: list[dict[str, Any]] = field(default_factory=list)
     paths: list[str] | None = None
-    # A tuple while there is none: the reader's entries bring no empty list each.
+    # Why the entry failed (none: it did not). A tuple while there is none: the reader's
+    # entries bring no empty list each.
     issues: Sequence[Issue] = ()
     id: str = ""
     version: int = 0
     status: str = ""
     write: bool = False
     patient: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.issues)
 
     def fail(self, *issues: Issue) -> None:
         """Add issues: the entry fails."""
@@ -601,7 +597,7 @@ class FhirService:
         plan = self._plan(conn, kind, entries)
         # Only a Bundle has entries to name (a PUT has no digest).
         batch = self._prepare(kind, plan, bundle.message, in_bundle=digest is not None)
-        failed = [e for e in entries if e.failed]
+        failed = [e for e in entries if e.issues]
         if kind == "transaction" and failed:
             raise _failure([i for e in failed for i in e.issues])
         if failed:
@@ -1473,7 +1469,7 @@ def _failure(issues: Sequence[Issue]) -> FhirError:
 
 def _failed_version(version: NewVersion, entries: list[_Entry]) -> bool:
     return any(
-        e.failed and e.resource_type == version.resource_type and e.id == version.id
+        e.issues and e.resource_type == version.resource_type and e.id == version.id
         for e in entries
     )
 
