@@ -21,7 +21,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TARGET", "module_source"]
+__all__ = ["TARGET", "main", "module_source", "resource_types"]
 
 TARGET = Path(__file__).with_name("r4b_checks.py")
 _INT_MIN, _INT_MAX = -2_147_483_648, 2_147_483_647
