@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -36,9 +37,7 @@ def _mark(nonce: str, slot: int) -> str:
     return f"\x00{nonce}{'i' if slot == ID_SLOT else slot}"
 
 
-# No slots: a slotted dataclass is unpickled field by field in Python, a plain
-# one by one update of its __dict__ (the committing process unpickles thousands).
-@dataclass
+@dataclass(slots=True)
 class Body:
     """A resource's compact JSON cut at its slots.
 
@@ -58,6 +57,11 @@ class Body:
     subject: int | None
     patient_refs: tuple[int, ...]
     nonce: str
+
+    def __reduce__(self) -> tuple[type[Body], tuple[Any, ...]]:
+        # Rebuilt by __init__ from its values: the committing process unpickles
+        # thousands, and by name (a __dict__ or slots restored) takes half as long again.
+        return Body, _body_values(self)
 
     def content(self) -> bytes:
         """The resource's compact JSON with the slots' current values (its id given)."""
@@ -113,6 +117,9 @@ def _marks(nonce: str, count: int) -> tuple[list[str], dict[bytes, int]]:
 
 
 _MARKS: dict[str, tuple[list[str], dict[bytes, int]]] = {}
+
+
+_body_values = attrgetter(*(f.name for f in fields(Body)))
 
 
 def make_body(

@@ -27,7 +27,8 @@ import json
 import secrets
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from operator import attrgetter
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -192,7 +193,7 @@ class BundleResult:
 
 
 # Slots: no __dict__ per entry (a reader's Bundles bring thousands, for the collector to
-# walk); not frozen, so pickle still restores the fields without a Python call.
+# walk).
 @dataclass(slots=True)
 class _Entry:
     index: int
@@ -225,6 +226,11 @@ class _Entry:
     status: str = ""
     write: bool = False
     patient: str | None = None
+
+    def __reduce__(self) -> tuple[type[_Entry], tuple[Any, ...]]:
+        # Rebuilt by __init__ from its values: the loader's committing process unpickles
+        # thousands, and restoring 25 slots by name takes about half as long again.
+        return _Entry, _entry_values(self)
 
     def fail(self, *issues: Issue) -> None:
         """Add issues: the entry fails."""
@@ -327,6 +333,9 @@ class _Plan:
     withdrawn: list[str] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)
     notes: dict[int, list[Issue]] = field(default_factory=dict)  # warnings, per entry index
+
+
+_entry_values = attrgetter(*(f.name for f in fields(_Entry)))
 
 
 @dataclass
