@@ -47,6 +47,19 @@ def _checked(resource: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, A
     return found
 
 
+def test_entries_and_bodies_survive_the_trip_to_the_committing_process() -> None:
+    """Pickled as their constructor's arguments: every field comes back."""
+    document = transaction(patient(), encounter())
+    read = read_bundle(document, max_entries=100, max_depth=64, source="s")
+    assert isinstance(read.entries[1].body, body_module.Body)
+    read.entries[0].fail()  # non-default values too
+    read.entries[1].patient, read.entries[1].version = "p-1", 3
+    back = pickle.loads(pickle.dumps(read))
+    assert back == read
+    assert back.entries[1].body == read.entries[1].body
+    assert back.entries[1].body is not read.entries[1].body
+
+
 def test_content_is_the_json_of_the_resource_with_its_slots_filled() -> None:
     copied, holders = _checked(encounter())
     body = make_body(copied, holders)
