@@ -22,8 +22,8 @@ regex accepted (codes, systems and dates repeat: a set lookup instead of a
 regex call).
 
 It is deliberately stricter than the models: whatever it is unsure of (primitive
-extensions ``_x``, contained resources, nulls, empty objects or arrays, values
-the models would coerce, leap seconds, non-ASCII codes, ...) it refuses, and a
+extensions ``_x``, nulls, empty objects or arrays, values the models would
+coerce, leap seconds, non-ASCII codes, ...) it refuses, and a
 refused resource is validated by the models, which produce the error and path.
 So it never accepts what the models refuse (a property test checks that).
 
