@@ -178,7 +178,8 @@ class _Generator:
             name = type(metadata[0]).__name__ if metadata else ""
             test = _PRIMITIVES.get(name)
             if test is None:
-                adapter = self.adapters.setdefault(_rare_name(item), f"_A_{_rare_name(item)}")
+                rare = _rare_name(item)
+                adapter = self.adapters.setdefault(rare, f"_A_{rare}")
                 test = _Test(f"type(v) is not str or not {adapter}(v)")
             return test
         klass = getattr(item, "get_model_klass", None)

@@ -106,17 +106,21 @@ def sortable_time(us: int) -> str:
 def _reference_id(value: Any, resource_type: str) -> str | None:
     if isinstance(value, dict):
         reference = value.get("reference")
-        if isinstance(reference, str) and reference.startswith(resource_type + "/"):
-            rest = reference[len(resource_type) + 1 :]
-            return rest.split("/", 1)[0] or None
+        if isinstance(reference, str):
+            return _id_in(reference, resource_type)
     return None
+
+
+def _id_in(reference: str, resource_type: str) -> str | None:
+    """The id of a reference ``<resource_type>/<id>[/...]``, else None."""
+    if not reference.startswith(resource_type + "/"):
+        return None
+    return reference[len(resource_type) + 1 :].split("/", 1)[0] or None
 
 
 def patient_in(reference: str) -> str | None:
     """The patient id of a (rewritten) reference ``Patient/<id>[/...]``, else None."""
-    if not reference.startswith("Patient/"):
-        return None
-    return reference[8:].split("/", 1)[0] or None
+    return _id_in(reference, "Patient")
 
 
 def patient_of(resource_type: str, resource_id: str, resource: dict[str, Any]) -> str | None:

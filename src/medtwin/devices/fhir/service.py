@@ -272,6 +272,12 @@ class _Entry:
             rows = self.rows = tuple(personal_rows(self.doc, index))
         return [value for param, value in rows if param == "identifier"]
 
+    def recorded(self) -> dict[str, Any]:
+        """The resource its medtwin records are made of (a DELETE's: the version it deletes)."""
+        resource = self.resource if self.prior is None else self.prior.resource
+        assert resource is not None
+        return resource
+
     def reference_path(self, slot: int) -> str:
         """The element path of the reference of ``holders[slot]`` (found only for an
         issue: the fast path does not track paths, and a Body is parsed for it)."""
@@ -1104,9 +1110,7 @@ class FhirService:
             if entry.resource_type == "Observation":
                 values = entry.values
                 if values is None:
-                    resource = entry.resource if entry.prior is None else entry.prior.resource
-                    assert resource is not None
-                    values = observation_values(resource)
+                    values = observation_values(entry.recorded())
                 items = items_of(values, entry.id, patient, entry.version)
                 for position, item in enumerate(items):
                     if entry.method == "DELETE":
@@ -1115,11 +1119,9 @@ class FhirService:
                     plan.items.append(item)
                     plan.item_entries.append((entry, position))
                 continue
-            resource = entry.resource if entry.prior is None else entry.prior.resource
-            assert resource is not None
             # One intervention per version: an update withdraws the earlier ones.
             intervention = intervention_of(
-                resource, f"{entry.id}/_history/{entry.version}", patient
+                entry.recorded(), f"{entry.id}/_history/{entry.version}", patient
             )
             if intervention is not None:
                 plan.interventions.append(intervention)
@@ -1144,11 +1146,9 @@ class FhirService:
         for rejection in batch.rejections:
             entry, position = plan.item_entries[rejection.index]
             # The element paths of the items are made only for a fault.
-            resource = entry.resource if entry.prior is None else entry.prior.resource
-            assert resource is not None
             assert entry.patient is not None
             mapped = observation_items(
-                resource, entry.id, entry.patient, entry.version, entry.base
+                entry.recorded(), entry.id, entry.patient, entry.version, entry.base
             )[position]
             path = mapped.paths.get(rejection.field, entry.base)
             entry.fail(Issue(rejection.reason, path, code="value"))
