@@ -155,6 +155,13 @@ def test_values_are_plausible(icu: GeneratedCohort) -> None:
         return x[~np.isnan(x)]
 
     assert col("O2Sat").max() <= 100
+    # Pressures stay physiological however deep the shock: positive, SBP > MAP > DBP.
+    sbp, dbp, map_ = (values[:, FEATURES.index(name)] for name in ("SBP", "DBP", "MAP"))
+    read = ~np.isnan(sbp)
+    assert np.array_equal(read, ~np.isnan(dbp))
+    assert dbp[read].min() > 0
+    assert (sbp[read] > map_[read]).all()
+    assert (map_[read] > dbp[read]).all()
     assert col("Platelets").min() > 0
     assert set(np.unique(col("Gender"))) <= {0.0, 1.0}
     assert set(np.unique(col("Age"))) <= set(range(18, 90)) | {100}
